@@ -1,0 +1,91 @@
+"""In-memory dataset and split shapes shared by every model and the evaluation harness.
+
+Items and users are re-indexed densely: item index i in [0, n_items) maps to the external id
+``item_ids[i]``; index ``n_items`` is reserved as padding in history matrices.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class CategoricalFeature:
+    """A categorical (possibly multi-valued) feature as a padded id matrix.
+
+    ``values[row]`` holds value ids in [1, vocab_size); 0 is padding, so an embedding table of
+    ``vocab_size`` rows with ``padding_idx=0`` reads it directly. ``vocab[v]`` names value v.
+    """
+
+    name: str
+    values: np.ndarray  # int64 (rows, width)
+    vocab: list[str]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+
+@dataclass
+class Dataset:
+    name: str
+    user_ids: list[str]  # external id per user index
+    item_ids: list[str]  # external id per item index
+    sequences: list[np.ndarray]  # per user index: item indices in time order (int64)
+    item_features: list[CategoricalFeature] = field(default_factory=list)  # rows = items
+    user_features: list[CategoricalFeature] = field(default_factory=list)  # rows = users
+    # Per item: attributes the search engine can filter on (title, genres, year, brand, ...),
+    # and their Elasticsearch types ({"genres": "keyword", "year": "integer", ...}).
+    item_attributes: list[dict] = field(default_factory=list)
+    item_attribute_types: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def padding_item(self) -> int:
+        return len(self.item_ids)
+
+
+@dataclass
+class EvalSet:
+    """Users to evaluate: the model sees ``histories``; ``seen`` is excluded when asked."""
+
+    users: np.ndarray  # user indices, int64 (n,)
+    histories: np.ndarray  # int64 (n, max_history), left-padded with dataset.padding_item, most recent last
+    seen: list[np.ndarray]  # per user: every item index in the user's known history
+    targets: list[np.ndarray]  # per user: the items to retrieve
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@dataclass
+class TrainExamples:
+    """Sliding-window next-item examples."""
+
+    users: np.ndarray  # int64 (n,)
+    histories: np.ndarray  # int64 (n, max_history), left-padded with dataset.padding_item
+    positives: np.ndarray  # int64 (n,)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@dataclass
+class Split:
+    kind: str  # "multi-target" | "leave-one-out"
+    seed: int
+    max_history: int
+    train: TrainExamples
+    valid: EvalSet
+    test: EvalSet
+    train_users: np.ndarray  # user indices whose windows are in `train`
+    # Default for excluding `seen` items at evaluation: True for multi-target, False for leave-one-out.
+    exclude_seen_default: bool = True
