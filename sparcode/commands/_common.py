@@ -1,0 +1,26 @@
+"""What every command shares: turning user-caused failures into one clear line."""
+from __future__ import annotations
+
+import contextlib
+
+import click
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Map the library's user-facing exceptions to a one-line `click.ClickException`."""
+    from sparcode.config import ConfigError
+    from sparcode.data.errors import DataError
+
+    handled: tuple[type[BaseException], ...] = (ConfigError, DataError, FileNotFoundError)
+    try:
+        from sparcode.encoder.runs import RunError
+        handled += (RunError,)
+    except ImportError:  # torch-free installs still get clean messages for the rest
+        pass
+    try:
+        yield
+    except click.ClickException:
+        raise
+    except handled as err:
+        raise click.ClickException(str(err)) from None

@@ -1,0 +1,43 @@
+"""`sparcode export`: write a trained SparCode run as an export directory for indexing."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from sparcode.commands._common import user_errors
+
+
+def _parse_shard(ctx, param, value):
+    if value is None:
+        return (0, 1)
+    match = re.fullmatch(r"(\d+)/(\d+)", value)
+    if not match or not int(match.group(1)) < int(match.group(2)):
+        raise click.BadParameter("expected i/n with 0 <= i < n, e.g. 0/4")
+    return int(match.group(1)), int(match.group(2))
+
+
+@click.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--bias", type=float, default=None, help="b̃; default: chosen so serve.stored_fraction of pairs is stored.")
+@click.option("--max-postings", type=click.IntRange(min=1), default=None, help="Keep at most N items per code.")
+@click.option("--shard", callback=_parse_shard, default=None, help="i/n: export every n-th item from i (run n of these).")
+@click.option("--force", is_flag=True, help="Replace an existing export in --out.")
+@click.option("--quiet", is_flag=True)
+def command(run_dir, out_dir, bias, max_postings, shard, force, quiet):
+    """Score every indexed code against every item and write the export directory."""
+    with user_errors():
+        from sparcode.encoder.export import export_run
+        from sparcode.encoder.runs import open_run
+
+        manifest = export_run(open_run(run_dir), out_dir, bias=bias, max_postings=max_postings, shard=shard,
+                              progress=not quiet, force=force)
+    scoring = manifest["scoring"]
+    click.echo(
+        f"exported {manifest['items']} items, {manifest['codes']} codes, {manifest['pairs']} postings "
+        f"(stored fraction {manifest['stored_fraction']:.4f}, b̃ = {manifest['bias']:.4f}) → {out_dir}\n"
+        f"scoring: {scoring['pairs_per_second']:,} pairs/s = {scoring['fraction_of_ceiling']:.0%} of the "
+        f"{scoring['ceiling_pairs_per_second']:,} pairs/s GEMM ceiling on {scoring['device']}"
+    )

@@ -1,0 +1,130 @@
+"""Run configuration as dataclasses. A config file may set any documented key; an unknown key
+is an error, never a silent default (a typo in a key must not train the wrong model)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODEL_KINDS = ("sparcode", "all-to-all", "two-tower", "ease", "tiger")
+TOKENIZERS = ("dnn", "gru", "attention")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "sparcode"
+    dim: int = 64  # token width; split into `codebooks` sub-vectors by the quantizer
+    tokenizer: str = "attention"
+    user_tokens: int = 4  # K_u
+    item_tokens: int = 1  # K_c
+    codebooks: int = 2  # M
+    codes: int = 256  # N per codebook
+    ema_decay: float = 0.99
+    commit_weight: float = 0.25  # λ
+    kmeans_iters: int = 10
+    dead_code_threshold: float = 2.0  # EMA cluster size below which a code is re-seeded
+    scorer_hidden: int = 64
+    # Bias inside ReLU(S + b) while training; the serving bias b̃ is chosen after training.
+    train_bias: float = 0.0
+    # Slope of the ReLU's negative side while training, so positives pushed below zero early
+    # can still recover; serving always uses the exact ReLU.
+    train_leak: float = 0.01
+    dropout: float = 0.1
+    feature_dim: int = 16
+    # EASE only
+    ease_lambda: list[float] = field(default_factory=lambda: [100.0, 300.0, 1000.0, 3000.0])
+    ease_history: int = 20
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    # Uniformly sampled negatives shared by the whole batch; in-batch positives are used as
+    # further negatives with a logQ correction. 0 = full softmax over the catalog.
+    negatives: int = 256
+    in_batch_negatives: bool = True
+    # Fraction of sliding windows drawn each epoch (windows of one user overlap heavily).
+    window_fraction: float = 1.0
+    patience: int = 2
+    max_history: int = 20
+    grad_clip: float = 5.0
+    eval_users: int = 0  # 0 = every validation user
+    select_metric: str = "recall@50"
+    threads: int = 0  # 0 = torch default
+    # Score candidates in bfloat16 while training when the hardware has bf16 matmul.
+    bf16: bool = True
+
+
+@dataclass
+class ServeConfig:
+    # b̃ is chosen after training so that at most this fraction of (code, item) pairs is stored.
+    stored_fraction: float = 0.05
+    max_postings: int | None = None
+    bias: float | None = None  # set explicitly to override the fraction-based choice
+
+
+@dataclass
+class RunConfig:
+    dataset: str = "ml-1m"
+    split: str = "multi-target"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        return _build(cls, data, "config")
+
+    @classmethod
+    def load(cls, path: Path) -> "RunConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+        return cls.from_dict(data)
+
+    def validate(self) -> "RunConfig":
+        if self.model.kind not in MODEL_KINDS:
+            raise ConfigError(f"model.kind must be one of {MODEL_KINDS}, not {self.model.kind!r}")
+        if self.model.tokenizer not in TOKENIZERS:
+            raise ConfigError(f"model.tokenizer must be one of {TOKENIZERS}, not {self.model.tokenizer!r}")
+        if self.model.dim % self.model.codebooks:
+            raise ConfigError("model.dim must be divisible by model.codebooks")
+        if not 0 < self.serve.stored_fraction <= 1:
+            raise ConfigError("serve.stored_fraction must be in (0, 1]")
+        return self
+
+
+def _build(cls, data: dict[str, Any], where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            kwargs[name] = _build(sub, value, f"{where}.{name}")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)

@@ -1,0 +1,55 @@
+"""`sparcode evaluate` for trained models: score test users exactly as they will be served.
+
+SparCode is scored from the same postings the export writes (quantized codes, ReLU(S + b̃),
+9-bit truncation, nearest-code fallback): the number printed is the number the index gives.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from sparcode.encoder.runs import Run
+from sparcode.encoder.serving import build_postings, code_table, query_for, user_codes
+from sparcode.encoder.export import indexed_codes
+from sparcode.encoder.train import model_scores
+from sparcode.eval.harness import evaluate_scores
+
+
+def served_queries(model, run: Run, evalset, device) -> list[dict[str, float]]:
+    codes = user_codes(model, evalset.users, evalset.histories, device)
+    return [query_for(c) for c in codes]
+
+
+def evaluate_sparcode_served(run: Run, evalset, exclude_seen: bool, progress: bool = False) -> tuple[dict, list]:
+    model, device = run.load_model()
+    codes = indexed_codes(model, run, device)
+    serve = run.config.serve
+    postings = build_postings(model, codes, device, serve.bias, serve.stored_fraction, serve.max_postings,
+                              progress=progress)
+    table = code_table(model, codes)
+    queries = served_queries(model, run, evalset, device)
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        return np.stack([postings.user_scores(table, queries[r]) for r in rows])
+
+    metrics, rankings = evaluate_scores(score, evalset, run.dataset.n_items, exclude_seen=exclude_seen,
+                                        return_rankings=True)
+    user_terms = {t for q in queries for t in q}
+    fallback = sum(1 for q in queries for t in q if t not in table)
+    metrics.update(postings.stats())
+    metrics.update({
+        "bias": postings.bias,
+        "codes_used": len(user_terms),
+        "query_terms_without_postings": fallback,
+        "codebook_utilisation": _codebook_utilisation(codes, run.config.model.codes),
+    })
+    return metrics, rankings
+
+
+def _codebook_utilisation(codes: np.ndarray, n: int) -> list[float]:
+    return [round(len(np.unique(codes[:, m])) / n, 4) for m in range(codes.shape[1])]
+
+
+def evaluate_model_scores(run: Run, evalset, exclude_seen: bool) -> tuple[dict, list]:
+    model, device = run.load_model()
+    return evaluate_scores(model_scores(model, evalset, device), evalset, run.dataset.n_items,
+                           exclude_seen=exclude_seen, return_rankings=True)

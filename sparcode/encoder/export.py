@@ -1,0 +1,156 @@
+"""`sparcode export`: a trained SparCode run → the export directory (docs/export-format.md).
+
+Scoring every (code, item) pair is a dense MLP over codes × items, so export is FLOP-bound;
+it reports its pairs/s next to the scorer's ceiling on this machine (measured GEMM rate ÷
+FLOPs per pair).
+"""
+from __future__ import annotations
+
+import gzip
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import orjson
+import torch
+
+from sparcode.encoder import checkpoint as ckpt
+from sparcode.encoder.runs import Run, RunError
+from sparcode.encoder.serving import Postings, build_postings, code_table, distinct_codes, user_codes
+
+FORMAT = "sparcode-export/1"
+
+
+def indexed_codes(model, run: Run, device) -> np.ndarray:
+    """Every code the training users' tokens produce, over all their sliding windows."""
+    train = run.split.train
+    return distinct_codes(user_codes(model, train.users, train.histories, device))
+
+
+def measure_gemm_rate(model, device, seconds: float = 0.5) -> float:
+    """FLOP/s of the scorer's own GEMM shape here, the ceiling export is compared with."""
+    kd = model.scorer.item_tokens * model.scorer.dim
+    a = torch.randn(model.n_items, kd, device=device)
+    b = torch.randn(kd, 256 * model.scorer.hidden, device=device)
+    a @ b
+    reps, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        reps += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2.0 * a.shape[0] * kd * b.shape[1] * reps / (time.perf_counter() - started)
+
+
+def item_lines(run: Run, postings: Postings, items: np.ndarray):
+    """One JSON line per item in `items`: its {term: score} map and attributes."""
+    order = np.argsort(postings.items, kind="stable")
+    code_rows = np.repeat(np.arange(len(postings.terms)), np.diff(postings.indptr))[order]
+    sorted_items = postings.items[order]
+    sorted_scores = postings.scores[order]
+    bounds = np.searchsorted(sorted_items, np.arange(postings.n_items + 1))
+    dataset = run.dataset
+    for item in items:
+        lo, hi = bounds[item], bounds[item + 1]
+        codes = {postings.terms[r]: float(v) for r, v in zip(code_rows[lo:hi], sorted_scores[lo:hi])}
+        attrs = dataset.item_attributes[item] if dataset.item_attributes else {}
+        yield orjson.dumps({"item_id": dataset.item_ids[item], "ord": int(item), "codes": codes, **attrs})
+
+
+def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings: int | None = None,
+               shard: tuple[int, int] = (0, 1), progress: bool = True, force: bool = False) -> dict:
+    if run.kind != "sparcode":
+        raise RunError(f"export writes SparCode codes; {run.path} is a {run.kind} run")
+    index, count = shard
+    out_dir = Path(out_dir)
+    sharded = count > 1
+    if (out_dir / "manifest.json").exists() and not force and not sharded:
+        raise RunError(f"{out_dir} already holds an export; pass --force to replace it")
+    started = time.perf_counter()
+    model, device = run.load_model()
+    codes = indexed_codes(model, run, device)
+    if bias is None:
+        bias = run.config.serve.bias
+    max_postings = max_postings if max_postings is not None else run.config.serve.max_postings
+    items = np.arange(run.dataset.n_items)[index::count]
+    postings = build_postings(model, codes, device, bias, run.config.serve.stored_fraction, max_postings,
+                              items=items, progress=progress)
+    pairs_per_s = len(codes) * len(items) / max(postings.seconds, 1e-9)
+    ceiling = measure_gemm_rate(model, device) / model.scorer.flops_per_pair()
+    table = code_table(model, codes)
+
+    # Build in a temporary sibling, then move into place: a failed export leaves nothing behind.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        items_name = "items.jsonl.gz" if not sharded else f"items.part-{index:05d}-of-{count:05d}.jsonl.gz"
+        with gzip.open(tmp / items_name, "wb", compresslevel=1) as fh:
+            for line in item_lines(run, postings, items):
+                fh.write(line + b"\n")
+        table.save(tmp / "codes.npz")
+        stats = postings.stats()
+        stats["pairs"] = int(postings.pairs)
+        stats["stored_fraction"] = postings.pairs / max(len(codes) * len(items), 1)
+        manifest = {
+            "format": FORMAT,
+            "kind": "sparcode",
+            "fingerprint": run.fingerprint(),
+            "run": {"model": run.kind, "dataset": run.config.dataset, "split": run.config.split, "seed": run.config.seed},
+            "quantizer": {"M": run.config.model.codebooks, "N": run.config.model.codes, "dim": run.config.model.dim},
+            "tokens_per_user": run.config.model.user_tokens,
+            "bias": postings.bias,
+            "max_postings": max_postings,
+            "items": len(items),
+            **stats,
+            "item_fields": run.dataset.item_attribute_types,
+            "files": {"items": [items_name], "codes": "codes.npz"},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "export_seconds": round(time.perf_counter() - started, 2),
+            "scoring": {
+                "pairs_per_second": round(pairs_per_s),
+                "ceiling_pairs_per_second": round(ceiling),
+                "fraction_of_ceiling": round(pairs_per_s / ceiling, 3),
+                "flops_per_pair": model.scorer.flops_per_pair(),
+                "device": str(device),
+            },
+        }
+        if sharded:
+            manifest["shard"] = [index, count]
+            _place_shard(tmp, out_dir, items_name, manifest, count)
+        else:
+            ckpt.write_json(tmp / "manifest.json", manifest)
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    _record_export(run, out_dir)
+    return manifest
+
+
+def _place_shard(tmp: Path, out_dir: Path, items_name: str, manifest: dict, count: int) -> None:
+    """Move one shard's files in; the shard that completes the set writes the merged manifest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (tmp / items_name).replace(out_dir / items_name)
+    (tmp / "codes.npz").replace(out_dir / "codes.npz")
+    ckpt.write_json(out_dir / f"{items_name}.manifest.json", manifest)
+    parts = sorted(out_dir.glob("items.part-*.jsonl.gz.manifest.json"))
+    same = [ckpt.read_json(p) for p in parts]
+    same = [m for m in same if m["fingerprint"] == manifest["fingerprint"] and m["shard"][1] == count]
+    if len(same) < count:
+        return
+    merged = dict(manifest)
+    merged.pop("shard")
+    merged["items"] = sum(m["items"] for m in same)
+    merged["pairs"] = sum(m["pairs"] for m in same)
+    merged["stored_fraction"] = merged["pairs"] / max(merged["codes"] * merged["items"], 1)
+    merged["files"] = {"items": sorted(f"{m['files']['items'][0]}" for m in same), "codes": "codes.npz"}
+    ckpt.write_json(out_dir / "manifest.json", merged)
+
+
+def _record_export(run: Run, out_dir: Path) -> None:
+    ckpt.write_json(run.path / "last_export.json", {"path": str(Path(out_dir).resolve())})

@@ -1,0 +1,165 @@
+"""SparCode as the index serves it: quantized user codes, per-code item scores ReLU(S + b̃)
+truncated to FeatureField precision, optionally capped per code.
+
+`build_postings` is the single implementation behind both `sparcode export` (which writes it
+out) and served-exact evaluation (which scores users from it in memory), so the two cannot
+drift apart.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sparcode.codes_fallback import CodeTable
+from sparcode.featurefield import truncate
+from sparcode.terms import code_to_term
+
+
+@torch.no_grad()
+def user_codes(model, users: np.ndarray, histories: np.ndarray, device, batch_size: int = 1024) -> np.ndarray:
+    """(B,) users with (B, L) histories → (B, K_u, M) code indices."""
+    model.eval()
+    out = []
+    for start in range(0, len(users), batch_size):
+        u = torch.as_tensor(users[start:start + batch_size], device=device)
+        h = torch.as_tensor(histories[start:start + batch_size], device=device)
+        tokens = model.continuous_user_tokens(u, h)
+        out.append(model.quantizer.encode(tokens).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.cfg.user_tokens, model.cfg.codebooks), np.int64)
+
+
+def distinct_codes(codes: np.ndarray) -> np.ndarray:
+    """Unique (M,) code rows, sorted lexicographically (so terms come out sorted)."""
+    return np.unique(codes.reshape(-1, codes.shape[-1]), axis=0)
+
+
+@torch.no_grad()
+def code_item_scores(model, codes: np.ndarray, device, items: np.ndarray | None = None,
+                     batch_codes: int = 256) -> torch.Tensor:
+    """S (before bias and ReLU) for every (code, item): (C, M) → (C, n) float32 on CPU."""
+    model.eval()
+    item_tokens = model.item_tokens(None if items is None else torch.as_tensor(items, device=device))
+    out = []
+    for start in range(0, len(codes), batch_codes):
+        words = model.quantizer.decode(torch.as_tensor(codes[start:start + batch_codes], device=device))
+        out.append(model.scorer.all_pairs(words, item_tokens).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, len(item_tokens))
+
+
+def choose_bias(sample_scores: torch.Tensor, stored_fraction: float) -> float:
+    """The b̃ for which a `stored_fraction` share of S + b̃ is positive on the sample."""
+    flat = sample_scores.reshape(-1)
+    if flat.numel() > 20_000_000:
+        flat = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[:20_000_000]]
+    threshold = torch.quantile(flat.double(), 1.0 - stored_fraction).item()
+    return -float(threshold)
+
+
+@dataclass
+class Postings:
+    """Stored (code, item) scores in CSR layout by code: row r holds term `terms[r]`."""
+
+    terms: list[str]
+    indptr: np.ndarray  # int64 (C + 1,)
+    items: np.ndarray  # int32 item indices
+    scores: np.ndarray  # float32, truncated, > 0
+    n_items: int
+    bias: float
+    seconds: float = 0.0
+
+    @property
+    def pairs(self) -> int:
+        return int(len(self.items))
+
+    def row(self, r: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.items[self.indptr[r]:self.indptr[r + 1]], self.scores[self.indptr[r]:self.indptr[r + 1]]
+
+    def stats(self) -> dict:
+        per_code = np.diff(self.indptr)
+        total = len(self.terms) * self.n_items
+        return {
+            "codes": len(self.terms),
+            "pairs": self.pairs,
+            "stored_fraction": self.pairs / total if total else 0.0,
+            "postings_per_code": {
+                "mean": float(per_code.mean()) if len(per_code) else 0.0,
+                "p50": float(np.percentile(per_code, 50)) if len(per_code) else 0.0,
+                "p99": float(np.percentile(per_code, 99)) if len(per_code) else 0.0,
+                "max": int(per_code.max()) if len(per_code) else 0,
+            },
+        }
+
+    def user_scores(self, table: CodeTable, query: dict[str, float]) -> np.ndarray:
+        """Σ count × stored score over the user's (fallback-resolved) terms, in float32."""
+        index = {t: i for i, t in enumerate(self.terms)} if not hasattr(self, "_index") else self._index
+        self._index = index
+        scores = np.zeros(self.n_items, dtype=np.float32)
+        for term, count in table.resolve(query).items():
+            items, values = self.row(index[term])
+            scores[items] += np.float32(count) * values
+        return scores
+
+
+def build_postings(model, codes: np.ndarray, device, bias: float | None, stored_fraction: float,
+                   max_postings: int | None, items: np.ndarray | None = None, batch_codes: int = 256,
+                   progress: bool = True) -> Postings:
+    """Score every indexed code against every item (or the given items, for one export
+    shard) and keep the storable postings. b̃ is chosen on a sample that does not depend on
+    `items`, so every shard of one export uses the same b̃."""
+    started = time.perf_counter()
+    n_items = model.n_items
+    if bias is None:
+        rng = np.random.default_rng(0)
+        sample = codes if len(codes) <= 4096 else codes[np.sort(rng.choice(len(codes), 4096, replace=False))]
+        bias = choose_bias(code_item_scores(model, sample, device), stored_fraction)
+    model.eval()
+    item_index = torch.arange(n_items) if items is None else torch.as_tensor(items)
+    item_tokens = model.item_tokens(item_index.to(device))
+    global_items = item_index.numpy().astype(np.int32)
+    indptr = [0]
+    kept_items, kept_scores = [], []
+    bar = tqdm(total=len(codes), desc="scoring codes", unit="code", disable=not progress, dynamic_ncols=True)
+    with torch.no_grad():
+        for start in range(0, len(codes), batch_codes):
+            words = model.quantizer.decode(torch.as_tensor(codes[start:start + batch_codes], device=device))
+            s = torch.relu(model.scorer.all_pairs(words, item_tokens).float() + bias).cpu().numpy()
+            s = truncate(s)
+            for row in s:
+                nz = np.flatnonzero(row > 0)
+                if max_postings is not None and len(nz) > max_postings:
+                    # Keep the highest scores; ties broken by item index for determinism.
+                    order = np.lexsort((nz, -row[nz]))[:max_postings]
+                    nz = np.sort(nz[order])
+                kept_items.append(global_items[nz])
+                kept_scores.append(row[nz])
+                indptr.append(indptr[-1] + len(nz))
+            bar.update(len(words))
+    bar.close()
+    return Postings(
+        terms=[code_to_term(c) for c in codes],
+        indptr=np.asarray(indptr, dtype=np.int64),
+        items=np.concatenate(kept_items) if kept_items else np.zeros(0, np.int32),
+        scores=np.concatenate(kept_scores) if kept_scores else np.zeros(0, np.float32),
+        n_items=n_items,
+        bias=float(bias),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def code_table(model, codes: np.ndarray) -> CodeTable:
+    book = model.quantizer.codebook.cpu()
+    vectors = model.quantizer.decode(torch.as_tensor(codes)).cpu().numpy() if len(codes) else np.zeros((0, model.cfg.dim), np.float32)
+    return CodeTable(np.asarray([code_to_term(c) for c in codes]), vectors, book.numpy())
+
+
+def query_for(codes_of_user: np.ndarray) -> dict[str, float]:
+    """(K_u, M) codes → {term: number of the user's tokens on that code}."""
+    query: dict[str, float] = {}
+    for code in codes_of_user:
+        term = code_to_term(code)
+        query[term] = query.get(term, 0.0) + 1.0
+    return query

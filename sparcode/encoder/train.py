@@ -1,0 +1,215 @@
+"""One explicit training loop for every neural model, readable top to bottom.
+
+Per step: a batch of sliding-window examples, a candidate set (the batch's positives plus
+uniformly sampled negatives shared by the batch, or the whole catalog), a softmax over the
+candidates with the logQ correction for how often each candidate is sampled, plus the model's
+auxiliary loss (the quantizer's commitment term). Validation on the validation users every
+epoch; early stopping on the chosen metric; the best weights are kept.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from sparcode.config import RunConfig
+from sparcode.data.dataset import Dataset, EvalSet, Split
+from sparcode.encoder import checkpoint as ckpt
+from sparcode.encoder.models import build_model
+from sparcode.eval.harness import evaluate_scores
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return "avx512_bf16" in fh.read() or "amx_bf16" in fh.read()
+    except OSError:
+        return False
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def item_popularity(split: Split, n_items: int) -> np.ndarray:
+    counts = np.bincount(split.train.positives, minlength=n_items).astype(np.float64)
+    return counts / counts.sum()
+
+
+class SampledSoftmax:
+    """Softmax over [batch positives ; shared uniform negatives] with the logQ correction.
+
+    A candidate's expected number of appearances in the set is B·pop(i) (as some example's
+    positive) plus n_neg / n_items (as a uniform negative); subtracting its log keeps the
+    estimate unbiased for the full softmax, so popular items are not over-penalised.
+    """
+
+    def __init__(self, popularity: np.ndarray, negatives: int, in_batch: bool, device):
+        self.n_items = len(popularity)
+        self.negatives = negatives
+        self.in_batch = in_batch
+        self.popularity = torch.as_tensor(popularity, dtype=torch.float32, device=device)
+        self.device = device
+
+    def candidates(self, positives: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.negatives <= 0:
+            return None, None  # full softmax
+        negs = torch.randint(0, self.n_items, (self.negatives,), generator=generator).to(self.device)
+        batch = positives.shape[0]
+        cands = torch.cat([positives, negs]) if self.in_batch else negs
+        uniform = self.negatives / self.n_items
+        expected = (batch * self.popularity[cands] if self.in_batch else 0.0) + uniform
+        return cands, torch.log(expected)
+
+    def loss(self, model, users, histories, positives, cands, log_q) -> torch.Tensor:
+        encoded = model.encode_users(users, histories)
+        if cands is None:
+            return F.cross_entropy(model.score_all(encoded, model.item_tokens()), positives)
+        logits = model.score_all(encoded, model.item_tokens(cands)) - log_q
+        if self.in_batch:
+            # Column b holds example b's own positive; other columns equal to it are not negatives.
+            hits = positives.unsqueeze(1) == cands.unsqueeze(0)
+            own = torch.zeros_like(hits)
+            own[:, : positives.shape[0]] = torch.eye(positives.shape[0], dtype=torch.bool, device=hits.device)
+            logits = logits.masked_fill(hits & ~own, float("-inf"))
+            return F.cross_entropy(logits, torch.arange(positives.shape[0], device=logits.device))
+        # Uniform proposal: the positive gets the same constant correction as the negatives.
+        pos_logit = model.score_paired(encoded, model.item_tokens(positives)) - math.log(self.negatives / self.n_items)
+        logits = logits.masked_fill(positives.unsqueeze(1) == cands.unsqueeze(0), float("-inf"))
+        return F.cross_entropy(torch.cat([pos_logit.unsqueeze(1), logits], 1), torch.zeros_like(positives))
+
+
+def model_scores(model, evalset: EvalSet, device, batch_size: int = 64):
+    """score_fn for the harness: full-catalog scores of the model as trained (no serving bias)."""
+    model.eval()
+    with torch.no_grad():
+        item_tokens = model.item_tokens()
+
+    @torch.no_grad()
+    def score(rows: np.ndarray) -> np.ndarray:
+        out = []
+        for start in range(0, len(rows), batch_size):
+            part = rows[start:start + batch_size]
+            users = torch.as_tensor(evalset.users[part], device=device)
+            hist = torch.as_tensor(evalset.histories[part], device=device)
+            out.append(model.score_all(model.encode_users(users, hist), item_tokens).float().cpu().numpy())
+        return np.concatenate(out)
+
+    return score
+
+
+def validate(model, evalset: EvalSet, n_items: int, device, exclude_seen: bool, max_users: int = 0) -> dict:
+    if max_users and len(evalset) > max_users:
+        keep = np.random.default_rng(0).choice(len(evalset), max_users, replace=False)
+        evalset = EvalSet(evalset.users[keep], evalset.histories[keep],
+                          [evalset.seen[i] for i in keep], [evalset.targets[i] for i in keep])
+    metrics = evaluate_scores(model_scores(model, evalset, device), evalset, n_items, exclude_seen=exclude_seen)
+    model.train()
+    return metrics
+
+
+def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume: bool = False,
+          progress: bool = True) -> dict:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model, dataset, split.max_history).to(device)
+    if hasattr(model, "bf16"):
+        model.bf16 = cfg.train.bf16 and bf16_supported(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    sampler = SampledSoftmax(item_popularity(split, dataset.n_items), cfg.train.negatives,
+                             cfg.train.in_batch_negatives, device)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    start_epoch, best, best_epoch, stale, elapsed = 0, -math.inf, -1, 0, 0.0
+    state_path = run_dir / ckpt.STATE
+    if resume and state_path.exists():
+        state = ckpt.load_tensors(state_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best, best_epoch, stale = int(state["epoch"]) + 1, float(state["best"]), int(state["best_epoch"]), int(state["stale"])
+        elapsed = float(state["elapsed"])
+        generator.set_state(state["generator"])
+        rng = np.random.default_rng([cfg.seed, start_epoch])
+    elif not resume:
+        (run_dir / ckpt.HISTORY).unlink(missing_ok=True)
+    cfg.save(run_dir / ckpt.CONFIG)
+
+    train_set = split.train
+    n_examples = len(train_set)
+    per_epoch = max(1, int(n_examples * cfg.train.window_fraction))
+    batch_size = cfg.train.batch_size
+    model.train()
+    for epoch in range(start_epoch, cfg.train.epochs):
+        t0 = time.perf_counter()
+        order = rng.permutation(n_examples)[:per_epoch]
+        total_loss, steps = 0.0, 0
+        bar = tqdm(range(0, per_epoch, batch_size), desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                   disable=not progress, unit="batch", dynamic_ncols=True)
+        for start in bar:
+            rows = order[start:start + batch_size]
+            users = torch.as_tensor(train_set.users[rows], device=device)
+            hist = torch.as_tensor(train_set.histories[rows], device=device)
+            pos = torch.as_tensor(train_set.positives[rows], device=device)
+            cands, log_q = sampler.candidates(pos, generator)
+            loss = sampler.loss(model, users, hist, pos, cands, log_q) + model.aux_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            total_loss += float(loss)
+            steps += 1
+            if steps % 20 == 0:
+                bar.set_postfix(loss=f"{total_loss / steps:.3f}")
+        train_seconds = time.perf_counter() - t0
+        elapsed += train_seconds
+        metrics = validate(model, split.valid, dataset.n_items, device, split.exclude_seen_default, cfg.train.eval_users)
+        record = {"epoch": epoch + 1, "loss": total_loss / max(steps, 1), "train_seconds": round(train_seconds, 1), **metrics}
+        quantizer = getattr(model, "quantizer", None)
+        if quantizer is not None:
+            record.update(quantizer.usage_stats())
+        score = metrics[cfg.train.select_metric]
+        if score > best:
+            best, best_epoch, stale = score, epoch + 1, 0
+            ckpt.atomic_torch_save(model.state_dict(), run_dir / ckpt.WEIGHTS)
+        else:
+            stale += 1
+        with open(run_dir / ckpt.HISTORY, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if progress:
+            tqdm.write(_format_record(record, cfg.train.select_metric))
+        ckpt.atomic_torch_save({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+            "best": best, "best_epoch": best_epoch, "stale": stale, "elapsed": elapsed,
+            "generator": generator.get_state(),
+        }, state_path)
+        if stale >= cfg.train.patience:
+            break
+    return {"best_epoch": best_epoch, f"valid_{cfg.train.select_metric}": best, "train_seconds": round(elapsed, 1),
+            "device": str(device), "torch": torch.__version__}
+
+
+def _format_record(record: dict, metric: str) -> str:
+    extras = " ".join(f"{k}={v}" for k, v in record.items() if k.startswith("codes_used"))
+    return (f"epoch {record['epoch']}: loss {record['loss']:.4f} valid {metric} {record[metric]:.4f} "
+            f"ndcg@50 {record.get('ndcg@50', float('nan')):.4f} ({record['train_seconds']}s) {extras}")

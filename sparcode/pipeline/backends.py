@@ -1,0 +1,201 @@
+"""One search interface over Elasticsearch and an in-process index of the same export.
+
+Both backends resolve unindexed query terms to their nearest indexed code, score an item as
+Σ count × stored value, return only items that match at least one term, and order equal
+scores by smaller `ord`, so their rankings are identical and either can stand in for the other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Collection, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from sparcode.codes_fallback import CodeTable
+from sparcode.featurefield import truncate
+from sparcode.pipeline import query as dsl
+from sparcode.pipeline.export import Export
+
+Query = Mapping[str, float]
+MSEARCH_BATCH = 100
+
+
+class BackendError(RuntimeError):
+    """The backend cannot serve (missing alias, fingerprint mismatch); one line."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    item_id: str
+    score: float
+
+
+class Backend(Protocol):
+    def search(self, query: Query, k: int, filters: Mapping[str, object] | None = None,
+               exclude_items: Collection[str] | None = None) -> list[Hit]: ...
+
+    def batch_search(self, queries: Sequence[Query], k: int, filters: Mapping[str, object] | None = None,
+                     exclude_items: Sequence[Collection[str]] | None = None) -> list[list[Hit]]: ...
+
+
+def _prepare(code_table: CodeTable | None, query: Query) -> dict[str, float]:
+    query = dsl.clean_query(query)
+    return dsl.clean_query(code_table.resolve(query)) if code_table is not None else query
+
+
+def _per_query(exclude_items, n: int) -> list:
+    if exclude_items is None:
+        return [None] * n
+    if len(exclude_items) != n:
+        raise dsl.QueryError(f"exclude_items has {len(exclude_items)} entries for {n} queries")
+    return list(exclude_items)
+
+
+class EsBackend:
+    """Searches `alias` (an index or alias) with the query form matching its codes field.
+
+    Pass `code_table` so unindexed terms fall back like everywhere else, and
+    `expected_fingerprint` to refuse an index built from another model; `open()` takes both
+    from an export directory.
+    """
+
+    def __init__(self, client, alias: str, *, code_table: CodeTable | None = None,
+                 expected_fingerprint: str | None = None, form: str | None = None, tiebreak: bool = True):
+        from elasticsearch import NotFoundError
+
+        self.client, self.alias, self.code_table, self.tiebreak = client, alias, code_table, tiebreak
+        try:
+            mapping = client.indices.get_mapping(index=alias).body
+        except NotFoundError:
+            raise BackendError(f"no index or alias {alias!r} on this Elasticsearch") from None
+        if len(mapping) != 1:
+            raise BackendError(f"{alias!r} points at {len(mapping)} indices; expected one")
+        mappings = next(iter(mapping.values()))["mappings"]
+        meta = mappings.get("_meta", {})
+        self.fingerprint = meta.get("fingerprint")
+        if expected_fingerprint is not None and self.fingerprint != expected_fingerprint:
+            raise BackendError(f"{alias!r} serves model {str(self.fingerprint)[:12]}…, expected "
+                               f"{expected_fingerprint[:12]}… (reindex the export or pick its alias)")
+        props = mappings.get("properties", {})
+        self.field_types = {k: v.get("type", "object") for k, v in props.items()
+                            if k not in ("item_id", "ord", "codes")}
+        self.form = form or dsl.form_for(props.get("codes", {}).get("type", "sparse_vector"))
+
+    @classmethod
+    def open(cls, alias: str, export_dir=None, *, client=None, **kwargs) -> "EsBackend":
+        """Connect from the environment; with `export_dir`, use its code table and fingerprint."""
+        from sparcode.pipeline.connect import connect
+
+        if export_dir is not None:
+            export = Export.open(export_dir)
+            kwargs.setdefault("code_table", export.code_table())
+            kwargs.setdefault("expected_fingerprint", export.fingerprint)
+        return cls(client or connect(), alias, **kwargs)
+
+    def explain(self, query: Query, k: int, filters: Mapping[str, object] | None = None,
+                exclude_items: Collection[str] | None = None) -> dict:
+        """The exact request body `search` sends."""
+        return dsl.search_body(_prepare(self.code_table, query), k, form=self.form,
+                               filters=dsl.coerce_filters(filters, self.field_types),
+                               exclude_items=exclude_items, tiebreak=self.tiebreak)
+
+    def search(self, query: Query, k: int, filters=None, exclude_items=None) -> list[Hit]:
+        return self.batch_search([query], k, filters, None if exclude_items is None else [exclude_items])[0]
+
+    def batch_search(self, queries: Sequence[Query], k: int, filters=None, exclude_items=None) -> list[list[Hit]]:
+        excludes = _per_query(exclude_items, len(queries))
+        bodies = [self.explain(q, k, filters, ex) for q, ex in zip(queries, excludes)]
+        results: list[list[Hit]] = []
+        for start in range(0, len(bodies), MSEARCH_BATCH):
+            searches = []
+            for body in bodies[start:start + MSEARCH_BATCH]:
+                searches += [{"index": self.alias}, body]
+            for response in self.client.msearch(searches=searches)["responses"]:
+                if "error" in response:
+                    reason = response["error"].get("reason", response["error"])
+                    raise BackendError(f"search on {self.alias!r} failed: {reason}")
+                # ES prints float32 scores in shortest form; round-trip to the exact float32 value.
+                results.append([Hit(h["_id"], float(np.float32(h["_score"]))) for h in response["hits"]["hits"]])
+        return results
+
+
+class LocalBackend:
+    """The export as an in-memory inverted index: term -> (item ords, stored float32 scores)."""
+
+    def __init__(self, export_dir, code_table: CodeTable | None = None):
+        export = Export.open(export_dir)
+        self.fingerprint = export.fingerprint
+        self.code_table = code_table if code_table is not None else export.code_table()
+        self.field_types = export.item_fields
+        n = export.n_items
+        self.item_ids: list[str] = [""] * n
+        postings: dict[str, tuple[list[int], list[float]]] = {}
+        # field -> value -> ords holding it; a list attribute holds each of its values
+        self._by_value: dict[str, dict[object, list[int]]] = {f: {} for f in self.field_types}
+        for item in export.items():
+            ord_ = int(item["ord"])
+            if not 0 <= ord_ < n or self.item_ids[ord_]:
+                raise BackendError(f"item {item['item_id']!r} has ord {ord_}, out of range or repeated")
+            self.item_ids[ord_] = item["item_id"]
+            for term, value in (item.get("codes") or {}).items():
+                ords, values = postings.setdefault(term, ([], []))
+                ords.append(ord_)
+                values.append(value)
+            for name in self._by_value:
+                values = item.get(name)
+                for v in values if isinstance(values, list) else [values]:
+                    if v is not None:
+                        self._by_value[name].setdefault(self._key(name, v), []).append(ord_)
+        # Truncate like FeatureField does, so a not-yet-truncated export still ranks as ES would.
+        self.postings = {t: (np.asarray(o, dtype=np.int64), truncate(v)) for t, (o, v) in postings.items()}
+        self._index_of = {item_id: i for i, item_id in enumerate(self.item_ids)}
+
+    def _key(self, name: str, value):
+        return np.float32(value).item() if self.field_types[name] == "float" else value
+
+    def scores(self, query: Query) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 score of every item, mask of items matching a term) for a resolved query."""
+        n = len(self.item_ids)
+        # Each term's contribution is a float32 product, summed in float64 and rounded once to
+        # float32, which is how Lucene's disjunction scorers add clause scores.
+        total = np.zeros(n, dtype=np.float64)
+        matched = np.zeros(n, dtype=bool)
+        for term, count in query.items():
+            if term in self.postings:
+                ords, values = self.postings[term]
+                total[ords] += np.float32(count) * values
+                matched[ords] = True
+        return total.astype(np.float32), matched
+
+    def explain(self, query: Query, k: int, filters=None, exclude_items=None) -> dict:
+        """The Elasticsearch body the same search would send (for comparison and debugging)."""
+        return dsl.search_body(_prepare(self.code_table, query), k,
+                               filters=dsl.coerce_filters(filters, self.field_types), exclude_items=exclude_items)
+
+    def search(self, query: Query, k: int, filters=None, exclude_items=None) -> list[Hit]:
+        scores, mask = self.scores(_prepare(self.code_table, query))
+        for name, values in dsl.coerce_filters(filters, self.field_types).items():
+            allowed = np.zeros_like(mask)
+            for v in values:
+                allowed[self._by_value[name].get(self._key(name, v), [])] = True
+            mask &= allowed
+        for item_id in exclude_items or ():
+            if item_id in self._index_of:
+                mask[self._index_of[item_id]] = False
+        candidates = np.flatnonzero(mask)
+        # lexsort: last key is primary -> highest score first, then smaller ord.
+        order = candidates[np.lexsort((candidates, -scores[candidates]))][:k]
+        return [Hit(self.item_ids[i], float(scores[i])) for i in order]
+
+    def batch_search(self, queries: Sequence[Query], k: int, filters=None, exclude_items=None) -> list[list[Hit]]:
+        excludes = _per_query(exclude_items, len(queries))
+        return [self.search(q, k, filters, ex) for q, ex in zip(queries, excludes)]
+
+
+def open_backend(*, alias: str | None = None, export_dir=None, client=None) -> Backend:
+    """`alias` -> EsBackend (checked against `export_dir` when given); else LocalBackend(export_dir)."""
+    if alias is not None:
+        return EsBackend.open(alias, export_dir, client=client)
+    if export_dir is None:
+        raise BackendError("give an Elasticsearch alias or an export directory to search")
+    return LocalBackend(export_dir)

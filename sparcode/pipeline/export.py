@@ -1,0 +1,116 @@
+"""Read an export directory (docs/export-format.md): the only thing the pipeline knows of a model."""
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import orjson
+
+from sparcode.codes_fallback import CodeTable
+from sparcode.featurefield import MIN_STORABLE
+
+FORMAT = "sparcode-export/1"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FIELD_TYPES = ("keyword", "text", "integer", "float")
+# Manifest keys copied into the index `_meta`, so an index says what it serves.
+SUMMARY_KEYS = ("format", "kind", "run", "quantizer", "tokens_per_user", "bias", "max_postings",
+                "items", "codes", "pairs", "stored_fraction", "created")
+
+
+class ExportError(ValueError):
+    """The export directory is missing, malformed, or holds a value the engine cannot store."""
+
+
+@dataclass(frozen=True)
+class Export:
+    path: Path
+
+    @classmethod
+    def open(cls, path) -> "Export":
+        path = Path(path)
+        if not (path / "manifest.json").is_file():
+            raise ExportError(f"{path} is not an export directory (no manifest.json)")
+        export = cls(path)
+        manifest = export.manifest
+        if manifest.get("format") != FORMAT:
+            raise ExportError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        for key in ("fingerprint", "items", "files"):
+            if key not in manifest:
+                raise ExportError(f"{path}/manifest.json lacks {key!r}")
+        export.item_fields  # validates the declared types early
+        return export
+
+    @cached_property
+    def manifest(self) -> dict:
+        try:
+            return orjson.loads((self.path / "manifest.json").read_bytes())
+        except orjson.JSONDecodeError as exc:
+            raise ExportError(f"{self.path}/manifest.json is not JSON: {exc}") from None
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.manifest["fingerprint"])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.manifest["items"])
+
+    @cached_property
+    def item_fields(self) -> dict[str, str]:
+        """Attribute name -> ES type; a list type (multi-valued) maps to its element type."""
+        fields = {}
+        for name, kind in (self.manifest.get("item_fields") or {}).items():
+            kind = kind[0] if isinstance(kind, list) and kind else kind
+            if kind not in FIELD_TYPES:
+                raise ExportError(f"item field {name!r} has type {kind!r}; expected one of {FIELD_TYPES}")
+            fields[name] = kind
+        return fields
+
+    def summary(self) -> dict:
+        return {k: self.manifest[k] for k in SUMMARY_KEYS if k in self.manifest}
+
+    def code_table(self) -> CodeTable:
+        return CodeTable.load(self.path / self.manifest["files"].get("codes", "codes.npz"))
+
+    def lines(self) -> Iterator[bytes]:
+        """Raw JSON lines of every items file, in manifest order."""
+        for name in self.manifest["files"]["items"]:
+            with gzip.open(self.path / name, "rb") as fh:
+                for line in fh:
+                    if line.strip():
+                        yield line
+
+    def items(self) -> Iterator[dict]:
+        for line in self.lines():
+            yield orjson.loads(line)
+
+    def validate(self) -> int:
+        """Check every item before anything is sent: ids unique, codes storable. Returns the count."""
+        seen: set[str] = set()
+        for item in self.items():
+            item_id = item.get("item_id")
+            if not isinstance(item_id, str) or not item_id:
+                raise ExportError(f"item with ord {item.get('ord')!r} has no string item_id")
+            if item_id in seen:
+                raise ExportError(f"item {item_id!r} appears twice")
+            seen.add(item_id)
+            check_codes(item_id, item.get("codes") or {})
+            extra = set(item) - {"item_id", "ord", "codes"} - set(self.item_fields)
+            if extra:
+                raise ExportError(f"item {item_id!r} has undeclared fields {sorted(extra)}")
+        if len(seen) != self.n_items:
+            raise ExportError(f"{self.path}: manifest says {self.n_items} items, files hold {len(seen)}")
+        return len(seen)
+
+
+def check_codes(item_id: str, codes: dict) -> None:
+    """FeatureField rejects values <= 0, subnormal or non-finite: name the item and term up front."""
+    for term, value in codes.items():
+        # Plain comparisons: this runs once per stored pair, millions of times per export.
+        if not (isinstance(value, (int, float)) and MIN_STORABLE <= value <= FLOAT32_MAX):
+            raise ExportError(f"item {item_id!r}, term {term!r}: score {value!r} cannot be stored "
+                              "(must be a finite positive normal float32)")

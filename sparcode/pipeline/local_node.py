@@ -1,0 +1,310 @@
+"""A throwaway single-node Elasticsearch for tests and local use, fetched through Maven.
+
+We use the `integ-test-zip` distribution because it is the one Elasticsearch publishes to
+Maven Central, and Maven is the only package route this project can count on offline-ish
+machines (no Docker, no artifacts.elastic.co). It lacks mapper-extras (no `rank_features`)
+but has `sparse_vector`, which is all the default pipeline needs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import tenacity
+
+ES_VERSION = "8.19.8"
+ARTIFACT = f"org.elasticsearch.distribution.integ-test-zip:elasticsearch:{ES_VERSION}:zip"
+DEFAULT_PORT = 9250
+DEFAULT_HEAP = "1g"
+ES_USER = "sparcode-es"
+START_TIMEOUT_S = 120.0
+
+
+class LocalNodeError(RuntimeError):
+    """A failure the user can act on; the message is one line."""
+
+
+def default_home() -> Path:
+    env = os.environ.get("SPARCODE_ES_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    repo = Path(__file__).resolve().parents[2]
+    # An editable install lives in the repo, whose .cache/ is git-ignored; otherwise use cwd.
+    base = repo if (repo / "pyproject.toml").exists() else Path.cwd()
+    return base / ".cache" / "es"
+
+
+def local_url(port: int = DEFAULT_PORT) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+@dataclass
+class LocalNode:
+    home: Path
+    port: int = DEFAULT_PORT
+    heap: str = DEFAULT_HEAP
+
+    # -- layout ---------------------------------------------------------------------------
+    @property
+    def zip_path(self) -> Path:
+        return self.home / "dist" / f"elasticsearch-{ES_VERSION}.zip"
+
+    @property
+    def dist_dir(self) -> Path:
+        return self.home / f"elasticsearch-{ES_VERSION}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "es.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / "es.out"
+
+    @property
+    def state_file(self) -> Path:
+        # Remembers the port of the running node so `status`/`stop` need no flags.
+        return self.home / "node.json"
+
+    @property
+    def url(self) -> str:
+        return local_url(self.port)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> float:
+        """Start the node (fetching/unpacking it first if needed); return seconds to healthy."""
+        if self.running_pid() is not None and self.healthy():
+            return 0.0
+        java_home = _java_home()
+        self._ensure_unpacked()
+        user = _ensure_user()
+        self._write_config()
+        self._chown(user)
+        self.pid_file.unlink(missing_ok=True)
+        started = time.monotonic()
+        cmd = ["env", f"ES_JAVA_HOME={java_home}", str(self.dist_dir / "bin" / "elasticsearch"),
+               "-d", "-p", str(self.pid_file)]
+        if user is not None:
+            cmd = ["runuser", "-u", user, "--", *cmd]
+        # A file, not a pipe: the daemonised JVM keeps the descriptor open forever.
+        with open(self.log_file, "ab") as log:
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.dist_dir).returncode
+        if rc != 0:
+            raise LocalNodeError(f"elasticsearch exited with {rc} at start-up:\n{self.log_tail()}")
+        self.state_file.write_text(json.dumps({"port": self.port, "heap": self.heap}))
+        try:
+            self._wait_healthy()
+        except tenacity.RetryError:
+            self.stop()
+            raise LocalNodeError(
+                f"elasticsearch not healthy on {self.url} after {START_TIMEOUT_S:.0f}s:\n{self.log_tail()}")
+        return time.monotonic() - started
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the node by its pid; return False when it was not running."""
+        pid = self.running_pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def running_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/_cluster/health", timeout=2) as resp:
+                return json.load(resp).get("status") in ("green", "yellow")
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+
+    def log_tail(self, lines: int = 30) -> str:
+        texts = []
+        for path in [self.log_file, *sorted((self.home / "logs").glob("*.log"))[-1:]]:
+            if path.exists():
+                texts.extend(path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(texts[-lines:]) or "(no log output)"
+
+    @classmethod
+    def from_state(cls, home: Path | None = None, port: int | None = None) -> "LocalNode":
+        """The node as last started in `home`, unless `port` says otherwise."""
+        home = home or default_home()
+        node = cls(home)
+        try:
+            state = json.loads(node.state_file.read_text())
+            node.port, node.heap = int(state["port"]), str(state["heap"])
+        except (OSError, ValueError, KeyError):
+            pass
+        if port is not None:
+            node.port = port
+        return node
+
+    # -- steps ----------------------------------------------------------------------------
+    def _wait_healthy(self) -> None:
+        pid_seen = False
+
+        def check() -> None:
+            nonlocal pid_seen
+            pid = self.running_pid()
+            pid_seen = pid_seen or pid is not None
+            if pid_seen and pid is None:
+                # The JVM died: no point waiting out the timeout.
+                raise _NodeDied()
+            if not self.healthy():
+                raise tenacity.TryAgain
+
+        retry = tenacity.Retrying(stop=tenacity.stop_after_delay(START_TIMEOUT_S),
+                                  wait=tenacity.wait_fixed(0.5),
+                                  retry=tenacity.retry_if_not_exception_type(_NodeDied))
+        try:
+            retry(check)
+        except _NodeDied:
+            raise LocalNodeError(f"elasticsearch died during start-up:\n{self.log_tail()}")
+
+    def _ensure_unpacked(self) -> None:
+        marker = self.dist_dir / ".sparcode-unpacked"
+        if marker.exists():
+            return
+        self._fetch()
+        if self.dist_dir.exists():
+            shutil.rmtree(self.dist_dir)  # a half-unpacked tree from an interrupted run
+        with zipfile.ZipFile(self.zip_path) as zf:
+            for info in zf.infolist():
+                target = Path(zf.extract(info, self.home))
+                mode = info.external_attr >> 16
+                if mode and not info.is_dir():
+                    # zipfile drops permissions; bin/ scripts and the bundled tools need +x.
+                    target.chmod(mode & 0o777)
+        marker.touch()
+
+    def _fetch(self) -> None:
+        sha_file = self.zip_path.with_suffix(".zip.sha256")
+        if self.zip_path.exists() and sha_file.exists():
+            if _sha256(self.zip_path) == sha_file.read_text().strip():
+                return
+            self.zip_path.unlink()
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise LocalNodeError("mvn not found on PATH: install Maven to fetch Elasticsearch "
+                                 "(or point ELASTICSEARCH_URL at an existing node)")
+        self.zip_path.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([mvn, "-B", "-q", "dependency:copy", f"-Dartifact={ARTIFACT}",
+                               f"-DoutputDirectory={self.zip_path.parent}"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0 or not self.zip_path.exists():
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+            raise LocalNodeError(f"mvn could not fetch {ARTIFACT}: " + " | ".join(tail))
+        with zipfile.ZipFile(self.zip_path) as zf:
+            bad = zf.testzip()
+        if bad is not None:
+            self.zip_path.unlink()
+            raise LocalNodeError(f"downloaded {self.zip_path.name} is corrupt (first bad member {bad}); "
+                                 "run again to re-fetch")
+        # Recorded after the first verified fetch, so later starts detect a damaged cache cheaply.
+        sha_file.write_text(_sha256(self.zip_path) + "\n")
+
+    def _write_config(self) -> None:
+        for d in (self.home / "data", self.home / "logs", self.run_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        config = self.dist_dir / "config"
+        (config / "elasticsearch.yml").write_text(
+            "# written by `sparcode es start`; edits are overwritten\n"
+            "cluster.name: sparcode-local\n"
+            "discovery.type: single-node\n"
+            "network.host: 127.0.0.1\n"
+            f"http.port: {self.port}\n"
+            f"transport.port: {self.port + 50}\n"
+            f"path.data: {self.home / 'data'}\n"
+            f"path.logs: {self.home / 'logs'}\n"
+            "xpack.security.enabled: false\n"
+            # Dev machines are often nearly full; the disk watermark would block every write.
+            "cluster.routing.allocation.disk.threshold_enabled: false\n")
+        opts = config / "jvm.options.d"
+        opts.mkdir(exist_ok=True)
+        (opts / "heap.options").write_text(f"-Xms{self.heap}\n-Xmx{self.heap}\n")
+
+    def _chown(self, user: str | None) -> None:
+        if user is None:
+            return
+        pw = pwd.getpwnam(user)
+        for path in (self.dist_dir, self.home / "data", self.home / "logs", self.run_dir):
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+            for root, dirs, files in os.walk(path):
+                for name in dirs + files:
+                    os.chown(os.path.join(root, name), pw.pw_uid, pw.pw_gid, follow_symlinks=False)
+        # The ES user must be able to reach its files through our cache directories.
+        for parent in [self.home, *self.home.parents]:
+            if parent.stat().st_mode & 0o001 == 0:
+                raise LocalNodeError(f"{parent} is not traversable by user {user}; "
+                                     "set SPARCODE_ES_HOME to a world-readable location")
+
+
+class _NodeDied(Exception):
+    pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _java_home() -> str:
+    env = os.environ.get("ES_JAVA_HOME")
+    if env:
+        return env
+    java = shutil.which("java")
+    if java is None:
+        raise LocalNodeError("java not found on PATH: install a JDK (17+) or set ES_JAVA_HOME")
+    return str(Path(os.path.realpath(java)).parents[1])
+
+
+def _ensure_user() -> str | None:
+    """The system user to run as when we are root (Elasticsearch refuses to run as root)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(ES_USER)
+    except KeyError:
+        proc = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                               ES_USER], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise LocalNodeError(f"could not create user {ES_USER}: {proc.stderr.strip()}")
+    return ES_USER
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,107 @@
+"""The search request for one user query, in each form Elasticsearch can score it.
+
+Every form scores an item as Σ count × stored value over the query's terms, which is the
+model's score. The default is the `sparse_vector` query: one clause however many terms the
+user has (no `max_clause_count` ceiling, a smaller body), and it is the query Elasticsearch
+maintains for the field type we index by default. `term` (bool/should of boosted terms) scores
+identically on a `sparse_vector` field and is kept for engines or fields where
+`sparse_vector` is unavailable; `rank_feature` is the form for a `rank_features` field.
+"""
+from __future__ import annotations
+
+import math
+from typing import Collection, Iterable, Mapping
+
+FORMS = ("sparse_vector", "term", "rank_feature")
+DEFAULT_FORM = "sparse_vector"
+FILTERABLE = ("keyword", "integer", "float")
+# Equal scores are ordered by smaller `ord`, as in every other backend. Without it ES orders
+# ties by Lucene doc id, which follows `ord` only until a resume or update reorders segments.
+# Measured (msearch, 2 cores): 20k small docs 0.23 -> 0.28 ms/query; an ML-1M-shaped index
+# (3416 items x 760 postings) 0.91 -> 0.98 ms/query. Worth it for exact, comparable rankings.
+# Both scoring forms measured the same, so the default is chosen on the grounds above.
+TIEBREAK_SORT = ["_score", {"ord": "asc"}]
+
+
+class QueryError(ValueError):
+    """A query or filter no backend can serve; one line."""
+
+
+def form_for(field_type: str) -> str:
+    return "rank_feature" if field_type == "rank_features" else DEFAULT_FORM
+
+
+def clean_query(query: Mapping[str, float]) -> dict[str, float]:
+    """Counts as floats; zero counts dropped (they match but add nothing), negatives refused."""
+    out = {}
+    for term, count in query.items():
+        count = float(count)
+        if not math.isfinite(count) or count < 0:
+            raise QueryError(f"query term {term!r} has count {count!r}; counts must be finite and >= 0")
+        if count > 0:
+            out[str(term)] = count
+    return out
+
+
+def coerce_filters(filters: Mapping[str, object] | None, field_types: Mapping[str, str]) -> dict[str, list]:
+    """`{field: value or [values]}` -> `{field: [typed values]}`; an item matches any listed value.
+
+    Text fields are refused: their analyzed matching has no exact offline equivalent.
+    """
+    out: dict[str, list] = {}
+    for name, value in (filters or {}).items():
+        kind = field_types.get(name)
+        if kind is None:
+            raise QueryError(f"unknown filter field {name!r}; known: {sorted(field_types)}")
+        if kind not in FILTERABLE:
+            raise QueryError(f"field {name!r} is {kind}; filters work on {', '.join(FILTERABLE)} fields")
+        values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+        cast = {"keyword": str, "integer": int, "float": float}[kind]
+        try:
+            out[name] = [cast(v) for v in values]
+        except (TypeError, ValueError):
+            raise QueryError(f"filter {name}={value!r} is not a valid {kind}") from None
+    return out
+
+
+def parse_filter(text: str) -> tuple[str, str]:
+    """`field=value` from the command line."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise QueryError(f"filter {text!r}: expected field=value")
+    return name.strip(), value
+
+
+def scoring_query(query: Mapping[str, float], form: str = DEFAULT_FORM, field: str = "codes") -> dict:
+    if form not in FORMS:
+        raise QueryError(f"query form {form!r}: expected one of {FORMS}")
+    if not query:
+        return {"match_none": {}}
+    if form == "sparse_vector":
+        return {"sparse_vector": {"field": field, "query_vector": dict(query)}}
+    if form == "term":
+        clauses = [{"term": {field: {"value": t, "boost": c}}} for t, c in query.items()]
+    else:
+        clauses = [{"rank_feature": {"field": f"{field}.{t}", "linear": {}, "boost": c}} for t, c in query.items()]
+    return {"bool": {"should": clauses}}
+
+
+def search_body(query: Mapping[str, float], k: int, *, form: str = DEFAULT_FORM, field: str = "codes",
+                filters: Mapping[str, list] | None = None, exclude_items: Collection[str] | None = None,
+                tiebreak: bool = True) -> dict:
+    """The full `_search` body: top `k` by score, ties by `ord`, no total count, no source."""
+    scoring = scoring_query(query, form, field)
+    filter_clauses = [_filter_clause(name, values) for name, values in (filters or {}).items()]
+    must_not = [{"ids": {"values": sorted(set(exclude_items))}}] if exclude_items else []
+    if filter_clauses or must_not:
+        # Filters and exclusions add no score, so the sum stays the model's score.
+        scoring = {"bool": {"must": [scoring], "filter": filter_clauses, "must_not": must_not}}
+    body = {"size": int(k), "query": scoring, "track_total_hits": False, "_source": False}
+    if tiebreak:
+        body["sort"] = list(TIEBREAK_SORT)
+    return body
+
+
+def _filter_clause(name: str, values: Iterable) -> dict:
+    values = list(values)
+    return {"term": {name: values[0]}} if len(values) == 1 else {"terms": {name: values}}

@@ -1,0 +1,130 @@
+"""Shared fixtures: a synthetic export directory, and a live Elasticsearch discovered from the
+environment (`ELASTICSEARCH_URL`, default the `sparcode es start` node).
+
+A test needing Elasticsearch fails under CI=true when no node answers, so CI can never go
+green by skipping; on a developer machine it skips and says how to start one.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from sparcode.featurefield import truncate
+from sparcode.terms import code_to_term
+
+FINGERPRINT = "ab12cd34" + "0" * 56
+ITEM_FIELDS = {"title": "text", "genres": ["keyword"], "year": "integer", "rating": "float"}
+GENRES = ["Drama", "Comedy", "Horror", "Sci-Fi"]
+
+
+def write_export(path: Path, items: list[dict], *, M: int = 2, N: int = 16, sub_dim: int = 4, seed: int = 0,
+                 indexed: list[str] | None = None, fingerprint: str = FINGERPRINT,
+                 item_fields: dict | None = None) -> Path:
+    """Write manifest.json, items.jsonl.gz and codes.npz exactly as docs/export-format.md says."""
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    codebooks = rng.standard_normal((M, N, sub_dim)).astype(np.float32)
+    terms = indexed if indexed is not None else sorted({t for it in items for t in it["codes"]})
+    codes = [tuple(int(p) for p in t[1:].split("_")) for t in terms]
+    vectors = np.stack([np.concatenate([codebooks[m, i] for m, i in enumerate(c)]) for c in codes]) \
+        if codes else np.zeros((0, M * sub_dim), np.float32)
+    np.savez(path / "codes.npz", terms=np.asarray(terms), vectors=vectors, codebooks=codebooks)
+    with gzip.open(path / "items.jsonl.gz", "wb") as fh:
+        for item in items:
+            fh.write(orjson.dumps(item) + b"\n")
+    pairs = sum(len(it["codes"]) for it in items)
+    manifest = {
+        "format": "sparcode-export/1", "kind": "sparcode", "fingerprint": fingerprint,
+        "run": {"model": "sparcode", "dataset": "synthetic", "split": "multi-target", "seed": seed},
+        "quantizer": {"M": M, "N": N, "dim": M * sub_dim}, "tokens_per_user": 4, "bias": -1.0,
+        "max_postings": None, "items": len(items), "codes": len(terms), "pairs": pairs,
+        "stored_fraction": pairs / max(len(terms) * len(items), 1),
+        "postings_per_code": {"mean": pairs / max(len(terms), 1), "p50": 0, "p99": 0, "max": 0},
+        "item_fields": item_fields if item_fields is not None else ITEM_FIELDS,
+        "files": {"items": ["items.jsonl.gz"], "codes": "codes.npz"},
+        "created": "2026-11-22T19:00:00Z", "export_seconds": 0.1,
+    }
+    (path / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return path
+
+
+def random_items(n_items: int = 400, n_terms: int = 60, *, M: int = 2, N: int = 16, seed: int = 0) -> list[dict]:
+    """Items with random truncated scores; some share their codes exactly, some have none."""
+    rng = np.random.default_rng(seed)
+    all_codes = [(a, b) for a in range(N) for b in range(N)]
+    picked = rng.choice(len(all_codes), size=n_terms, replace=False)
+    terms = sorted(code_to_term(all_codes[i]) for i in picked)
+    items = []
+    for ord_ in range(n_items):
+        if ord_ % 50 == 7:
+            codes = {}
+        elif ord_ % 10 == 3 and ord_ > 10:
+            codes = dict(items[ord_ - 10]["codes"])  # an exact duplicate: a guaranteed tie
+        else:
+            chosen = rng.choice(n_terms, size=int(rng.integers(1, 12)), replace=False)
+            values = truncate(rng.exponential(1.0, size=len(chosen)) + 1e-3)
+            codes = {terms[c]: float(v) for c, v in zip(chosen, values)}
+        items.append({"item_id": f"i{ord_:04d}", "ord": ord_, "codes": codes,
+                      "title": f"Movie {ord_}", "genres": [GENRES[ord_ % 4], GENRES[(ord_ // 4) % 4]],
+                      "year": 1990 + ord_ % 20, "rating": [1.5, 2.5, None][ord_ % 3]})
+    return items
+
+
+def random_queries(export_dir: Path, n: int, *, seed: int = 1, unindexed: bool = True) -> list[dict[str, float]]:
+    """User queries {term: count}: K=4 tokens over indexed terms, sometimes an unindexed code."""
+    rng = np.random.default_rng(seed)
+    with np.load(export_dir / "codes.npz") as npz:
+        terms = [str(t) for t in npz["terms"]]
+        N = npz["codebooks"].shape[1]
+    queries = []
+    for _ in range(n):
+        q: dict[str, float] = {}
+        for _ in range(4):
+            if unindexed and rng.random() < 0.15:
+                term = code_to_term((int(rng.integers(N)), int(rng.integers(N))))
+            else:
+                term = terms[int(rng.integers(len(terms)))]
+            q[term] = q.get(term, 0.0) + 1.0
+        queries.append(q)
+    return queries
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory) -> Path:
+    return write_export(tmp_path_factory.mktemp("export"), random_items())
+
+
+@pytest.fixture(scope="session")
+def es_client():
+    """A checked client for the node at ELASTICSEARCH_URL; fail under CI=true, else skip."""
+    from sparcode.pipeline.connect import ConnectionProblem, connect, es_url
+
+    try:
+        return connect(es_url())
+    except ConnectionProblem as exc:
+        problem = str(exc)
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and no usable Elasticsearch: {problem}", pytrace=False)
+    pytest.skip(f"no Elasticsearch: {problem}")
+
+
+def drop_alias_family(client, alias: str) -> None:
+    # Wildcard deletes are refused by default (action.destructive_requires_name), so name them.
+    names = client.indices.get(index=f"{alias}-*", allow_no_indices=True, expand_wildcards="all").body
+    if names:
+        client.indices.delete(index=",".join(names))
+
+
+@pytest.fixture
+def alias(es_client):
+    """A unique alias for one test; every index built behind it is deleted afterwards."""
+    name = f"sparcode-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    drop_alias_family(es_client, name)

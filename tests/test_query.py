@@ -1,0 +1,78 @@
+"""Request bodies for each query form: the DSL Elasticsearch receives is the contract."""
+import pytest
+
+from sparcode.pipeline import query as dsl
+
+Q = {"c0001_0002": 2.0, "c0003_0004": 1.0}
+
+
+def test_sparse_vector_form_is_one_clause():
+    body = dsl.search_body(Q, 10)
+    assert body == {
+        "size": 10, "track_total_hits": False, "_source": False,
+        "query": {"sparse_vector": {"field": "codes", "query_vector": Q}},
+        "sort": ["_score", {"ord": "asc"}],
+    }
+
+
+def test_term_form_boosts_each_term_by_its_count():
+    body = dsl.search_body(Q, 5, form="term", tiebreak=False)
+    assert body["query"] == {"bool": {"should": [
+        {"term": {"codes": {"value": "c0001_0002", "boost": 2.0}}},
+        {"term": {"codes": {"value": "c0003_0004", "boost": 1.0}}},
+    ]}}
+    assert "sort" not in body and body["track_total_hits"] is False
+
+
+def test_rank_feature_form_is_linear_per_term():
+    should = dsl.search_body(Q, 5, form="rank_feature")["query"]["bool"]["should"]
+    assert should[0] == {"rank_feature": {"field": "codes.c0001_0002", "linear": {}, "boost": 2.0}}
+    assert dsl.form_for("rank_features") == "rank_feature"
+    assert dsl.form_for("sparse_vector") == "sparse_vector"
+
+
+def test_filters_and_exclusions_wrap_the_scoring_query_without_scoring():
+    filters = dsl.coerce_filters({"genres": "Drama", "year": ["1990", 1991]},
+                                 {"genres": "keyword", "year": "integer"})
+    body = dsl.search_body(Q, 3, filters=filters, exclude_items={"b", "a"})
+    assert body["query"]["bool"] == {
+        "must": [{"sparse_vector": {"field": "codes", "query_vector": Q}}],
+        "filter": [{"term": {"genres": "Drama"}}, {"terms": {"year": [1990, 1991]}}],
+        "must_not": [{"ids": {"values": ["a", "b"]}}],
+    }
+
+
+def test_term_form_under_filters_still_needs_a_matching_term():
+    body = dsl.search_body(Q, 3, form="term", exclude_items=["x"])
+    inner = body["query"]["bool"]["must"][0]
+    # The should-only bool is nested under must, so a doc matching no term is never returned.
+    assert set(inner["bool"]) == {"should"}
+
+
+def test_empty_query_matches_nothing_and_zero_counts_drop():
+    assert dsl.search_body({}, 3)["query"] == {"match_none": {}}
+    assert dsl.clean_query({"a": 0, "b": 2}) == {"b": 2.0}
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_bad_counts_are_refused(bad):
+    with pytest.raises(dsl.QueryError, match="c9"):
+        dsl.clean_query({"c9": bad})
+
+
+def test_filter_errors_are_one_clear_line():
+    types = {"title": "text", "year": "integer"}
+    with pytest.raises(dsl.QueryError, match="unknown filter field 'genre'"):
+        dsl.coerce_filters({"genre": "x"}, types)
+    with pytest.raises(dsl.QueryError, match="title.*text"):
+        dsl.coerce_filters({"title": "x"}, types)
+    with pytest.raises(dsl.QueryError, match="not a valid integer"):
+        dsl.coerce_filters({"year": "soon"}, types)
+    assert dsl.parse_filter("genres=Sci-Fi=x") == ("genres", "Sci-Fi=x")
+    with pytest.raises(dsl.QueryError):
+        dsl.parse_filter("genres")
+
+
+def test_unknown_form_is_refused():
+    with pytest.raises(dsl.QueryError):
+        dsl.search_body(Q, 3, form="knn")
