@@ -1,35 +1,41 @@
 #!/usr/bin/env bash
-# Sets up .venv, starts a local Elasticsearch node when Java and Maven are present, runs the
-# test suite against it, and stops the node again.
+# Sets up .venv, starts local Elasticsearch and OpenSearch nodes when Java and Maven are present,
+# runs the test suite against them, and stops the nodes it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
-# --- Elasticsearch (tests marked `es` discover it from ELASTICSEARCH_URL) -----------------
-ES_PORT=${SPARCODE_ES_PORT:-9250}
-started_es=0
-stop_es() {
-  if [ "$started_es" = 1 ]; then .venv/bin/sparcode es stop || true; fi
+# --- search nodes (tests marked `es` / `opensearch` find them via ELASTICSEARCH_URL / OPENSEARCH_URL)
+started=()
+stop_nodes() {
+  for engine in "${started[@]}"; do .venv/bin/sparcode es stop --engine "$engine" || true; done
 }
-trap stop_es EXIT
-if [ -z "${ELASTICSEARCH_URL:-}" ]; then
-  if .venv/bin/sparcode es status --port "$ES_PORT" >/dev/null 2>&1; then
+trap stop_nodes EXIT
+
+# ensure_node ENGINE URL_VARIABLE PORT: use the URL if set, else a running node, else start one.
+ensure_node() {
+  local engine=$1 var=$2 port=$3
+  if [ -n "${!var:-}" ]; then return; fi
+  if .venv/bin/sparcode es status --engine "$engine" --port "$port" >/dev/null 2>&1; then
     :  # a node someone else started: use it, and leave it running
   elif command -v java >/dev/null && command -v mvn >/dev/null; then
-    if .venv/bin/sparcode es start --port "$ES_PORT"; then
-      started_es=1
+    if .venv/bin/sparcode es start --engine "$engine" --port "$port"; then
+      started+=("$engine")
     elif [ "${CI:-}" = "true" ]; then
-      echo "CI=true: could not start Elasticsearch" >&2
+      echo "CI=true: could not start $engine" >&2
       exit 1
     fi
   elif [ "${CI:-}" = "true" ]; then
-    echo "CI=true: java and mvn are needed to start Elasticsearch (or set ELASTICSEARCH_URL)" >&2
+    echo "CI=true: java and mvn are needed to start $engine (or set $var)" >&2
     exit 1
   fi
-  export ELASTICSEARCH_URL="http://127.0.0.1:${ES_PORT}"
-fi
+  export "$var=http://127.0.0.1:${port}"
+}
+# 1 GB heap each (the default): both fit side by side on a developer machine.
+ensure_node elasticsearch ELASTICSEARCH_URL "${SPARCODE_ES_PORT:-9250}"
+ensure_node opensearch OPENSEARCH_URL "${SPARCODE_OPENSEARCH_PORT:-9260}"
 
-# No exec: the EXIT trap must run to stop the node; pytest's status is passed on.
+# No exec: the EXIT trap must run to stop the nodes; pytest's status is passed on.
 status=0
 .venv/bin/python -m pytest -q "$@" || status=$?
 exit "$status"

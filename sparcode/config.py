@@ -32,9 +32,10 @@ class ModelConfig:
     scorer_hidden: int = 64
     # Bias inside ReLU(S + b) while training; the serving bias b̃ is chosen after training.
     train_bias: float = 0.0
-    # Slope of the ReLU's negative side while training, so positives pushed below zero early
-    # can still recover; serving always uses the exact ReLU.
-    train_leak: float = 0.01
+    # Slope of the ReLU's negative side while training. Keep 0: with any leak the model can
+    # rank items inside the negative region, which serving's exact ReLU erases (measured:
+    # validation R@50 0.023 after one epoch with a 0.01 leak).
+    train_leak: float = 0.0
     dropout: float = 0.1
     feature_dim: int = 16
     # EASE only

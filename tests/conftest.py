@@ -1,8 +1,10 @@
-"""Shared fixtures: a synthetic export directory, and a live Elasticsearch discovered from the
-environment (`ELASTICSEARCH_URL`, default the `sparcode es start` node).
+"""Shared fixtures: a synthetic export directory, and live Elasticsearch / OpenSearch nodes
+discovered from the environment (`ELASTICSEARCH_URL`, `OPENSEARCH_URL`; default the nodes
+`sparcode es start [--engine opensearch]` runs).
 
-A test needing Elasticsearch fails under CI=true when no node answers, so CI can never go
-green by skipping; on a developer machine it skips and says how to start one.
+A test needing a node fails under CI=true when none answers, so CI can never go green by
+skipping; on a developer machine it skips and says how to start one. A module using `engine`
+or `alias` sets `ENGINE = "elasticsearch"` or `"opensearch"`.
 """
 from __future__ import annotations
 
@@ -101,30 +103,54 @@ def export_dir(tmp_path_factory) -> Path:
     return write_export(tmp_path_factory.mktemp("export"), random_items())
 
 
-@pytest.fixture(scope="session")
-def es_client():
-    """A checked client for the node at ELASTICSEARCH_URL; fail under CI=true, else skip."""
-    from sparcode.pipeline.connect import ConnectionProblem, connect, es_url
+def live_engine(name: str):
+    """A checked engine at <ENGINE>_URL; fail under CI=true when there is none, else skip."""
+    from sparcode.pipeline.connect import ConnectionProblem, connect
 
     try:
-        return connect(es_url())
+        return connect(engine=name)
     except ConnectionProblem as exc:
         problem = str(exc)
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and no usable Elasticsearch: {problem}", pytrace=False)
-    pytest.skip(f"no Elasticsearch: {problem}")
+        pytest.fail(f"CI=true and no usable {name}: {problem}", pytrace=False)
+    pytest.skip(f"no {name}: {problem}")
 
 
-def drop_alias_family(client, alias: str) -> None:
+@pytest.fixture(scope="session")
+def es_engine():
+    return live_engine("elasticsearch")
+
+
+@pytest.fixture(scope="session")
+def os_engine():
+    return live_engine("opensearch")
+
+
+@pytest.fixture(scope="module")
+def engine(request):
+    """The live engine named by the test module's `ENGINE` ("elasticsearch" or "opensearch")."""
+    return request.getfixturevalue({"elasticsearch": "es_engine", "opensearch": "os_engine"}[request.module.ENGINE])
+
+
+def run_cli(*args, env=None):
+    """`sparcode ARGS…` through click's CliRunner; exceptions propagate so tracebacks show."""
+    from click.testing import CliRunner
+
+    from sparcode.cli import main
+
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def drop_alias_family(engine, alias: str) -> None:
     # Wildcard deletes are refused by default (action.destructive_requires_name), so name them.
-    names = client.indices.get(index=f"{alias}-*", allow_no_indices=True, expand_wildcards="all").body
+    names = engine.matching(f"{alias}-*")
     if names:
-        client.indices.delete(index=",".join(names))
+        engine.delete_indices(sorted(names))
 
 
 @pytest.fixture
-def alias(es_client):
-    """A unique alias for one test; every index built behind it is deleted afterwards."""
+def alias(engine):
+    """A unique alias for one test on the module's `engine`; its indices are deleted afterwards."""
     name = f"sparcode-test-{uuid.uuid4().hex[:10]}"
     yield name
-    drop_alias_family(es_client, name)
+    drop_alias_family(engine, name)

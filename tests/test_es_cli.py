@@ -2,37 +2,43 @@
 from __future__ import annotations
 
 import pytest
-from click.testing import CliRunner
 
-from sparcode.cli import main
-from sparcode.pipeline import indexer
-
-
-def run(*args, env=None):
-    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+from conftest import run_cli
+from engine_contract import check_cli_index_then_reindex
 
 
-def test_es_start_without_java_is_one_clear_line(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPARCODE_ES_HOME", str(tmp_path / "es"))
+ENGINE = "elasticsearch"  # for the `alias` fixture
+run = run_cli
+
+
+@pytest.mark.parametrize("engine_name,home_var,java_var", [
+    ("elasticsearch", "SPARCODE_ES_HOME", "ES_JAVA_HOME"),
+    ("opensearch", "SPARCODE_OPENSEARCH_HOME", "OPENSEARCH_JAVA_HOME")])
+def test_es_start_without_java_is_one_clear_line(tmp_path, monkeypatch, engine_name, home_var, java_var):
+    monkeypatch.setenv(home_var, str(tmp_path / "node"))
     monkeypatch.setenv("PATH", str(tmp_path))  # neither java nor mvn
-    monkeypatch.delenv("ES_JAVA_HOME", raising=False)
-    result = run("es", "start", "--port", "9299")
+    monkeypatch.delenv(java_var, raising=False)
+    result = run("es", "start", "--engine", engine_name, "--port", "9299")
     assert result.exit_code != 0
-    assert "java not found" in result.output and "Traceback" not in result.output
+    assert "java not found" in result.output and java_var in result.output
+    assert "Traceback" not in result.output
 
 
-def test_es_status_exits_nonzero_when_down(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPARCODE_ES_HOME", str(tmp_path / "es"))
-    result = run("es", "status", "--port", "9")
+@pytest.mark.parametrize("engine_name,home_var", [("elasticsearch", "SPARCODE_ES_HOME"),
+                                                   ("opensearch", "SPARCODE_OPENSEARCH_HOME")])
+def test_es_status_exits_nonzero_when_down(tmp_path, monkeypatch, engine_name, home_var):
+    monkeypatch.setenv(home_var, str(tmp_path / "node"))
+    result = run("es", "status", "--engine", engine_name, "--port", "9")
     assert result.exit_code == 1
-    assert "not running on http://127.0.0.1:9" in result.output
+    assert f"{engine_name} is not running on http://127.0.0.1:9" in result.output
 
 
-def test_unreachable_node_is_one_line_without_secrets(export_dir):
-    result = run("index", str(export_dir), "--alias", "x",
-                 env={"ELASTICSEARCH_URL": "http://bob:s3cret@127.0.0.1:9"})
+@pytest.mark.parametrize("engine_name,label", [("elasticsearch", "Elasticsearch"), ("opensearch", "OpenSearch")])
+def test_unreachable_node_is_one_line_without_secrets(export_dir, engine_name, label):
+    result = run("index", str(export_dir), "--alias", "x", "--engine", engine_name,
+                 env={f"{engine_name.upper()}_URL": "http://bob:s3cret@127.0.0.1:9"})
     assert result.exit_code == 1
-    assert "not reachable at http://***@127.0.0.1:9" in result.output
+    assert f"{label} not reachable at http://***@127.0.0.1:9" in result.output
     assert "s3cret" not in result.output and "Traceback" not in result.output
 
 
@@ -42,32 +48,27 @@ def test_bad_export_is_refused(tmp_path):
 
 
 @pytest.mark.es
-def test_index_then_reindex(es_client, alias, export_dir):
-    url = es_client.transport.node_pool.get().base_url
-    env = {"ELASTICSEARCH_URL": url}
-    first = run("index", str(export_dir), "--alias", alias, env=env)
-    assert first.exit_code == 0, first.output
-    assert "400 docs" in first.output and f"alias {alias} -> {alias}-ab12cd34-" in first.output
-    (old,) = indexer.alias_holders(es_client, alias)
+def test_index_then_reindex(es_engine, alias, export_dir):
+    check_cli_index_then_reindex(es_engine, alias, export_dir, run, {"ELASTICSEARCH_URL": es_engine.url})
 
-    again = run("index", str(export_dir), "--alias", alias, env=env)
-    assert again.exit_code == 1 and "use `sparcode reindex`" in again.output
 
-    second = run("reindex", str(export_dir), "--alias", alias, "--delete-old", env=env)
-    assert second.exit_code == 0, second.output
-    assert f"deleted {old}" in second.output
-    (new,) = indexer.alias_holders(es_client, alias)
-    assert new != old and not es_client.indices.exists(index=old)
-    assert es_client.count(index=alias)["count"] == 400
+@pytest.mark.es
+def test_engine_is_detected_from_the_server(es_engine, alias, export_dir):
+    # No --engine: the server at ELASTICSEARCH_URL says what it is.
+    result = run("index", str(export_dir), "--alias", alias, env={"ELASTICSEARCH_URL": es_engine.url})
+    assert result.exit_code == 0, result.output
+    assert f"on Elasticsearch {es_engine.version}" in result.output
 
 
 def test_a_server_of_another_major_is_refused():
     from types import SimpleNamespace
 
-    from sparcode.pipeline.connect import ConnectionProblem, check_server
+    from sparcode.pipeline.connect import ConnectionProblem
+    from sparcode.pipeline.engine_es import ElasticsearchEngine
 
-    fake = SimpleNamespace(nodes=SimpleNamespace(info=lambda **_: {"nodes": {"n1": {"version": "9.1.0"}}}))
+    def fake(version):
+        return SimpleNamespace(nodes=SimpleNamespace(info=lambda **_: {"nodes": {"n1": {"version": version}}}))
+
     with pytest.raises(ConnectionProblem, match=r"version 9\.1\.0; sparcode needs 8\.x"):
-        check_server(fake, "https://u:pw@es.example:9200")
-    assert check_server(SimpleNamespace(nodes=SimpleNamespace(
-        info=lambda **_: {"nodes": {"n1": {"version": "8.19.8"}}})), "http://x") == "8.19.8"
+        ElasticsearchEngine(fake("9.1.0"), "https://u:pw@es.example:9200").check()
+    assert ElasticsearchEngine(fake("8.19.8"), "http://x").check() == "8.19.8"

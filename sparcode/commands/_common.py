@@ -13,6 +13,14 @@ def user_errors():
     from sparcode.data.errors import DataError
 
     handled: tuple[type[BaseException], ...] = (ConfigError, DataError, FileNotFoundError)
+    from sparcode.pipeline.backends import BackendError
+    from sparcode.pipeline.bulk import BulkFailed
+    from sparcode.pipeline.connect import ConnectionProblem
+    from sparcode.pipeline.export import ExportError
+    from sparcode.pipeline.indexer import IndexProblem
+    from sparcode.pipeline.query import QueryError
+
+    handled += (BackendError, BulkFailed, ConnectionProblem, ExportError, IndexProblem, QueryError)
     try:
         from sparcode.encoder.runs import RunError
         handled += (RunError,)

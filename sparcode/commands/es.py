@@ -1,50 +1,62 @@
-"""`sparcode es start|stop|status`: a local single-node Elasticsearch for tests and trying things."""
+"""`sparcode es start|stop|status`: a local single-node Elasticsearch or OpenSearch for tests and
+trying things."""
 from __future__ import annotations
 
 import click
 
-from sparcode.pipeline.local_node import DEFAULT_HEAP, DEFAULT_PORT
+from sparcode.pipeline.local_node import DEFAULT_HEAP, ENGINES
+
+_ENGINE = click.option("--engine", type=click.Choice(ENGINES), default="elasticsearch", show_default=True,
+                       help="Which search engine's node.")
+
+
+def _node(engine: str, port: int | None = None, heap: str | None = None, *, from_state: bool = False):
+    from sparcode.pipeline.local_node import SPECS, LocalNode, default_home
+
+    spec = SPECS[engine]
+    if from_state:
+        return LocalNode.from_state(spec, port=port)
+    return LocalNode(spec, default_home(spec), port=port or 0, heap=heap or DEFAULT_HEAP)
 
 
 @click.group("es")
 def command():
-    """Manage a local Elasticsearch node (cached under .cache/es or $SPARCODE_ES_HOME)."""
+    """Manage a local search node (cached under .cache/es, .cache/opensearch, or
+    $SPARCODE_ES_HOME / $SPARCODE_OPENSEARCH_HOME)."""
 
 
 @command.command("start")
-@click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="HTTP port.")
+@_ENGINE
+@click.option("--port", type=int, default=None, help="HTTP port (default: 9250 elasticsearch, 9260 opensearch).")
 @click.option("--heap", default=DEFAULT_HEAP, show_default=True, help="JVM heap, e.g. 512m, 1g.")
-def start(port: int, heap: str):
+def start(engine: str, port: int | None, heap: str):
     """Fetch (via Maven), unpack and start the node; wait until it is healthy."""
-    from sparcode.pipeline.local_node import LocalNode, LocalNodeError, default_home
+    from sparcode.pipeline.local_node import LocalNodeError
 
-    node = LocalNode(default_home(), port=port, heap=heap)
+    node = _node(engine, port, heap)
     try:
         seconds = node.start()
     except LocalNodeError as exc:
         raise click.ClickException(str(exc))
     note = "already running" if seconds == 0.0 else f"healthy after {seconds:.1f}s"
-    click.echo(f"elasticsearch {node.url} ({note})")
+    click.echo(f"{engine} {node.url} ({note})")
 
 
 @command.command("stop")
-def stop():
+@_ENGINE
+def stop(engine: str):
     """Stop the node started by `sparcode es start`."""
-    from sparcode.pipeline.local_node import LocalNode
-
-    node = LocalNode.from_state()
-    click.echo("stopped" if node.stop() else "not running")
+    click.echo("stopped" if _node(engine, from_state=True).stop() else "not running")
 
 
 @command.command("status")
+@_ENGINE
 @click.option("--port", type=int, default=None, help="Port to check (default: the one last started).")
-def status(port: int | None):
+def status(engine: str, port: int | None):
     """Print the URL the node serves; exit 1 when it is down."""
-    from sparcode.pipeline.local_node import LocalNode
-
-    node = LocalNode.from_state(port=port)
+    node = _node(engine, port, from_state=True)
     if node.healthy():
         click.echo(node.url)
         return
-    click.echo(f"elasticsearch is not running on {node.url}", err=True)
+    click.echo(f"{engine} is not running on {node.url}", err=True)
     raise SystemExit(1)

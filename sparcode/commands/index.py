@@ -3,29 +3,34 @@ from __future__ import annotations
 
 import click
 
+from sparcode.pipeline.local_node import ENGINES
+
 _FIELD_TYPES = click.Choice(["sparse_vector", "rank_features"])
+_ENGINE = click.option("--engine", type=click.Choice(ENGINES), default=None,
+                       help="Search engine (URL from ELASTICSEARCH_URL / OPENSEARCH_URL). "
+                            "Default: detected from the server at ELASTICSEARCH_URL, else OPENSEARCH_URL.")
 
 
-def _run(export_dir: str, alias: str, *, field_type: str | None, resume: bool, delete_old: bool,
-         replace: bool) -> None:
-    from elasticsearch import ApiError
-
+def _run(export_dir: str, alias: str, *, engine: str | None, field_type: str | None, resume: bool,
+         delete_old: bool, replace: bool) -> None:
     from sparcode.pipeline.bulk import BulkFailed
     from sparcode.pipeline.connect import ConnectionProblem, connect
+    from sparcode.pipeline.engine import EngineError, EngineUnavailable
     from sparcode.pipeline.export import Export, ExportError
     from sparcode.pipeline.indexer import IndexProblem, build
 
     try:
         export = Export.open(export_dir)
-        client = connect()
-        result = build(client, export, alias, field_type=field_type, resume=resume, delete_old=delete_old,
+        conn = connect(engine=engine)
+        result = build(conn, export, alias, field_type=field_type, resume=resume, delete_old=delete_old,
                        replace=replace)
     except (ExportError, ConnectionProblem, IndexProblem, BulkFailed) as exc:
         raise click.ClickException(str(exc))
-    except ApiError as exc:
-        raise click.ClickException(f"Elasticsearch answered HTTP {exc.meta.status}: {exc.message}")
+    except (EngineError, EngineUnavailable) as exc:
+        raise click.ClickException(f"the search engine answered {exc}")
     how = "resumed into" if result.resumed else "built"
-    click.echo(f"{how} {result.index}: {result.docs} docs ({result.docs_per_second:,.0f} docs/s)")
+    click.echo(f"{how} {result.index} on {conn.label} {conn.version}: {result.docs} docs "
+               f"({result.docs_per_second:,.0f} docs/s)")
     moved = f" (was {', '.join(result.previous)})" if result.previous else ""
     click.echo(f"alias {alias} -> {result.index}{moved}")
     if result.deleted:
@@ -35,19 +40,23 @@ def _run(export_dir: str, alias: str, *, field_type: str | None, resume: bool, d
 @click.command("index")
 @click.argument("export_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--alias", required=True, help="Alias that searches use; must not exist yet.")
-@click.option("--field-type", type=_FIELD_TYPES, default="sparse_vector", show_default=True,
-              help="Field type for the codes (rank_features needs the mapper-extras module).")
+@_ENGINE
+@click.option("--field-type", type=_FIELD_TYPES, default=None,
+              help="Field type for the codes. Default: sparse_vector on Elasticsearch, rank_features on "
+                   "OpenSearch (Elasticsearch's rank_features needs the mapper-extras module).")
 @click.option("--resume", is_flag=True, help="Continue the newest unfinished load of this export.")
 @click.option("--delete-old", is_flag=True, help="Delete the index the alias pointed at before.")
-def command(export_dir, alias, field_type, resume, delete_old):
+def command(export_dir, alias, engine, field_type, resume, delete_old):
     """Index EXPORT_DIR into a new versioned index and point ALIAS at it."""
-    _run(export_dir, alias, field_type=field_type, resume=resume, delete_old=delete_old, replace=False)
+    _run(export_dir, alias, engine=engine, field_type=field_type, resume=resume, delete_old=delete_old,
+         replace=False)
 
 
 @click.command("reindex")
 @click.argument("export_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--alias", required=True, help="Alias to move onto the new index.")
+@_ENGINE
 @click.option("--delete-old", is_flag=True, help="Delete the index the alias pointed at before.")
-def reindex_command(export_dir, alias, delete_old):
-    """Build a new versioned index from EXPORT_DIR and move ALIAS to it atomically."""
-    _run(export_dir, alias, field_type=None, resume=False, delete_old=delete_old, replace=True)
+def reindex_command(export_dir, alias, engine, delete_old):
+    """Build a new versioned index from EXPORT_DIR and move ALIAS to it atomically (same field type)."""
+    _run(export_dir, alias, engine=engine, field_type=None, resume=False, delete_old=delete_old, replace=True)

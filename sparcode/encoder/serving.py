@@ -7,6 +7,7 @@ drift apart.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -94,14 +95,24 @@ class Postings:
         }
 
     def user_scores(self, table: CodeTable, query: dict[str, float]) -> np.ndarray:
-        """Σ count × stored score over the user's (fallback-resolved) terms, in float32."""
-        index = {t: i for i, t in enumerate(self.terms)} if not hasattr(self, "_index") else self._index
-        self._index = index
-        scores = np.zeros(self.n_items, dtype=np.float32)
+        """Σ count × stored score over the user's (fallback-resolved) terms.
+
+        Each term's float32 product is summed in float64 and rounded once to float32, as
+        Lucene's disjunction scorer does; items no term matches score -inf (the engine does
+        not return them at all)."""
+        total = np.zeros(self.n_items, dtype=np.float64)
+        matched = np.zeros(self.n_items, dtype=bool)
         for term, count in table.resolve(query).items():
-            items, values = self.row(index[term])
-            scores[items] += np.float32(count) * values
+            items, values = self.row(self.row_of[term])
+            total[items] += np.float32(count) * values
+            matched[items] = True
+        scores = total.astype(np.float32)
+        scores[~matched] = -np.inf
         return scores
+
+    @functools.cached_property
+    def row_of(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.terms)}
 
 
 def build_postings(model, codes: np.ndarray, device, bias: float | None, stored_fraction: float,

@@ -177,7 +177,7 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
             if cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             optimizer.step()
-            total_loss += float(loss)
+            total_loss += float(loss.detach())
             steps += 1
             if steps % 20 == 0:
                 bar.set_postfix(loss=f"{total_loss / steps:.3f}")

@@ -1,4 +1,5 @@
-"""One search interface over Elasticsearch and an in-process index of the same export.
+"""One search interface over a search engine (Elasticsearch or OpenSearch) and an in-process
+index of the same export.
 
 Both backends resolve unindexed query terms to their nearest indexed code, score an item as
 Σ count × stored value, return only items that match at least one term, and order equal
@@ -14,6 +15,7 @@ import numpy as np
 from sparcode.codes_fallback import CodeTable
 from sparcode.featurefield import truncate
 from sparcode.pipeline import query as dsl
+from sparcode.pipeline.engine import Engine, EngineError
 from sparcode.pipeline.export import Export
 
 Query = Mapping[str, float]
@@ -51,26 +53,26 @@ def _per_query(exclude_items, n: int) -> list:
     return list(exclude_items)
 
 
-class EsBackend:
-    """Searches `alias` (an index or alias) with the query form matching its codes field.
+class EngineBackend:
+    """Searches `alias` (an index or alias) on an `Engine` with the query form matching its codes field.
 
     Pass `code_table` so unindexed terms fall back like everywhere else, and
     `expected_fingerprint` to refuse an index built from another model; `open()` takes both
     from an export directory.
     """
 
-    def __init__(self, client, alias: str, *, code_table: CodeTable | None = None,
+    def __init__(self, engine: Engine, alias: str, *, code_table: CodeTable | None = None,
                  expected_fingerprint: str | None = None, form: str | None = None, tiebreak: bool = True):
-        from elasticsearch import NotFoundError
-
-        self.client, self.alias, self.code_table, self.tiebreak = client, alias, code_table, tiebreak
+        self.engine, self.alias, self.code_table, self.tiebreak = engine, alias, code_table, tiebreak
         try:
-            mapping = client.indices.get_mapping(index=alias).body
-        except NotFoundError:
-            raise BackendError(f"no index or alias {alias!r} on this Elasticsearch") from None
+            mapping = engine.mappings(alias)
+        except EngineError as exc:
+            if exc.status != 404:
+                raise
+            raise BackendError(f"no index or alias {alias!r} on this {engine.label}") from None
         if len(mapping) != 1:
             raise BackendError(f"{alias!r} points at {len(mapping)} indices; expected one")
-        mappings = next(iter(mapping.values()))["mappings"]
+        mappings = next(iter(mapping.values()))
         meta = mappings.get("_meta", {})
         self.fingerprint = meta.get("fingerprint")
         if expected_fingerprint is not None and self.fingerprint != expected_fingerprint:
@@ -82,15 +84,17 @@ class EsBackend:
         self.form = form or dsl.form_for(props.get("codes", {}).get("type", "sparse_vector"))
 
     @classmethod
-    def open(cls, alias: str, export_dir=None, *, client=None, **kwargs) -> "EsBackend":
-        """Connect from the environment; with `export_dir`, use its code table and fingerprint."""
+    def open(cls, alias: str, export_dir=None, *, connection: Engine | None = None, engine: str | None = None,
+             **kwargs) -> "EngineBackend":
+        """Connect from the environment (`engine` by name, else detected) unless `connection` is
+        given; with `export_dir`, use its code table and fingerprint."""
         from sparcode.pipeline.connect import connect
 
         if export_dir is not None:
             export = Export.open(export_dir)
             kwargs.setdefault("code_table", export.code_table())
             kwargs.setdefault("expected_fingerprint", export.fingerprint)
-        return cls(client or connect(), alias, **kwargs)
+        return cls(connection or connect(engine=engine), alias, **kwargs)
 
     def explain(self, query: Query, k: int, filters: Mapping[str, object] | None = None,
                 exclude_items: Collection[str] | None = None) -> dict:
@@ -107,14 +111,11 @@ class EsBackend:
         bodies = [self.explain(q, k, filters, ex) for q, ex in zip(queries, excludes)]
         results: list[list[Hit]] = []
         for start in range(0, len(bodies), MSEARCH_BATCH):
-            searches = []
-            for body in bodies[start:start + MSEARCH_BATCH]:
-                searches += [{"index": self.alias}, body]
-            for response in self.client.msearch(searches=searches)["responses"]:
+            for response in self.engine.msearch(self.alias, bodies[start:start + MSEARCH_BATCH]):
                 if "error" in response:
                     reason = response["error"].get("reason", response["error"])
                     raise BackendError(f"search on {self.alias!r} failed: {reason}")
-                # ES prints float32 scores in shortest form; round-trip to the exact float32 value.
+                # Both engines print float32 scores in shortest form; round-trip to the exact float32 value.
                 results.append([Hit(h["_id"], float(np.float32(h["_score"]))) for h in response["hits"]["hits"]])
         return results
 
@@ -168,7 +169,7 @@ class LocalBackend:
         return total.astype(np.float32), matched
 
     def explain(self, query: Query, k: int, filters=None, exclude_items=None) -> dict:
-        """The Elasticsearch body the same search would send (for comparison and debugging)."""
+        """The engine body the same search would send (for comparison and debugging)."""
         return dsl.search_body(_prepare(self.code_table, query), k,
                                filters=dsl.coerce_filters(filters, self.field_types), exclude_items=exclude_items)
 
@@ -192,10 +193,12 @@ class LocalBackend:
         return [self.search(q, k, filters, ex) for q, ex in zip(queries, excludes)]
 
 
-def open_backend(*, alias: str | None = None, export_dir=None, client=None) -> Backend:
-    """`alias` -> EsBackend (checked against `export_dir` when given); else LocalBackend(export_dir)."""
+def open_backend(*, alias: str | None = None, export_dir=None, engine: str | None = None,
+                 connection: Engine | None = None) -> Backend:
+    """`alias` -> EngineBackend on `engine` ("elasticsearch", "opensearch", or None: detected from
+    the server), checked against `export_dir` when given; else LocalBackend(export_dir)."""
     if alias is not None:
-        return EsBackend.open(alias, export_dir, client=client)
+        return EngineBackend.open(alias, export_dir, connection=connection, engine=engine)
     if export_dir is None:
-        raise BackendError("give an Elasticsearch alias or an export directory to search")
+        raise BackendError("give a search-engine alias or an export directory to search")
     return LocalBackend(export_dir)

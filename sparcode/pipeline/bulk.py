@@ -38,23 +38,20 @@ def actions(export, index: str) -> Iterator[dict]:
         item = orjson.loads(line)
         source = {k: v for k, v in item.items() if v is not None}
         if not source.get("codes"):
-            # An empty object is not a valid sparse_vector value; the item stays a document.
+            # An empty object is not a valid sparse_vector/rank_features value; the item stays a document.
             source.pop("codes", None)
         yield {"_index": index, "_id": item["item_id"], "_source": source}
 
 
-def load(client, export, index: str, *, chunk_size: int = CHUNK_SIZE, max_retries: int = MAX_RETRIES,
+def load(engine, export, index: str, *, chunk_size: int = CHUNK_SIZE, max_retries: int = MAX_RETRIES,
          on_chunk: Callable[[int], None] | None = None, progress: bool | None = None) -> BulkReport:
     """Index every item of `export` into `index`; raise BulkFailed listing rejected documents.
 
     `on_chunk(docs_done)` runs after each acknowledged chunk (tests use it to interrupt a load).
     """
-    from elasticsearch.helpers import streaming_bulk
-
     report = BulkReport()
     done_in_chunk = 0
-    results = streaming_bulk(client, actions(export, index), chunk_size=chunk_size, max_retries=max_retries,
-                             retry_on_status=(429,), raise_on_error=False, yield_ok=True)
+    results = engine.streaming_bulk(actions(export, index), chunk_size=chunk_size, max_retries=max_retries)
     with tqdm(total=export.n_items, unit="doc", desc=f"bulk {index}",
               disable=None if progress is None else not progress) as bar:
         for ok, info in results:

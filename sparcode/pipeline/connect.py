@@ -1,81 +1,71 @@
-"""Open an Elasticsearch client from the environment and check the server is one we can talk to.
+"""Open a checked `Engine` from the environment: which engine, at which URL, with which credentials.
 
-Settings come from the same variables as the elasticsearch-py test suite, so one exported
-`ELASTICSEARCH_URL` points tests, CLI and library at the same node.
+Settings come from the same variables as the elasticsearch-py test suite
+(`ELASTICSEARCH_URL`, `ELASTICSEARCH_API_KEY`, `ELASTICSEARCH_USERNAME/PASSWORD`,
+`ELASTICSEARCH_CA_CERTS`) and their OpenSearch twins (`OPENSEARCH_URL`,
+`OPENSEARCH_USERNAME/PASSWORD`, `OPENSEARCH_CA_CERTS`), so one exported URL points tests, CLI
+and library at the same node. Secrets are passed to the client and never printed.
 """
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit, urlunsplit
 
-from sparcode.pipeline.local_node import local_url
+from sparcode.pipeline.engine import ConnectionProblem, Engine, WrongEngine, redact  # noqa: F401 (re-exported)
+from sparcode.pipeline.local_node import SPECS, local_url
 
-SUPPORTED_MAJOR = 8
-
-
-class ConnectionProblem(RuntimeError):
-    """The node is unreachable or unsuitable; the message is one line and holds no secret."""
+ENGINES = tuple(SPECS)
+_PREFIX = {"elasticsearch": "ELASTICSEARCH", "opensearch": "OPENSEARCH"}
 
 
-def redact(url: str) -> str:
-    """The URL without user:password, for messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+def engine_class(name: str) -> type[Engine]:
+    if name == "elasticsearch":
+        from sparcode.pipeline.engine_es import ElasticsearchEngine
+        return ElasticsearchEngine
+    if name == "opensearch":
+        from sparcode.pipeline.engine_os import OpenSearchEngine
+        return OpenSearchEngine
+    raise ConnectionProblem(f"engine {name!r}: expected one of {', '.join(ENGINES)}")
+
+
+def engine_url(name: str) -> str:
+    """`<ENGINE>_URL`, else the node `sparcode es start --engine NAME` runs."""
+    return os.environ.get(f"{_PREFIX[name]}_URL") or local_url(SPECS[name].default_port)
 
 
 def es_url() -> str:
-    return os.environ.get("ELASTICSEARCH_URL") or local_url()
+    return engine_url("elasticsearch")
 
 
-def connect(url: str | None = None, *, request_timeout: float = 30.0):
-    """A checked `Elasticsearch` client: reachable, and a server of major version 8."""
-    from elasticsearch import Elasticsearch
+def os_url() -> str:
+    return engine_url("opensearch")
 
-    url = url or es_url()
-    kwargs: dict = {"request_timeout": request_timeout}
-    if os.environ.get("ELASTICSEARCH_API_KEY"):
-        kwargs["api_key"] = os.environ["ELASTICSEARCH_API_KEY"]
-    elif os.environ.get("ELASTICSEARCH_USERNAME"):
-        kwargs["basic_auth"] = (os.environ["ELASTICSEARCH_USERNAME"],
-                                os.environ.get("ELASTICSEARCH_PASSWORD", ""))
-    if os.environ.get("ELASTICSEARCH_CA_CERTS"):
-        kwargs["ca_certs"] = os.environ["ELASTICSEARCH_CA_CERTS"]
+
+def _auth(name: str) -> dict:
+    prefix = _PREFIX[name]
+    return {key: os.environ.get(f"{prefix}_{key.upper()}")
+            for key in ("api_key", "username", "password", "ca_certs")}
+
+
+def connect(url: str | None = None, *, engine: str | None = None, request_timeout: float = 30.0) -> Engine:
+    """A checked engine. With `engine`, the server must be that engine; without, it is detected.
+
+    Without `engine` the URL is ELASTICSEARCH_URL, else OPENSEARCH_URL, else the local
+    Elasticsearch node; the client is the one matching what the server says it is.
+    """
+    if engine is not None:
+        return _checked(engine, url or engine_url(engine), engine, request_timeout)
+    source = "opensearch" if url is None and not os.environ.get("ELASTICSEARCH_URL") \
+        and os.environ.get("OPENSEARCH_URL") else "elasticsearch"
+    url = url or engine_url(source)
+    first, second = (source, "opensearch" if source == "elasticsearch" else "elasticsearch")
     try:
-        client = Elasticsearch(url, **kwargs)
-    except ValueError as exc:
-        raise ConnectionProblem(f"bad ELASTICSEARCH_URL {redact(url)!r}: {exc}") from None
-    check_server(client, url)
-    return client
+        return _checked(first, url, source, request_timeout)
+    except WrongEngine:
+        # Credentials stay those of the variable the URL came from.
+        return _checked(second, url, source, request_timeout)
 
 
-def server_version(client) -> str:
-    # `GET /` (client.info) is refused by the integ-test distribution; the nodes API is not.
-    nodes = client.nodes.info(node_id="_local", metric="_none")
-    return next(iter(nodes["nodes"].values()))["version"]
-
-
-def check_server(client, url: str) -> str:
-    from elasticsearch import AuthenticationException, AuthorizationException, TransportError
-
-    shown = redact(url)
-    try:
-        version = server_version(client)
-    except (AuthenticationException, AuthorizationException) as exc:
-        raise ConnectionProblem(f"Elasticsearch at {shown} refused our credentials "
-                                f"(HTTP {exc.meta.status}); check ELASTICSEARCH_API_KEY or "
-                                "ELASTICSEARCH_USERNAME/PASSWORD") from None
-    except TransportError as exc:
-        raise ConnectionProblem(f"Elasticsearch not reachable at {shown} ({type(exc).__name__}); "
-                                "start one with `sparcode es start` or set ELASTICSEARCH_URL") from None
-    except Exception as exc:  # an ApiError or a malformed answer: not a node we understand
-        raise ConnectionProblem(f"{shown} did not answer like Elasticsearch: {type(exc).__name__}") from None
-    major = int(version.split(".")[0])
-    if major != SUPPORTED_MAJOR:
-        raise ConnectionProblem(f"Elasticsearch at {shown} is version {version}; sparcode needs "
-                                f"{SUPPORTED_MAJOR}.x (client elasticsearch>=8.13,<9)")
-    return version
+def _checked(name: str, url: str, auth_from: str, request_timeout: float) -> Engine:
+    instance = engine_class(name).from_settings(url, _auth(auth_from), request_timeout=request_timeout)
+    instance.version = instance.check()
+    return instance

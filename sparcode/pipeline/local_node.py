@@ -1,9 +1,12 @@
-"""A throwaway single-node Elasticsearch for tests and local use, fetched through Maven.
+"""A throwaway single-node Elasticsearch or OpenSearch for tests and local use, fetched through Maven.
 
-We use the `integ-test-zip` distribution because it is the one Elasticsearch publishes to
+We use the `integ-test-zip` distributions because they are what both projects publish to
 Maven Central, and Maven is the only package route this project can count on offline-ish
-machines (no Docker, no artifacts.elastic.co). It lacks mapper-extras (no `rank_features`)
-but has `sparse_vector`, which is all the default pipeline needs.
+machines (no Docker, no artifacts.elastic.co). Elasticsearch's lacks mapper-extras (no
+`rank_features`) but has `sparse_vector`, which is all its default pipeline needs.
+OpenSearch's holds only transport-netty4 and OpenSearch has no `sparse_vector`, so we add
+the mapper-extras module from its Maven jar: that gives it `rank_features`.
+One `LocalNode` runs either; an `EngineSpec` holds everything that differs.
 """
 from __future__ import annotations
 
@@ -23,26 +26,66 @@ from pathlib import Path
 
 import tenacity
 
-ES_VERSION = "8.19.8"
-ARTIFACT = f"org.elasticsearch.distribution.integ-test-zip:elasticsearch:{ES_VERSION}:zip"
-DEFAULT_PORT = 9250
 DEFAULT_HEAP = "1g"
+# One unprivileged user runs either engine (both refuse to run as root).
 ES_USER = "sparcode-es"
 START_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class Module:
+    """A module shipped as a plain Maven jar, installed next to the distribution's own."""
+    name: str
+    artifact: str
+    classname: str
+    description: str
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    name: str  # also the distribution's directory prefix, start script and artifactId
+    version: str
+    artifact: str
+    default_port: int
+    transport_offset: int  # transport port = HTTP port + this
+    java_home_var: str
+    home_var: str
+    cache_dir: str
+    extra_config: str = ""
+    modules: tuple[Module, ...] = ()
+
+
+ELASTICSEARCH = EngineSpec(
+    name="elasticsearch", version="8.19.8",
+    artifact="org.elasticsearch.distribution.integ-test-zip:elasticsearch:8.19.8:zip",
+    default_port=9250, transport_offset=50, java_home_var="ES_JAVA_HOME", home_var="SPARCODE_ES_HOME",
+    cache_dir="es", extra_config="xpack.security.enabled: false\n")
+# Ports of its own, so both nodes can run side by side (the test script starts both).
+OPENSEARCH = EngineSpec(
+    name="opensearch", version="2.19.0",
+    artifact="org.opensearch.distribution.integ-test-zip:opensearch:2.19.0:zip",
+    default_port=9260, transport_offset=100, java_home_var="OPENSEARCH_JAVA_HOME",
+    home_var="SPARCODE_OPENSEARCH_HOME", cache_dir="opensearch",
+    modules=(Module("mapper-extras", "org.opensearch.plugin:mapper-extras-client:2.19.0",
+                    "org.opensearch.index.mapper.MapperExtrasPlugin",
+                    "Adds rank_features and other field types (from the Maven client jar)"),))
+SPECS = {spec.name: spec for spec in (ELASTICSEARCH, OPENSEARCH)}
+ENGINES = tuple(SPECS)
+DEFAULT_PORT = ELASTICSEARCH.default_port
 
 
 class LocalNodeError(RuntimeError):
     """A failure the user can act on; the message is one line."""
 
 
-def default_home() -> Path:
-    env = os.environ.get("SPARCODE_ES_HOME")
+def default_home(spec: EngineSpec = ELASTICSEARCH) -> Path:
+    env = os.environ.get(spec.home_var)
     if env:
         return Path(env).expanduser().resolve()
     repo = Path(__file__).resolve().parents[2]
     # An editable install lives in the repo, whose .cache/ is git-ignored; otherwise use cwd.
     base = repo if (repo / "pyproject.toml").exists() else Path.cwd()
-    return base / ".cache" / "es"
+    return base / ".cache" / spec.cache_dir
 
 
 def local_url(port: int = DEFAULT_PORT) -> str:
@@ -51,18 +94,22 @@ def local_url(port: int = DEFAULT_PORT) -> str:
 
 @dataclass
 class LocalNode:
+    spec: EngineSpec
     home: Path
-    port: int = DEFAULT_PORT
+    port: int = 0  # 0: the spec's default port
     heap: str = DEFAULT_HEAP
+
+    def __post_init__(self):
+        self.port = self.port or self.spec.default_port
 
     # -- layout ---------------------------------------------------------------------------
     @property
     def zip_path(self) -> Path:
-        return self.home / "dist" / f"elasticsearch-{ES_VERSION}.zip"
+        return self.home / "dist" / _artifact_file(self.spec.artifact)
 
     @property
     def dist_dir(self) -> Path:
-        return self.home / f"elasticsearch-{ES_VERSION}"
+        return self.home / f"{self.spec.name}-{self.spec.version}"
 
     @property
     def run_dir(self) -> Path:
@@ -70,11 +117,11 @@ class LocalNode:
 
     @property
     def pid_file(self) -> Path:
-        return self.run_dir / "es.pid"
+        return self.run_dir / "node.pid"
 
     @property
     def log_file(self) -> Path:
-        return self.run_dir / "es.out"
+        return self.run_dir / "node.out"
 
     @property
     def state_file(self) -> Path:
@@ -90,14 +137,15 @@ class LocalNode:
         """Start the node (fetching/unpacking it first if needed); return seconds to healthy."""
         if self.running_pid() is not None and self.healthy():
             return 0.0
-        java_home = _java_home()
+        java_home = _java_home(self.spec.java_home_var)
         self._ensure_unpacked()
         user = _ensure_user()
         self._write_config()
         self._chown(user)
         self.pid_file.unlink(missing_ok=True)
         started = time.monotonic()
-        cmd = ["env", f"ES_JAVA_HOME={java_home}", str(self.dist_dir / "bin" / "elasticsearch"),
+        name = self.spec.name
+        cmd = ["env", f"{self.spec.java_home_var}={java_home}", str(self.dist_dir / "bin" / name),
                "-d", "-p", str(self.pid_file)]
         if user is not None:
             cmd = ["runuser", "-u", user, "--", *cmd]
@@ -105,14 +153,14 @@ class LocalNode:
         with open(self.log_file, "ab") as log:
             rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.dist_dir).returncode
         if rc != 0:
-            raise LocalNodeError(f"elasticsearch exited with {rc} at start-up:\n{self.log_tail()}")
+            raise LocalNodeError(f"{name} exited with {rc} at start-up:\n{self.log_tail()}")
         self.state_file.write_text(json.dumps({"port": self.port, "heap": self.heap}))
         try:
             self._wait_healthy()
         except tenacity.RetryError:
             self.stop()
             raise LocalNodeError(
-                f"elasticsearch not healthy on {self.url} after {START_TIMEOUT_S:.0f}s:\n{self.log_tail()}")
+                f"{name} not healthy on {self.url} after {START_TIMEOUT_S:.0f}s:\n{self.log_tail()}")
         return time.monotonic() - started
 
     def stop(self, timeout: float = 30.0) -> bool:
@@ -151,10 +199,10 @@ class LocalNode:
         return "\n".join(texts[-lines:]) or "(no log output)"
 
     @classmethod
-    def from_state(cls, home: Path | None = None, port: int | None = None) -> "LocalNode":
+    def from_state(cls, spec: EngineSpec = ELASTICSEARCH, home: Path | None = None,
+                   port: int | None = None) -> "LocalNode":
         """The node as last started in `home`, unless `port` says otherwise."""
-        home = home or default_home()
-        node = cls(home)
+        node = cls(spec, home or default_home(spec))
         try:
             state = json.loads(node.state_file.read_text())
             node.port, node.heap = int(state["port"]), str(state["heap"])
@@ -184,13 +232,13 @@ class LocalNode:
         try:
             retry(check)
         except _NodeDied:
-            raise LocalNodeError(f"elasticsearch died during start-up:\n{self.log_tail()}")
+            raise LocalNodeError(f"{self.spec.name} died during start-up:\n{self.log_tail()}")
 
     def _ensure_unpacked(self) -> None:
         marker = self.dist_dir / ".sparcode-unpacked"
         if marker.exists():
             return
-        self._fetch()
+        _fetch(self.spec.artifact, self.zip_path)
         if self.dist_dir.exists():
             shutil.rmtree(self.dist_dir)  # a half-unpacked tree from an interrupted run
         with zipfile.ZipFile(self.zip_path) as zf:
@@ -200,48 +248,35 @@ class LocalNode:
                 if mode and not info.is_dir():
                     # zipfile drops permissions; bin/ scripts and the bundled tools need +x.
                     target.chmod(mode & 0o777)
+        for module in self.spec.modules:
+            self._install_module(module)
         marker.touch()
 
-    def _fetch(self) -> None:
-        sha_file = self.zip_path.with_suffix(".zip.sha256")
-        if self.zip_path.exists() and sha_file.exists():
-            if _sha256(self.zip_path) == sha_file.read_text().strip():
-                return
-            self.zip_path.unlink()
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise LocalNodeError("mvn not found on PATH: install Maven to fetch Elasticsearch "
-                                 "(or point ELASTICSEARCH_URL at an existing node)")
-        self.zip_path.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run([mvn, "-B", "-q", "dependency:copy", f"-Dartifact={ARTIFACT}",
-                               f"-DoutputDirectory={self.zip_path.parent}"],
-                              capture_output=True, text=True)
-        if proc.returncode != 0 or not self.zip_path.exists():
-            tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
-            raise LocalNodeError(f"mvn could not fetch {ARTIFACT}: " + " | ".join(tail))
-        with zipfile.ZipFile(self.zip_path) as zf:
-            bad = zf.testzip()
-        if bad is not None:
-            self.zip_path.unlink()
-            raise LocalNodeError(f"downloaded {self.zip_path.name} is corrupt (first bad member {bad}); "
-                                 "run again to re-fetch")
-        # Recorded after the first verified fetch, so later starts detect a damaged cache cheaply.
-        sha_file.write_text(_sha256(self.zip_path) + "\n")
+    def _install_module(self, module: Module) -> None:
+        jar = self.zip_path.parent / _artifact_file(module.artifact)
+        _fetch(module.artifact, jar)
+        target = self.dist_dir / "modules" / module.name
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(jar, target / jar.name)
+        # The keys the node's plugin loader requires; the jar itself carries no descriptor.
+        (target / "plugin-descriptor.properties").write_text(
+            f"name={module.name}\ndescription={module.description}\nversion={self.spec.version}\n"
+            f"classname={module.classname}\n{self.spec.name}.version={self.spec.version}\njava.version=11\n")
 
     def _write_config(self) -> None:
         for d in (self.home / "data", self.home / "logs", self.run_dir):
             d.mkdir(parents=True, exist_ok=True)
         config = self.dist_dir / "config"
-        (config / "elasticsearch.yml").write_text(
+        (config / f"{self.spec.name}.yml").write_text(
             "# written by `sparcode es start`; edits are overwritten\n"
             "cluster.name: sparcode-local\n"
             "discovery.type: single-node\n"
             "network.host: 127.0.0.1\n"
             f"http.port: {self.port}\n"
-            f"transport.port: {self.port + 50}\n"
+            f"transport.port: {self.port + self.spec.transport_offset}\n"
             f"path.data: {self.home / 'data'}\n"
             f"path.logs: {self.home / 'logs'}\n"
-            "xpack.security.enabled: false\n"
+            f"{self.spec.extra_config}"
             # Dev machines are often nearly full; the disk watermark would block every write.
             "cluster.routing.allocation.disk.threshold_enabled: false\n")
         opts = config / "jvm.options.d"
@@ -257,11 +292,11 @@ class LocalNode:
             for root, dirs, files in os.walk(path):
                 for name in dirs + files:
                     os.chown(os.path.join(root, name), pw.pw_uid, pw.pw_gid, follow_symlinks=False)
-        # The ES user must be able to reach its files through our cache directories.
+        # The node's user must be able to reach its files through our cache directories.
         for parent in [self.home, *self.home.parents]:
             if parent.stat().st_mode & 0o001 == 0:
                 raise LocalNodeError(f"{parent} is not traversable by user {user}; "
-                                     "set SPARCODE_ES_HOME to a world-readable location")
+                                     f"set {self.spec.home_var} to a world-readable location")
 
 
 class _NodeDied(Exception):
@@ -278,18 +313,50 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _java_home() -> str:
-    env = os.environ.get("ES_JAVA_HOME")
+def _artifact_file(artifact: str) -> str:
+    """The file `mvn dependency:copy` writes for `group:artifactId:version[:type]`."""
+    _, artifact_id, version, *kind = artifact.split(":")
+    return f"{artifact_id}-{version}.{kind[0] if kind else 'jar'}"
+
+
+def _fetch(artifact: str, path: Path) -> None:
+    """Copy `artifact` to `path` with Maven unless a verified copy is already there."""
+    sha_file = path.with_name(path.name + ".sha256")
+    if path.exists() and sha_file.exists():
+        if _sha256(path) == sha_file.read_text().strip():
+            return
+        path.unlink()
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise LocalNodeError(f"mvn not found on PATH: install Maven to fetch {artifact} "
+                             "(or point ELASTICSEARCH_URL / OPENSEARCH_URL at an existing node)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([mvn, "-B", "-q", "dependency:copy", f"-Dartifact={artifact}",
+                           f"-DoutputDirectory={path.parent}"], capture_output=True, text=True)
+    if proc.returncode != 0 or not path.exists():
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+        raise LocalNodeError(f"mvn could not fetch {artifact}: " + " | ".join(tail))
+    with zipfile.ZipFile(path) as zf:  # zips and jars alike
+        bad = zf.testzip()
+    if bad is not None:
+        path.unlink()
+        raise LocalNodeError(f"downloaded {path.name} is corrupt (first bad member {bad}); run again to re-fetch")
+    # Recorded after the first verified fetch, so later starts detect a damaged cache cheaply.
+    sha_file.write_text(_sha256(path) + "\n")
+
+
+def _java_home(var: str) -> str:
+    env = os.environ.get(var)
     if env:
         return env
     java = shutil.which("java")
     if java is None:
-        raise LocalNodeError("java not found on PATH: install a JDK (17+) or set ES_JAVA_HOME")
+        raise LocalNodeError(f"java not found on PATH: install a JDK (17+) or set {var}")
     return str(Path(os.path.realpath(java)).parents[1])
 
 
 def _ensure_user() -> str | None:
-    """The system user to run as when we are root (Elasticsearch refuses to run as root)."""
+    """The system user to run as when we are root (both engines refuse to run as root)."""
     if os.geteuid() != 0:
         return None
     try:

@@ -1,0 +1,52 @@
+"""`sparcode evaluate`: metrics on the test users, for the model as it is served."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from sparcode.commands._common import user_errors
+
+KS = (5, 10, 20, 50)
+
+
+@click.command("evaluate")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--backend", type=click.Choice(["model", "local", "es", "opensearch"]), default="model", show_default=True,
+              help="model: served-exact offline scoring; local/es/opensearch: ranked lists from that backend.")
+@click.option("--alias", default=None, help="Index alias (es/opensearch).")
+@click.option("--export", "export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
+@click.option("--exclude-seen/--keep-seen", default=None,
+              help="Default: exclude for multi-target, keep for leave-one-out (the TIGER protocol).")
+@click.option("--users", "part", type=click.Choice(["test", "valid"]), default="test", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--run-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a TREC run file.")
+@click.option("--qrels", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write TREC qrels.")
+def command(run_dir, backend, alias, export_dir, exclude_seen, part, as_json, run_file, qrels):
+    """Recall, NDCG and HitRate at 5/10/20/50 over full-catalog rankings."""
+    with user_errors():
+        from sparcode.evaluation import evaluate_run
+
+        metrics, rankings, run = evaluate_run(run_dir, backend=backend, alias=alias, export_dir=export_dir,
+                                              exclude_seen=exclude_seen, part=part, ks=KS)
+        evalset = run.split.test if part == "test" else run.split.valid
+        if run_file is not None or qrels is not None:
+            from sparcode.eval.trec import write_qrels, write_run
+
+            if run_file is not None:
+                write_run(run_file, rankings, evalset, run.dataset, tag=f"sparcode-{run.kind}-{backend}")
+            if qrels is not None:
+                write_qrels(qrels, evalset, run.dataset)
+    if as_json:
+        click.echo(json.dumps(metrics, sort_keys=True, default=float))
+        return
+    click.echo(f"{run.kind} on {run.config.dataset} ({run.config.split}), {metrics['users']} {part} users, "
+               f"backend {backend}, seen items {'excluded' if metrics['exclude_seen'] else 'kept'}")
+    click.echo("   K   recall    ndcg      hr")
+    for k in KS:
+        if f"recall@{k}" in metrics:
+            click.echo(f"{k:>4}  {metrics[f'recall@{k}']:.4f}  {metrics[f'ndcg@{k}']:.4f}  {metrics[f'hr@{k}']:.4f}")
+    for key in ("stored_fraction", "codes", "pairs", "codes_used", "bias", "query_terms_without_postings"):
+        if key in metrics:
+            click.echo(f"{key}: {metrics[key]}")

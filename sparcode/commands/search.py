@@ -1,0 +1,92 @@
+"""`sparcode search`: top-k items for one user, served by the chosen backend."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from sparcode.commands._common import user_errors
+
+BACKENDS = ["local", "es", "opensearch"]
+
+
+def default_backend() -> str:
+    return "es" if os.environ.get("ELASTICSEARCH_URL") else "local"
+
+
+def resolve_export(run_dir: Path, export_dir: Path | None) -> Path:
+    if export_dir is not None:
+        return export_dir
+    record = run_dir / "last_export.json"
+    if record.exists():
+        return Path(json.loads(record.read_text())["path"])
+    raise click.ClickException(f"no export for {run_dir}: run `sparcode export {run_dir} --out DIR` or pass --export DIR")
+
+
+def open_serving_backend(backend: str, run_dir: Path, export_dir: Path | None, alias: str | None):
+    from sparcode.pipeline.backends import open_backend
+
+    export = resolve_export(run_dir, export_dir)
+    if backend == "local":
+        return open_backend(export_dir=export)
+    if not alias:
+        raise click.ClickException(f"--backend {backend} needs --alias NAME (the alias `sparcode index` created)")
+    if backend == "opensearch":
+        return open_backend(alias=alias, export_dir=export, engine="opensearch")
+    return open_backend(alias=alias, export_dir=export)
+
+
+@click.command("search")
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--user", "user_id", required=True, help="External user id, as in the dataset.")
+@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help="Default: es when ELASTICSEARCH_URL is set, else the embedded local backend.")
+@click.option("--alias", default=None, help="Index alias (es/opensearch backends).")
+@click.option("--export", "export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Export directory (default: the run's last export).")
+@click.option("--filter", "filters", multiple=True, help="Attribute filter FIELD=VALUE, e.g. genres=Comedy (repeatable).")
+@click.option("--exclude-seen/--keep-seen", default=True, show_default=True, help="Drop items the user already has.")
+@click.option("--explain", is_flag=True, help="Print the exact request body (send it with curl to POST /<alias>/_search).")
+@click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
+def command(run_dir, user_id, k, backend, alias, export_dir, filters, exclude_seen, explain, as_json):
+    """Recommend K items for USER: user → tokens → codes → one term query."""
+    backend = backend or default_backend()
+    with user_errors():
+        from sparcode.encoder.runs import open_run
+        from sparcode.encoder.serving import query_for, user_codes
+        from sparcode.encoder.users import user_history
+        from sparcode.pipeline.query import parse_filter
+
+        run = open_run(run_dir)
+        if run.kind != "sparcode":
+            raise click.ClickException(f"search serves SparCode runs; {run_dir} is a {run.kind} run")
+        user_index, history, seen = user_history(run, user_id)
+        model, device = run.load_model()
+        import numpy as np
+
+        codes = user_codes(model, np.asarray([user_index]), history[None, :], device)[0]
+        query = query_for(codes)
+        parsed = {}
+        for text in filters:
+            name, value = parse_filter(text)
+            parsed.setdefault(name, []).append(value)
+        engine = open_serving_backend(backend, run_dir, export_dir, alias)
+        exclude = seen if exclude_seen else None
+        if explain:
+            click.echo(json.dumps(engine.explain(query, k, parsed or None, exclude), indent=2))
+        hits = engine.search(query, k, parsed or None, exclude)
+    titles = {}
+    attrs = run.dataset.item_attributes
+    if attrs:
+        index_of = {item: i for i, item in enumerate(run.dataset.item_ids)}
+        titles = {h.item_id: attrs[index_of[h.item_id]].get("title") for h in hits}
+    if as_json:
+        click.echo(json.dumps({"user": user_id, "backend": backend, "query": query,
+                               "hits": [{"item_id": h.item_id, "score": h.score, "title": titles.get(h.item_id)} for h in hits]}))
+        return
+    click.echo(f"user {user_id} · codes {' '.join(f'{t}×{int(c)}' if c != 1 else t for t, c in query.items())} · backend {backend}")
+    for rank, hit in enumerate(hits, 1):
+        click.echo(f"{rank:>3}  {hit.item_id:>8}  {hit.score:9.4f}  {titles.get(hit.item_id) or ''}")

@@ -1,0 +1,58 @@
+"""`sparcode evaluate` behind the CLI: pick how the run is scored, then score the test users.
+
+Every path ends in ranked item lists evaluated by the same harness, so a number from the
+model, the embedded backend and a search engine mean the same thing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sparcode.encoder.runs import Run, RunError, open_run
+
+
+def evaluate_run(run_dir: Path, backend: str = "model", alias: str | None = None, export_dir: Path | None = None,
+                 exclude_seen: bool | None = None, part: str = "test", ks=(5, 10, 20, 50)):
+    run = open_run(run_dir)
+    evalset = run.split.test if part == "test" else run.split.valid
+    exclude = run.split.exclude_seen_default if exclude_seen is None else exclude_seen
+    if run.kind == "tiger":
+        from sparcode.generative.train_tiger import evaluate_tiger
+
+        metrics, rankings = evaluate_tiger(run.path, run.dataset, run.split, evalset, exclude_seen=exclude, ks=ks)
+    elif backend != "model":
+        if run.kind != "sparcode":
+            raise RunError(f"--backend {backend} serves SparCode exports; {run_dir} is a {run.kind} run")
+        metrics, rankings = _evaluate_backend(run, evalset, backend, alias, export_dir, exclude, ks)
+    elif run.kind == "sparcode":
+        from sparcode.encoder.evaluation import evaluate_sparcode_served
+
+        metrics, rankings = evaluate_sparcode_served(run, evalset, exclude)
+    elif run.kind == "ease":
+        from sparcode.encoder.ease_run import evaluate_ease
+
+        metrics, rankings = evaluate_ease(run, evalset, exclude, ks)
+    else:
+        from sparcode.encoder.evaluation import evaluate_model_scores
+
+        metrics, rankings = evaluate_model_scores(run, evalset, exclude)
+    metrics.update({"exclude_seen": exclude, "backend": backend, "model": run.kind, "dataset": run.config.dataset})
+    return metrics, rankings, run
+
+
+def _evaluate_backend(run: Run, evalset, backend: str, alias, export_dir, exclude: bool, ks):
+    from sparcode.commands.search import open_serving_backend
+    from sparcode.encoder.evaluation import served_queries
+    from sparcode.eval.harness import evaluate_rankings
+
+    model, device = run.load_model()
+    queries = served_queries(model, run, evalset, device)
+    engine = open_serving_backend(backend, run.path, export_dir, alias)
+    item_ids = run.dataset.item_ids
+    excludes = [[item_ids[i] for i in seen] for seen in evalset.seen] if exclude else None
+    hits = engine.batch_search(queries, max(ks), exclude_items=excludes)
+    index_of = {item: i for i, item in enumerate(item_ids)}
+    rankings = [np.asarray([index_of[h.item_id] for h in user_hits], dtype=np.int64) for user_hits in hits]
+    metrics = evaluate_rankings(rankings, evalset, ks)
+    return metrics, rankings

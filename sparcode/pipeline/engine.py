@@ -1,0 +1,153 @@
+"""One interface over the Elasticsearch and OpenSearch clients: what the indexer and the search
+backend need from a search engine, and nothing else.
+
+The two clients share method names but differ in exceptions, response objects, per-request
+timeouts, bulk helpers and how a server proves what it is. Each implementation
+(`engine_es.py`, `engine_os.py`) supplies only those differences; every request is written
+once, here, in the `body=` form both clients accept. Errors leave as `EngineError` (the server
+answered with an error) or `EngineUnavailable` (network trouble, worth retrying a whole step).
+"""
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from typing import ClassVar, Iterable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+
+class ConnectionProblem(RuntimeError):
+    """The node is unreachable or unsuitable; the message is one line and holds no secret."""
+
+
+class WrongEngine(ConnectionProblem):
+    """The server is the other engine (or neither); the message says which flag to use."""
+
+
+class EngineError(RuntimeError):
+    """The server refused a request; `reason` is its own explanation."""
+
+    def __init__(self, status: int, reason: str):
+        self.status, self.reason = status, reason
+        super().__init__(f"HTTP {status}: {reason}")
+
+
+class EngineUnavailable(RuntimeError):
+    """The request did not get an answer (refused, reset, timed out)."""
+
+
+def redact(url: str) -> str:
+    """The URL without user:password, for messages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def error_reason(body, fallback) -> str:
+    """The server's own `error.reason` from an error body, else `fallback`."""
+    try:
+        return str(body["error"]["reason"])
+    except (TypeError, KeyError):
+        return str(fallback)
+
+
+class Engine(ABC):
+    name: ClassVar[str]  # "elasticsearch" | "opensearch", as in --engine
+    label: ClassVar[str]  # for messages
+    url_var: ClassVar[str]  # the environment variable naming its URL
+    default_field_type: ClassVar[str]
+    field_types: ClassVar[tuple[str, ...]]  # codes field types the engine can have at all
+
+    def __init__(self, client, url: str):
+        self.client, self.url = client, url
+        self.version: str | None = None  # set by `connect` after `check`
+
+    # -- what differs between the client libraries ----------------------------------------------
+    @abstractmethod
+    def check(self) -> str:
+        """The server's version; `ConnectionProblem`/`WrongEngine` when we cannot serve from it."""
+
+    @abstractmethod
+    def _translate(self) -> contextlib.AbstractContextManager:
+        """Turn the library's exceptions raised inside the block into ours."""
+
+    @abstractmethod
+    def _streaming_bulk(self, actions: Iterable[dict], chunk_size: int, max_retries: int) -> Iterator:
+        """The library's `helpers.streaming_bulk`: (ok, info) per document, 429s retried."""
+
+    @abstractmethod
+    def _forcemerge(self, index: str, timeout_s: float) -> None: ...
+
+    # -- requests, written once -----------------------------------------------------------------
+    def _call(self, method, **kwargs):
+        with self._translate():
+            response = method(**kwargs)
+        # elasticsearch-py wraps answers in ApiResponse (`.body` is the dict); opensearch-py does not.
+        return getattr(response, "body", response)
+
+    def exists(self, name: str) -> bool:
+        return bool(self._call(self.client.indices.exists, index=name))
+
+    def alias_exists(self, name: str) -> bool:
+        return bool(self._call(self.client.indices.exists_alias, name=name))
+
+    def alias_holders(self, alias: str) -> list[str]:
+        if not self.alias_exists(alias):
+            return []
+        return sorted(self._call(self.client.indices.get_alias, name=alias))
+
+    def mappings(self, index: str) -> dict[str, dict]:
+        """{concrete index: its mappings} for an index, alias or pattern."""
+        return {name: body["mappings"] for name, body in self._call(self.client.indices.get_mapping,
+                                                                    index=index).items()}
+
+    def matching(self, pattern: str) -> dict[str, dict]:
+        """{index: its mappings} of the open indices matching `pattern` (none is not an error)."""
+        found = self._call(self.client.indices.get, index=pattern, expand_wildcards="open",
+                           allow_no_indices=True)
+        return {name: body.get("mappings", {}) for name, body in found.items()}
+
+    def create_index(self, name: str, body: dict) -> None:
+        self._call(self.client.indices.create, index=name, body=body)
+
+    def set_refresh_interval(self, index: str, interval: str | None) -> None:
+        # None restores the engine's default.
+        self._call(self.client.indices.put_settings, index=index, body={"index": {"refresh_interval": interval}})
+
+    def put_meta(self, index: str, meta: dict) -> None:
+        self._call(self.client.indices.put_mapping, index=index, body={"_meta": meta})
+
+    def refresh(self, index: str) -> None:
+        self._call(self.client.indices.refresh, index=index)
+
+    def forcemerge(self, index: str, timeout_s: float) -> None:
+        """Merge to one segment, waiting up to `timeout_s` (a large index takes minutes)."""
+        with self._translate():
+            self._forcemerge(index, timeout_s)
+
+    def count(self, index: str) -> int:
+        return int(self._call(self.client.count, index=index)["count"])
+
+    def update_aliases(self, actions: list[dict]) -> None:
+        """All `actions` in one request: the server applies them atomically."""
+        self._call(self.client.indices.update_aliases, body={"actions": actions})
+
+    def delete_indices(self, names: list[str]) -> None:
+        self._call(self.client.indices.delete, index=",".join(names))
+
+    def search(self, index: str, body: dict) -> dict:
+        return self._call(self.client.search, index=index, body=body)
+
+    def msearch(self, index: str, bodies: list[dict]) -> list[dict]:
+        """One response per body, in order; a failed search is a response holding `error`."""
+        lines: list[dict] = []
+        for body in bodies:
+            lines += [{"index": index}, body]
+        return self._call(self.client.msearch, body=lines)["responses"]
+
+    def streaming_bulk(self, actions: Iterable[dict], *, chunk_size: int, max_retries: int) -> Iterator:
+        with self._translate():
+            yield from self._streaming_bulk(actions, chunk_size, max_retries)

@@ -1,0 +1,82 @@
+"""The `Engine` for Elasticsearch 8.x, through elasticsearch-py."""
+from __future__ import annotations
+
+import contextlib
+
+from sparcode.pipeline.engine import (ConnectionProblem, Engine, EngineError, EngineUnavailable, WrongEngine,
+                                      error_reason, redact)
+
+SUPPORTED_MAJOR = 8
+
+
+class ElasticsearchEngine(Engine):
+    name = "elasticsearch"
+    label = "Elasticsearch"
+    url_var = "ELASTICSEARCH_URL"
+    default_field_type = "sparse_vector"
+    # rank_features only where the mapper-extras module is installed (not the integ-test zip).
+    field_types = ("sparse_vector", "rank_features")
+
+    @classmethod
+    def from_settings(cls, url: str, auth: dict, *, request_timeout: float) -> "ElasticsearchEngine":
+        from elasticsearch import Elasticsearch
+
+        kwargs: dict = {"request_timeout": request_timeout}
+        if auth.get("api_key"):
+            kwargs["api_key"] = auth["api_key"]
+        elif auth.get("username"):
+            kwargs["basic_auth"] = (auth["username"], auth.get("password", ""))
+        if auth.get("ca_certs"):
+            kwargs["ca_certs"] = auth["ca_certs"]
+        try:
+            return cls(Elasticsearch(url, **kwargs), url)
+        except ValueError as exc:
+            raise ConnectionProblem(f"bad {cls.url_var} {redact(url)!r}: {exc}") from None
+
+    def check(self) -> str:
+        from elasticsearch import (AuthenticationException, AuthorizationException, TransportError,
+                                   UnsupportedProductError)
+
+        shown = redact(self.url)
+        try:
+            # `GET /` is refused by the integ-test distribution; the nodes API is not.
+            nodes = self.client.nodes.info(node_id="_local", metric="_none")
+            version = next(iter(nodes["nodes"].values()))["version"]
+        except UnsupportedProductError:
+            # The client's product check: no X-Elastic-Product header, e.g. an OpenSearch node.
+            raise WrongEngine(f"{shown} is not Elasticsearch (OpenSearch?); use --engine opensearch "
+                              "with OPENSEARCH_URL") from None
+        except (AuthenticationException, AuthorizationException) as exc:
+            raise ConnectionProblem(f"Elasticsearch at {shown} refused our credentials "
+                                    f"(HTTP {exc.meta.status}); check ELASTICSEARCH_API_KEY or "
+                                    "ELASTICSEARCH_USERNAME/PASSWORD") from None
+        except TransportError as exc:
+            raise ConnectionProblem(f"Elasticsearch not reachable at {shown} ({type(exc).__name__}); "
+                                    "start one with `sparcode es start` or set ELASTICSEARCH_URL") from None
+        except Exception as exc:  # an ApiError or a malformed answer: not a node we understand
+            raise ConnectionProblem(f"{shown} did not answer like Elasticsearch: {type(exc).__name__}") from None
+        if int(version.split(".")[0]) != SUPPORTED_MAJOR:
+            raise ConnectionProblem(f"Elasticsearch at {shown} is version {version}; sparcode needs "
+                                    f"{SUPPORTED_MAJOR}.x (client elasticsearch>=8.13,<9)")
+        return version
+
+    @contextlib.contextmanager
+    def _translate(self):
+        from elasticsearch import ApiError, TransportError
+
+        try:
+            yield
+        except ApiError as exc:
+            raise EngineError(exc.meta.status, error_reason(exc.body, exc.message)) from exc
+        except TransportError as exc:  # connection refused, reset, timeout: no HTTP answer
+            raise EngineUnavailable(f"{type(exc).__name__}: {exc.message}") from exc
+
+    def _streaming_bulk(self, actions, chunk_size, max_retries):
+        from elasticsearch.helpers import streaming_bulk
+
+        return streaming_bulk(self.client, actions, chunk_size=chunk_size, max_retries=max_retries,
+                              retry_on_status=(429,), raise_on_error=False, yield_ok=True)
+
+    def _forcemerge(self, index, timeout_s):
+        self.client.options(request_timeout=timeout_s).indices.forcemerge(index=index, max_num_segments=1)
+

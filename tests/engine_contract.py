@@ -1,0 +1,205 @@
+"""What every engine must do, written once. `test_es_integration.py` and
+`test_opensearch_integration.py` import these tests and define the `engine` fixture they run on;
+each index uses that engine's default field type (sparse_vector / rank_features).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import FINGERPRINT, drop_alias_family, random_items, random_queries, write_export
+from sparcode.pipeline import indexer
+from sparcode.pipeline.backends import BackendError, EngineBackend, LocalBackend
+from sparcode.pipeline.bulk import BulkFailed
+from sparcode.pipeline.export import Export, ExportError
+from sparcode.pipeline.mappings import load_template
+
+
+@pytest.fixture(scope="module")
+def built(engine, export_dir):
+    """One index of the shared export, built once for the read-only tests of a module."""
+    alias = f"sparcode-test-shared-{engine.name}-" + FINGERPRINT[:6]
+    drop_alias_family(engine, alias)
+    result = indexer.build(engine, Export.open(export_dir), alias, progress=False)
+    yield alias, result
+    drop_alias_family(engine, alias)
+
+
+def test_mapping_comes_from_the_shipped_file(engine, built):
+    alias, result = built
+    mapping = engine.mappings(alias)[result.index]
+    shipped = load_template(engine.default_field_type)["mappings"]
+    assert mapping["dynamic"] == shipped["dynamic"] == "strict"
+    for name, spec in shipped["properties"].items():
+        assert mapping["properties"][name] == spec
+    assert mapping["properties"]["codes"] == {"type": engine.default_field_type}
+    assert mapping["properties"]["genres"] == {"type": "keyword"}
+    assert mapping["properties"]["title"] == {"type": "text"}
+    meta = mapping["_meta"]
+    assert meta["fingerprint"] == FINGERPRINT and meta["complete"] is True
+    assert meta["field_type"] == engine.default_field_type and meta["manifest"]["items"] == 400
+    settings = engine.client.indices.get_settings(index=result.index)[result.index]["settings"]["index"]
+    assert settings["number_of_shards"] == "1" and settings["number_of_replicas"] == "0"
+    assert "refresh_interval" not in settings  # restored to the default after loading
+
+
+def test_document_count_equals_manifest(engine, built, export_dir):
+    alias, result = built
+    assert engine.count(alias) == Export.open(export_dir).n_items == result.docs
+    segments = engine.client.indices.segments(index=result.index)["indices"][result.index]["shards"]["0"][0]
+    assert segments["num_search_segments"] == 1
+
+
+def test_scores_and_rankings_equal_local(engine, built, export_dir):
+    alias, _ = built
+    backend = EngineBackend.open(alias, export_dir, connection=engine)
+    local = LocalBackend(export_dir)
+    queries = random_queries(export_dir, 60, seed=3)
+    got, want = backend.batch_search(queries, 15), local.batch_search(queries, 15)
+    # Same float32 scores bit for bit, and ties ordered by ord in both: exact equality.
+    assert got == want
+    assert sum(len(h) for h in got) > 0
+
+
+def test_filters_and_exclusions_match_local(engine, built, export_dir):
+    alias, _ = built
+    backend = EngineBackend.open(alias, export_dir, connection=engine)
+    local = LocalBackend(export_dir)
+    for query in random_queries(export_dir, 10, seed=4):
+        top = [h.item_id for h in local.search(query, 3)]
+        for kwargs in ({"filters": {"genres": "Drama"}}, {"filters": {"year": ["1995", 1999], "rating": 1.5}},
+                       {"exclude_items": top}):
+            assert backend.search(query, 10, **kwargs) == local.search(query, 10, **kwargs)
+
+
+def test_explain_is_the_body_sent_and_score_is_the_model_score(engine, built, export_dir):
+    alias, _ = built
+    backend = EngineBackend.open(alias, export_dir, connection=engine)
+    local = LocalBackend(export_dir)
+    for query in random_queries(export_dir, 5, seed=5):
+        body = backend.explain(query, 5)
+        hits = engine.search(alias, body)["hits"]["hits"]
+        assert [h["_id"] for h in hits] == [h.item_id for h in backend.search(query, 5)]
+        # `_score` is printed as the shortest decimal of a float32: compare as float32.
+        scores = [(h["_id"], float(np.float32(h["_score"]))) for h in hits]
+        assert scores == [(h.item_id, h.score) for h in local.search(query, 5)]
+
+
+def test_mismatched_fingerprint_is_refused(engine, built):
+    alias, _ = built
+    with pytest.raises(BackendError, match="serves model ab12cd34"):
+        EngineBackend(engine, alias, expected_fingerprint="f" * 64)
+
+
+def test_missing_alias_is_one_line(engine):
+    with pytest.raises(BackendError, match=f"no index or alias 'sparcode-test-none' on this {engine.label}"):
+        EngineBackend(engine, "sparcode-test-none")
+
+
+def test_zero_value_is_refused_before_any_request(engine, alias, tmp_path):
+    items = random_items(30, 20)
+    items[5]["codes"][next(iter(items[5]["codes"]))] = 0.0
+    export = Export.open(write_export(tmp_path / "bad", items))
+    with pytest.raises(ExportError, match=r"item 'i0005', term 'c\d{4}_\d{4}'"):
+        indexer.build(engine, export, alias, progress=False)
+    assert engine.matching(f"{alias}-*") == {}
+
+
+def test_alias_swap_loses_no_query(engine, alias, export_dir, tmp_path):
+    first = Export.open(export_dir)
+    second = Export.open(write_export(tmp_path / "v2", random_items(400, seed=7), fingerprint="cd" * 32))
+    indexer.build(engine, first, alias, progress=False)
+    backend = EngineBackend(engine, alias)
+    query = random_queries(export_dir, 1, seed=6, unindexed=False)[0]
+    errors, answered, stop = [], [0], threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            try:
+                if len(backend.search(query, 5)) != 5:
+                    errors.append("short result")
+                answered[0] += 1
+            except Exception as exc:  # any failure during the swap is what we are testing for
+                errors.append(repr(exc))
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        result = indexer.build(engine, second, alias, delete_old=True, progress=False)
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == [] and answered[0] > 0
+    assert engine.alias_holders(alias) == [result.index]
+    assert len(result.deleted) == 1 and not engine.exists(result.deleted[0])
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_load_resumes_without_duplicates(engine, alias, export_dir):
+    export = Export.open(export_dir)
+
+    def crash(done: int):
+        raise Interrupt(done)
+
+    with pytest.raises(Interrupt):
+        indexer.build(engine, export, alias, chunk_size=100, on_chunk=crash, progress=False)
+    assert engine.alias_holders(alias) == []
+    partial = indexer.unfinished_index(engine, alias, export.fingerprint)
+    assert partial is not None
+    result = indexer.build(engine, export, alias, resume=True, chunk_size=100, progress=False)
+    assert result.resumed and result.index == partial
+    assert engine.count(alias) == export.n_items
+    hits = engine.search(alias, {"size": 1000, "query": {"match_all": {}}, "_source": False})["hits"]["hits"]
+    assert len({h["_id"] for h in hits}) == export.n_items
+    assert indexer.unfinished_index(engine, alias, export.fingerprint) is None
+
+
+def test_index_refuses_an_existing_alias_and_reindex_keeps_field_type(engine, alias, export_dir):
+    export = Export.open(export_dir)
+    first = indexer.build(engine, export, alias, replace=False, progress=False)
+    for resume in (False, True):  # nothing unfinished to resume: still a refusal
+        with pytest.raises(indexer.IndexProblem, match="use `sparcode reindex`"):
+            indexer.build(engine, export, alias, replace=False, resume=resume, progress=False)
+    second = indexer.build(engine, export, alias, progress=False)
+    assert second.previous == [first.index]
+    assert indexer.index_meta(engine, alias)["field_type"] == engine.default_field_type
+    assert engine.exists(first.index)  # kept without --delete-old
+
+
+def test_rejected_documents_are_reported_and_the_alias_stays(engine, alias, tmp_path):
+    items = random_items(60, 20)
+    for i in (3, 41):
+        items[i]["year"] = "not a year"  # passes our checks, refused by the integer mapping
+    export = Export.open(write_export(tmp_path / "rejects", items))
+    with pytest.raises(BulkFailed) as info:
+        indexer.build(engine, export, alias, progress=False)
+    report = info.value.report
+    assert report.failed == 2 and report.ok == 58
+    assert [f[0] for f in report.failures] == ["i0003", "i0041"]
+    assert "2 of 60 documents failed" in str(info.value) and "HTTP 400" in str(info.value)
+    assert engine.alias_holders(alias) == []
+
+
+def check_cli_index_then_reindex(engine, alias, export_dir, run, env: dict, *engine_args: str):
+    """`sparcode index` then `reindex --delete-old` through the CLI (called by each CLI test file)."""
+    first = run("index", str(export_dir), "--alias", alias, *engine_args, env=env)
+    assert first.exit_code == 0, first.output
+    assert f"on {engine.label} {engine.version}: 400 docs" in first.output
+    assert f"alias {alias} -> {alias}-ab12cd34-" in first.output
+    (old,) = engine.alias_holders(alias)
+    assert indexer.index_meta(engine, alias)["field_type"] == engine.default_field_type
+
+    again = run("index", str(export_dir), "--alias", alias, *engine_args, env=env)
+    assert again.exit_code == 1 and "use `sparcode reindex`" in again.output
+
+    second = run("reindex", str(export_dir), "--alias", alias, "--delete-old", *engine_args, env=env)
+    assert second.exit_code == 0, second.output
+    assert f"deleted {old}" in second.output
+    (new,) = engine.alias_holders(alias)
+    assert new != old and not engine.exists(old)
+    assert engine.count(alias) == 400

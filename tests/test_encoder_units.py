@@ -1,0 +1,99 @@
+"""Invariants of the model parts: the scorer is the paper's MLP, the quantizer round-trips."""
+import numpy as np
+import pytest
+import torch
+
+from sparcode.config import ConfigError, RunConfig
+from sparcode.encoder.quantizer import ProductQuantizer
+from sparcode.encoder.scorer import AllToAllScorer
+
+
+def test_scorer_equals_mlp_on_concatenated_products():
+    torch.manual_seed(0)
+    scorer = AllToAllScorer(dim=8, item_tokens=3, hidden=5)
+    with torch.no_grad():
+        scorer.b1.normal_()
+        scorer.b2.fill_(0.3)
+    users = torch.randn(4, 8)
+    items = torch.randn(6, 3, 8)
+    # The definition: S = w2 · ReLU(W1 [t ⊙ c_1; t ⊙ c_2; t ⊙ c_3] + b1) + b2
+    concat = (users[:, None, None, :] * items[None]).reshape(4, 6, 24)
+    expected = torch.relu(concat @ scorer.w1.T + scorer.b1) @ scorer.w2 + scorer.b2
+    assert torch.allclose(scorer.all_pairs(users, items), expected, atol=1e-5)
+    paired = scorer.paired(users, items[:4])
+    assert torch.allclose(paired, expected.diagonal(), atol=1e-5)
+
+
+def test_flops_per_pair_counts_both_layers():
+    scorer = AllToAllScorer(dim=64, item_tokens=2, hidden=32)
+    assert scorer.flops_per_pair() == 2 * 32 * 128 + 4 * 32
+
+
+def _trained_quantizer():
+    torch.manual_seed(0)
+    pq = ProductQuantizer(dim=8, codebooks=2, codes=16, decay=0.9, commit_weight=0.25, kmeans_iters=5,
+                          dead_code_threshold=0.0)
+    pq.train()
+    pq(torch.randn(64, 4, 8))  # k-means init on the first batch
+    pq.eval()
+    return pq
+
+
+def test_quantizer_is_a_product_quantizer_round_trip():
+    pq = _trained_quantizer()
+    tokens = torch.randn(10, 4, 8)
+    quantized, codes, _ = pq(tokens)
+    assert codes.shape == (10, 4, 2)
+    # decode(codes) is exactly what the scorer sees, and encode() finds the same codes.
+    assert torch.allclose(pq.decode(codes), quantized, atol=1e-6)
+    assert torch.equal(pq.encode(tokens), codes)
+    # Each half is nearest in its own codebook: no other codeword is closer.
+    book = pq.codebook
+    for m in range(2):
+        sub = tokens[..., m * 4:(m + 1) * 4]
+        dists = ((sub.unsqueeze(-2) - book[m]) ** 2).sum(-1)
+        assert torch.equal(dists.argmin(-1), codes[..., m])
+    # A codeword quantizes to itself.
+    assert torch.equal(pq.encode(pq.decode(codes)), codes)
+
+
+def test_quantizer_tracks_usage_per_epoch():
+    pq = _trained_quantizer()
+    pq.train()
+    pq(torch.randn(32, 4, 8))
+    stats = pq.usage_stats()
+    assert 1 <= stats["codes_used_0"] <= 16 and stats["perplexity_0"] >= 1.0
+    assert pq.usage.sum() == 0  # reset after reading
+
+
+def test_quantizer_straight_through_reaches_tokens():
+    pq = _trained_quantizer()
+    pq.train()
+    tokens = torch.randn(5, 4, 8, requires_grad=True)
+    quantized, _, commit = pq(tokens)
+    (quantized.sum() + commit).backward()
+    assert tokens.grad is not None and tokens.grad.abs().sum() > 0
+
+
+def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key"):
+        RunConfig.from_dict({"train": {"epochz": 3}})
+    with pytest.raises(ConfigError, match="divisible"):
+        RunConfig.from_dict({"model": {"dim": 63}}).validate()
+    path = tmp_path / "c.json"
+    RunConfig.from_dict({"seed": 7, "model": {"user_tokens": 2}}).save(path)
+    loaded = RunConfig.load(path)
+    assert loaded.seed == 7 and loaded.model.user_tokens == 2
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        RunConfig.load(path)
+
+
+def test_featurefield_truncation_keeps_nine_bits():
+    from sparcode.featurefield import storable, truncate
+
+    values = np.array([1.0, 1.00390625, 1.0029, 0.0, -1.0, 3.4e-39], dtype=np.float32)
+    out = truncate(values)
+    assert out[0] == 1.0 and out[1] == np.float32(1.00390625)  # exactly representable in 9 bits
+    assert out[2] == 1.0  # 1.0029 loses its low bits
+    assert storable(values).tolist() == [True, True, True, False, False, False]
