@@ -18,6 +18,7 @@ _COMMANDS = {
     "reindex": "index",
     "search": "search",
     "es": "es",
+    "semantic-ids": "semantic_ids",
 }
 
 

@@ -104,19 +104,25 @@ def test_search_one_user_and_explain(trained):
     root, _, _, run = trained
     export = root / "export-search"
     assert invoke("export", run, "--out", export, "--quiet").exit_code == 0
-    result = invoke("search", "--run", run, "--user", "u5", "--k", "5", "--backend", "local", "--export", export, "--json")
-    assert result.exit_code == 0, result.output
-    payload = json.loads(result.output)
-    hits = payload["hits"]
-    assert 1 <= len(hits) <= 5
+    # A user whose codes all lack postings above the serving bias legitimately gets no hits;
+    # take the first user who gets some (most do).
+    for row in range(80):
+        user = f"u{row}"
+        result = invoke("search", "--run", run, "--user", user, "--k", "5", "--backend", "local", "--export", export, "--json")
+        assert result.exit_code == 0, result.output
+        payload = json.loads(result.output)
+        hits = payload["hits"]
+        if hits:
+            break
+    assert 1 <= len(hits) <= 5, "no user got any hit"
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     assert sum(payload["query"].values()) == TINY["model"]["user_tokens"]
-    seen = set(open(root / "data" / "sequences.txt").read().splitlines()[5].split()[1:])
+    seen = set(open(root / "data" / "sequences.txt").read().splitlines()[row].split()[1:])
     assert not seen & {h["item_id"] for h in hits}  # seen items are excluded by default
-    explained = invoke("search", "--run", run, "--user", "u5", "--backend", "local", "--export", export, "--explain")
+    explained = invoke("search", "--run", run, "--user", user, "--backend", "local", "--export", export, "--explain")
     body = json.loads(explained.output[: explained.output.rindex("}") + 1].split("\nuser ")[0])
     assert body["track_total_hits"] is False
-    filtered = invoke("search", "--run", run, "--user", "u5", "--backend", "local", "--export", export,
+    filtered = invoke("search", "--run", run, "--user", user, "--backend", "local", "--export", export,
                       "--filter", "genre=g1", "--json", "--k", "40")
     assert filtered.exit_code == 0, filtered.output
     assert all(int(h["item_id"][1:]) // 10 == 1 for h in json.loads(filtered.output)["hits"])

@@ -93,3 +93,18 @@ def test_evaluate_rankings_dedups_and_excludes():
     # Repeated 2 counts once; with exclusion the seen 5 drops out and 7 moves into the top 2.
     assert evaluate_rankings([np.array([2, 2, 5, 7])], evalset, ks=(2,))["recall@2"] == pytest.approx(0.5)
     assert evaluate_rankings([np.array([2, 5, 7])], evalset, ks=(2,), exclude_seen=True)["recall@2"] == 1.0
+
+
+def test_trec_round_trip(tmp_path):
+    from sparcode.data.dataset import Dataset
+    from sparcode.eval.trec import read_qrels, read_run, write_qrels, write_run
+
+    ds = Dataset("t", ["ua", "ub"], ["x", "y", "z"], [np.array([0]), np.array([1])])
+    evalset = EvalSet(np.array([1, 0]), np.zeros((2, 1), np.int64), [np.array([], np.int64)] * 2,
+                      [np.array([2]), np.array([0, 1])])
+    write_run(tmp_path / "run", [np.array([2, 0]), np.array([1])], evalset, ds, tag="t1")
+    write_qrels(tmp_path / "qrels", evalset, ds)
+    lines = (tmp_path / "run").read_text().splitlines()
+    assert lines == ["ub Q0 z 1 2 t1", "ub Q0 x 2 1 t1", "ua Q0 y 1 1 t1"]  # scores fall with rank
+    assert read_run(tmp_path / "run") == {"ub": ["z", "x"], "ua": ["y"]}
+    assert read_qrels(tmp_path / "qrels") == {"ub": {"z"}, "ua": {"x", "y"}}

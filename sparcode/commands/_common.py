@@ -16,11 +16,13 @@ def user_errors():
     from sparcode.pipeline.backends import BackendError
     from sparcode.pipeline.bulk import BulkFailed
     from sparcode.pipeline.connect import ConnectionProblem
+    from sparcode.pipeline.engine import EngineError, EngineUnavailable
     from sparcode.pipeline.export import ExportError
     from sparcode.pipeline.indexer import IndexProblem
     from sparcode.pipeline.query import QueryError
 
-    handled += (BackendError, BulkFailed, ConnectionProblem, ExportError, IndexProblem, QueryError)
+    handled += (BackendError, BulkFailed, ConnectionProblem, EngineError, EngineUnavailable, ExportError,
+                IndexProblem, QueryError)
     try:
         from sparcode.encoder.runs import RunError
         handled += (RunError,)

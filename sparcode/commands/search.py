@@ -25,17 +25,24 @@ def resolve_export(run_dir: Path, export_dir: Path | None) -> Path:
     raise click.ClickException(f"no export for {run_dir}: run `sparcode export {run_dir} --out DIR` or pass --export DIR")
 
 
-def open_serving_backend(backend: str, run_dir: Path, export_dir: Path | None, alias: str | None):
+def open_serving_backend(backend: str, run_dir: Path, export_dir: Path | None, alias: str | None,
+                         run_fingerprint: str | None = None):
+    """The backend serving `run_dir`'s export; refuses an export made from another model."""
     from sparcode.pipeline.backends import open_backend
+    from sparcode.pipeline.export import Export
 
     export = resolve_export(run_dir, export_dir)
+    exported = Export.open(export).fingerprint
+    if run_fingerprint is not None and exported != run_fingerprint:
+        raise click.ClickException(
+            f"{export} was exported from another model (fingerprint {exported[:12]}, run {run_dir} is "
+            f"{run_fingerprint[:12]}); re-export with `sparcode export {run_dir} --out DIR`")
     if backend == "local":
         return open_backend(export_dir=export)
     if not alias:
         raise click.ClickException(f"--backend {backend} needs --alias NAME (the alias `sparcode index` created)")
-    if backend == "opensearch":
-        return open_backend(alias=alias, export_dir=export, engine="opensearch")
-    return open_backend(alias=alias, export_dir=export)
+    engine = "opensearch" if backend == "opensearch" else "elasticsearch"
+    return open_backend(alias=alias, export_dir=export, engine=engine)
 
 
 @click.command("search")
@@ -73,7 +80,7 @@ def command(run_dir, user_id, k, backend, alias, export_dir, filters, exclude_se
         for text in filters:
             name, value = parse_filter(text)
             parsed.setdefault(name, []).append(value)
-        engine = open_serving_backend(backend, run_dir, export_dir, alias)
+        engine = open_serving_backend(backend, run_dir, export_dir, alias, run.fingerprint())
         exclude = seen if exclude_seen else None
         if explain:
             click.echo(json.dumps(engine.explain(query, k, parsed or None, exclude), indent=2))

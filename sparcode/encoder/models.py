@@ -41,6 +41,11 @@ class SparCode(_UserItemBase):
         super().__init__(cfg, dataset, max_history, cfg.user_tokens)
         self.item_head = nn.Sequential(nn.Linear(cfg.dim, 2 * cfg.dim), nn.GELU(), nn.Linear(2 * cfg.dim, cfg.item_tokens * cfg.dim))
         self.scorer = AllToAllScorer(cfg.dim, cfg.item_tokens, cfg.scorer_hidden)
+        # Both sides are normalised to unit per-dimension scale so S starts near N(0, 1).
+        # Without it, S began with a spread of ~10 and the first steps of sampled softmax
+        # pushed every S far below zero, where ReLU and softplus alike have no gradient.
+        self.user_norm = nn.LayerNorm(cfg.dim, elementwise_affine=False)
+        self.item_norm = nn.LayerNorm(cfg.dim, elementwise_affine=False)
         self.bf16 = False
         self.quantizer = (
             ProductQuantizer(cfg.dim, cfg.codebooks, cfg.codes, cfg.ema_decay, cfg.commit_weight,
@@ -53,11 +58,11 @@ class SparCode(_UserItemBase):
         if items is None:
             items = torch.arange(self.n_items, device=self.items.ids.weight.device)
         base = self.items(items)
-        return (base.unsqueeze(1) + self.item_head(base).view(-1, self.cfg.item_tokens, self.cfg.dim))
+        return self.item_norm(base.unsqueeze(1) + self.item_head(base).view(-1, self.cfg.item_tokens, self.cfg.dim))
 
     def user_tokens(self, users, histories) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Tokens the scorer sees (quantized when indexed) and their codes (B, K, M) or None."""
-        tokens = self.continuous_user_tokens(users, histories)
+        tokens = self.user_norm(self.continuous_user_tokens(users, histories))
         if self.quantizer is None:
             self.aux_loss = torch.zeros((), device=tokens.device)
             return tokens, None
@@ -67,8 +72,8 @@ class SparCode(_UserItemBase):
 
     def activation(self, s: torch.Tensor) -> torch.Tensor:
         s = s + self.cfg.train_bias
-        if self.training and self.cfg.train_leak > 0:
-            return F.leaky_relu(s, self.cfg.train_leak)
+        if self.training and self.cfg.train_activation == "softplus":
+            return F.softplus(s)
         return torch.relu(s)
 
     def encode_users(self, users, histories) -> torch.Tensor:

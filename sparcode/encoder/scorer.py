@@ -18,7 +18,7 @@ class AllToAllScorer(nn.Module):
         super().__init__()
         self.dim, self.item_tokens, self.hidden = dim, item_tokens, hidden
         fan_in = dim * item_tokens
-        self.w1 = nn.Parameter(torch.randn(hidden, item_tokens * dim) / math.sqrt(fan_in) * math.sqrt(dim))
+        self.w1 = nn.Parameter(torch.randn(hidden, item_tokens * dim) / math.sqrt(fan_in))
         self.b1 = nn.Parameter(torch.zeros(hidden))
         self.w2 = nn.Parameter(torch.randn(hidden) / math.sqrt(hidden))
         self.b2 = nn.Parameter(torch.zeros(()))

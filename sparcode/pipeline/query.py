@@ -1,11 +1,13 @@
-"""The search request for one user query, in each form Elasticsearch can score it.
+"""The search request for one user query, in each form Elasticsearch or OpenSearch can score it.
 
 Every form scores an item as Σ count × stored value over the query's terms, which is the
 model's score. The default is the `sparse_vector` query: one clause however many terms the
 user has (no `max_clause_count` ceiling, a smaller body), and it is the query Elasticsearch
 maintains for the field type we index by default. `term` (bool/should of boosted terms) scores
 identically on a `sparse_vector` field and is kept for engines or fields where
-`sparse_vector` is unavailable; `rank_feature` is the form for a `rank_features` field.
+`sparse_vector` is unavailable; `rank_feature` (bool/should of `linear` rank_feature clauses,
+boosted by the count) is the form for a `rank_features` field on either engine, and the only
+one OpenSearch has. docs/engines.md compares them.
 """
 from __future__ import annotations
 

@@ -1,0 +1,80 @@
+"""TIGER's settings in one dataclass, saved as `tiger/config.json` in the run directory.
+
+Kept apart from `sparcode.config.RunConfig` because the run directory's top-level
+config.json belongs to the lead's RunConfig; `from_run_config` maps the keys the two share.
+Unknown keys are an error, as everywhere in sparcode.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from sparcode.generative.rqvae import RQVAEConfig
+
+
+@dataclass
+class TigerConfig:
+    dataset: str = "beauty"
+    seed: int = 0
+    max_history: int = 20  # items per encoder input, most recent last (TIGER: 20)
+    # seq2seq model. Paper: 4+4 layers, 6 heads, d 128, MLP 1024; smaller here to fit a CPU budget.
+    d_model: int = 128
+    heads: int = 4
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    ff_dim: int = 512
+    dropout: float = 0.1
+    user_buckets: int = 2000  # hashed user tokens (paper: 2000)
+    # training
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 300
+    grad_clip: float = 1.0
+    patience: int = 3
+    eval_users: int = 2000  # validation users per epoch (0 = all); R@10 picks the best epoch
+    max_minutes: float = 0.0  # stop training after this wall time (0 = no limit)
+    steps_per_epoch: int = 0  # 0 = one pass over all windows
+    # retrieval
+    beam_size: int = 20  # at least max K asked for at evaluation; raised to it when smaller
+    cold_fraction: float = 0.05  # items held out of training entirely (still get semantic IDs)
+    cold_slots: float = 0.1  # ε: share of the top-K that prefix-matched cold items may take
+    cold_prefix_depth: int = 3  # match cold items on (c0, c1, c2); falls back to (c0, c1)
+    rqvae: RQVAEConfig = field(default_factory=RQVAEConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TigerConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TIGER config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        data = dict(data)
+        if isinstance(data.get("rqvae"), dict):
+            data["rqvae"] = RQVAEConfig.from_dict(data["rqvae"])
+        return cls(**data)
+
+    @classmethod
+    def from_run_config(cls, run_cfg) -> "TigerConfig":
+        """The shared keys of a `sparcode.config.RunConfig`; the rest keep TIGER's defaults."""
+        train = run_cfg.train
+        cfg = cls(dataset=run_cfg.dataset, seed=run_cfg.seed, max_history=train.max_history, epochs=train.epochs,
+                  batch_size=train.batch_size, lr=train.lr, patience=train.patience)
+        if train.eval_users:
+            cfg.eval_users = train.eval_users
+        cfg.rqvae.seed = run_cfg.seed
+        return cfg
+
+    @classmethod
+    def coerce(cls, config) -> "TigerConfig":
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, dict):
+            return cls.from_dict(config)
+        if hasattr(config, "train") and hasattr(config, "model"):
+            return cls.from_run_config(config)
+        raise TypeError(f"expected a TigerConfig, a dict or a RunConfig, got {type(config).__name__}")

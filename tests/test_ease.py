@@ -1,0 +1,73 @@
+"""EASE against its closed form on a hand-sized matrix, and on data where the answer is obvious."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sparcode.data.dataset import Dataset
+from sparcode.data.splits import make_split
+from sparcode.encoder.ease import EaseModel, ease_weights, fit_ease, gram_matrix, training_rows
+
+
+def test_closed_form_by_numpy():
+    rows = [np.array([0, 1]), np.array([1, 2, 2]), np.array([0, 1, 3]), np.array([3])]
+    x = np.zeros((4, 4))
+    for r, items in enumerate(rows):
+        x[r, items] = 1  # binary: the repeated 2 counts once
+    gram = gram_matrix(rows, 4)
+    assert np.array_equal(gram.numpy(), x.T @ x)
+    lam = 0.5
+    p = np.linalg.inv(x.T @ x + lam * np.eye(4))
+    expected = -p / np.diag(p)[None, :]
+    np.fill_diagonal(expected, 0.0)
+    b = ease_weights(gram, lam).numpy()
+    assert np.allclose(b, expected) and np.all(np.diag(b) == 0)
+    # float32 agrees closely enough for ranking.
+    assert np.allclose(ease_weights(gram.float(), lam).numpy(), expected, atol=1e-5)
+
+
+def pairs_dataset() -> Dataset:
+    # Items come in pairs (2k, 2k+1) that users always take together; item 8 is everywhere.
+    rng = np.random.default_rng(0)
+    seqs = []
+    for _ in range(60):
+        pairs = rng.choice(4, size=2, replace=False)
+        seq = [8] + [i for p in pairs for i in (2 * p, 2 * p + 1)]
+        seqs.append(np.array(seq, dtype=np.int64))
+    return Dataset("pairs", [str(i) for i in range(60)], [str(i) for i in range(9)], seqs)
+
+
+def test_recommends_the_co_occurring_item(tmp_path):
+    ds = pairs_dataset()
+    split = make_split(ds, "multi-target", seed=0)
+    model = fit_ease(ds, split, lambdas=(1.0, 10.0), history=None)
+    scores = model.score_histories([np.array([4]), np.array([1, 8])])
+    assert scores[0].argmax() == 5 and scores[1].argmax() == 0
+    assert model.lam in (1.0, 10.0) and len(model.info["selection"]) == 2
+    model.save(tmp_path)
+    loaded = EaseModel.load(tmp_path)
+    assert torch.equal(loaded.B, model.B) and loaded.lam == model.lam and loaded.history is None
+    assert torch.load(tmp_path / "weights.pt", weights_only=True).keys() == {"B"}
+
+
+def test_history_window():
+    b = torch.zeros(3, 3)
+    b[0, 2], b[1, 2] = 1.0, 10.0
+    model = EaseModel(b, 1.0, history=1)
+    # Only the most recent item (0) counts with a window of 1; all with None; repeats once.
+    assert model.score_histories([np.array([1, 0])])[0, 2] == 1.0
+    model.history = None
+    assert model.score_histories([np.array([1, 0, 1])])[0, 2] == 11.0
+
+
+def test_training_rows_per_protocol():
+    ds = pairs_dataset()
+    mt = make_split(ds, "multi-target", seed=0)
+    assert len(training_rows(ds, mt)) == len(mt.train_users)
+    assert len(training_rows(ds, mt, fold_in=True)) == ds.n_users
+    loo = make_split(ds, "leave-one-out", seed=0)
+    assert [len(r) for r in training_rows(ds, loo, "test")] == [len(s) - 2 for s in ds.sequences]
+    assert [len(r) for r in training_rows(ds, loo, "test", fold_in=True)] == [len(s) - 1 for s in ds.sequences]
+    with pytest.raises(ValueError):
+        training_rows(ds, type(loo)("random", 0, 20, loo.train, loo.valid, loo.test, loo.train_users))

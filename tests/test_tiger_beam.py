@@ -1,0 +1,154 @@
+"""Trie-constrained decoding: only real items, exact on a model whose logits we set, exclusions hold."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+from sparcode.generative.beam import beam_search
+from sparcode.generative.semantic_ids import PrefixTrie, add_dedup_token
+from sparcode.generative.seq2seq import TigerSeq2Seq
+
+torch.set_num_threads(1)
+
+
+class TableModel:
+    """Decoder double: the logits after a prefix are a fixed random function of that prefix.
+
+    `decode` returns the prefix itself as the "hidden state", so `level_logits` can look the
+    prefix up; the sequence score of every ID can then be computed by brute force."""
+
+    def __init__(self, vocab, seed=0):
+        self.vocab = vocab
+        self.offsets = list(np.cumsum([1] + vocab[:-1]))
+        self.seed = seed
+
+    def tokens(self, codes):
+        return codes + torch.as_tensor(self.offsets[:codes.shape[-1]])
+
+    def decode(self, memory, mask, prefix):
+        # beam_search repeats memory per beam, so row r of memory belongs to row r of prefix;
+        # memory[:, 0, 0] carries the user number.
+        user = memory[:, 0, 0]
+        return torch.cat([user[:, None, None].expand(-1, prefix.shape[1], 1).float(),
+                          prefix[:, None, :].expand(-1, prefix.shape[1], -1).float()], dim=2)
+
+    def logits_for(self, user: int, prefix: tuple, level: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, user, level, *prefix])
+        return rng.normal(scale=2.0, size=self.vocab[level])
+
+    def level_logits(self, hidden, level):
+        rows = [self.logits_for(int(h[0]), tuple(int(t) for t in h[1:].tolist()), level) for h in hidden]
+        return torch.as_tensor(np.stack(rows), dtype=torch.float32)
+
+
+def brute_force(model: TableModel, ids: np.ndarray, trie: PrefixTrie, user: int, exclude=()) -> list[tuple[float, int]]:
+    """Every item's log-probability, renormalised over the tokens the trie allows."""
+    scored = []
+    for item, row in enumerate(ids):
+        if item in exclude:
+            continue
+        node, total, prefix = 0, 0.0, (0,)
+        for level, token in enumerate(row):
+            allowed = trie.children[level][node] >= 0
+            if level == len(row) - 1 and exclude:
+                allowed = allowed & ~np.isin(trie.children[level][node], list(exclude))
+            logits = model.logits_for(user, prefix, level)
+            logz = np.log(np.exp(logits[allowed]).sum())
+            total += logits[token] - logz
+            node = trie.children[level][node, token]
+            prefix = prefix + (int(token) + int(model.offsets[level]),)
+        scored.append((total, item))
+    return sorted(scored, key=lambda t: (-t[0], t[1]))
+
+
+def random_ids(rng, n, vocab=(4, 3, 5)):
+    codes = np.stack([rng.integers(0, v, size=n) for v in vocab], axis=1)
+    return add_dedup_token(codes)
+
+
+def test_exact_ranking_when_beam_covers_every_item():
+    rng = np.random.default_rng(0)
+    ids = random_ids(rng, 25)
+    trie = PrefixTrie.build(ids)
+    model = TableModel(trie.vocab, seed=3)
+    memory = torch.tensor([[[0.0]], [[1.0]]])  # two users
+    items, scores = beam_search(model, memory, torch.zeros(2, 1, dtype=torch.bool), trie, beam_size=len(ids))
+    for user in range(2):
+        expected = brute_force(model, ids, trie, user)
+        assert items[user].tolist() == [item for _, item in expected]
+        np.testing.assert_allclose(scores[user], [s for s, _ in expected], rtol=1e-4, atol=1e-4)
+
+
+def test_top1_is_the_argmax_sequence_with_a_sufficient_beam():
+    rng = np.random.default_rng(1)
+    ids = random_ids(rng, 40)
+    trie = PrefixTrie.build(ids)
+    model = TableModel(trie.vocab, seed=11)
+    memory = torch.tensor([[[u]] for u in range(4)], dtype=torch.float32)
+    mask = torch.zeros(4, 1, dtype=torch.bool)
+    items, _ = beam_search(model, memory, mask, trie, beam_size=len(ids))
+    for user in range(4):
+        assert items[user, 0] == brute_force(model, ids, trie, user)[0][1]
+
+
+def test_exclude_seen_matches_brute_force_without_those_items():
+    rng = np.random.default_rng(2)
+    ids = random_ids(rng, 20)
+    trie = PrefixTrie.build(ids)
+    model = TableModel(trie.vocab, seed=5)
+    seen = [np.array([0, 3, 7]), np.array([], dtype=np.int64)]
+    memory = torch.tensor([[[0.0]], [[1.0]]])
+    items, _ = beam_search(model, memory, torch.zeros(2, 1, dtype=torch.bool), trie, beam_size=len(ids), exclude=seen)
+    expected = [item for _, item in brute_force(model, ids, trie, 0, exclude={0, 3, 7})]
+    assert items[0][items[0] >= 0].tolist() == expected
+    assert items[1].tolist() == [item for _, item in brute_force(model, ids, trie, 1)]
+
+
+def test_property_every_beam_is_a_real_item_of_a_random_trie():
+    rng = np.random.default_rng(7)
+    torch.manual_seed(0)
+    for trial in range(12):
+        vocab = [int(v) for v in rng.integers(2, 9, size=3)]
+        ids = random_ids(rng, int(rng.integers(1, 60)), vocab)
+        trie = PrefixTrie.build(ids)
+        model = TigerSeq2Seq(trie.vocab, d_model=16, heads=2, encoder_layers=1, decoder_layers=1, ff_dim=16,
+                             dropout=0.0, max_history=3, user_buckets=5).eval()
+        batch = 3
+        history = torch.stack([torch.as_tensor(ids[rng.integers(len(ids), size=3)]) for _ in range(batch)])
+        memory, mask = model.encode(history, torch.zeros(batch, 3, dtype=torch.bool), torch.arange(batch))
+        beam = int(rng.integers(1, 15))
+        exclude = [rng.choice(len(ids), size=min(len(ids), 2), replace=False) for _ in range(batch)]
+        temps = [None, (1.0, 1.0, 1.0, 1.0), (0.5, 2.0, 1.0, 3.0)][trial % 3]
+        for exc in (None, exclude):
+            items, scores = beam_search(model, memory, mask, trie, beam, exclude=exc, temperatures=temps,
+                                        generator=torch.Generator().manual_seed(trial))
+            assert items.shape == (batch, beam)
+            valid = {tuple(r) for r in ids.tolist()}
+            for row in range(batch):
+                found = items[row][items[row] >= 0]
+                assert len(set(found.tolist())) == len(found)  # no item twice
+                assert all(tuple(ids[i].tolist()) in valid and trie.item(ids[i].tolist()) == i for i in found)
+                assert np.all(np.isfinite(scores[row][items[row] >= 0]))
+                if exc is None:
+                    assert len(found) == min(beam, len(ids))  # K beams are K items when K items exist
+                else:
+                    assert not set(found.tolist()) & set(exc[row].tolist())
+
+
+def test_temperature_sampling_is_seeded_and_spreads_out():
+    rng = np.random.default_rng(3)
+    ids = random_ids(rng, 60, (6, 6, 6))
+    trie = PrefixTrie.build(ids)
+    model = TableModel(trie.vocab, seed=2)
+    memory = torch.zeros(1, 1, 1)
+    mask = torch.zeros(1, 1, dtype=torch.bool)
+    hot = (5.0,) * 4
+    a, _ = beam_search(model, memory, mask, trie, 5, temperatures=hot, generator=torch.Generator().manual_seed(0))
+    b, _ = beam_search(model, memory, mask, trie, 5, temperatures=hot, generator=torch.Generator().manual_seed(0))
+    assert np.array_equal(a, b)
+    draws = {tuple(beam_search(model, memory, mask, trie, 5, temperatures=hot,
+                               generator=torch.Generator().manual_seed(s))[0][0].tolist()) for s in range(6)}
+    assert len(draws) > 1
+    assert list(itertools.chain(*draws))  # every draw returned items
