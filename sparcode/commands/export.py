@@ -32,7 +32,11 @@ def command(run_dir, out_dir, bias, max_postings, shard, force, quiet):
         from sparcode.encoder.export import export_run
         from sparcode.encoder.runs import open_run
 
-        manifest = export_run(open_run(run_dir), out_dir, bias=bias, max_postings=max_postings, shard=shard,
+        run = open_run(run_dir)
+        if run.kind == "two-tower":
+            _export_vectors(run, out_dir, force, bias=bias, max_postings=max_postings, shard=shard)
+            return
+        manifest = export_run(run, out_dir, bias=bias, max_postings=max_postings, shard=shard,
                               progress=not quiet, force=force)
     scoring = manifest["scoring"]
     click.echo(
@@ -41,3 +45,14 @@ def command(run_dir, out_dir, bias, max_postings, shard, force, quiet):
         f"scoring: {scoring['pairs_per_second']:,} pairs/s = {scoring['fraction_of_ceiling']:.0%} of the "
         f"{scoring['ceiling_pairs_per_second']:,} pairs/s GEMM ceiling on {scoring['device']}"
     )
+
+
+def _export_vectors(run, out_dir, force, **sparcode_only):
+    from sparcode.encoder.vector_export import export_vectors
+
+    given = [f"--{k.replace('_', '-')}" for k, v in sparcode_only.items() if v not in (None, (0, 1))]
+    if given:
+        raise click.ClickException(f"{', '.join(given)} apply to SparCode exports; {run.path} is a two-tower run")
+    manifest = export_vectors(run, out_dir, force=force)
+    click.echo(f"exported {manifest['items']} item vectors (dim {manifest['dim']}, mean norm "
+               f"{manifest['norms']['mean']:.3f}) → {out_dir}")

@@ -1,0 +1,87 @@
+"""`sparcode export` for a two-tower run: its item vectors as an export directory
+(docs/export-format.md, kind "two-tower-vectors"), read by the HNSW and ES kNN backends.
+
+A user's vector is never exported: it comes from the model at query time, like a SparCode
+user's codes.
+"""
+from __future__ import annotations
+
+import gzip
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import orjson
+import torch
+
+from sparcode.encoder import checkpoint as ckpt
+from sparcode.encoder.runs import Run, RunError
+
+FORMAT = "sparcode-export/1"
+KIND = "two-tower-vectors"
+VECTORS = "vectors.npy"
+ITEMS = "items.jsonl.gz"
+
+
+@torch.no_grad()
+def item_vectors(model, device, batch: int = 65536) -> np.ndarray:
+    model.eval()
+    out = []
+    for start in range(0, model.n_items, batch):
+        items = torch.arange(start, min(start + batch, model.n_items), device=device)
+        out.append(model.item_vectors(items).float().cpu().numpy())
+    return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+
+def export_vectors(run: Run, out_dir: Path, force: bool = False) -> dict:
+    if run.kind != "two-tower":
+        raise RunError(f"vector export needs a two-tower run; {run.path} is a {run.kind} run")
+    out_dir = Path(out_dir)
+    if (out_dir / "manifest.json").exists() and not force:
+        raise RunError(f"{out_dir} already holds an export; pass --force to replace it")
+    started = time.perf_counter()
+    model, device = run.load_model()
+    vectors = item_vectors(model, device)
+    if not np.isfinite(vectors).all():
+        raise RunError(f"{run.path}: the model produced non-finite item vectors; retrain it")
+    norms = np.linalg.norm(vectors, axis=1)
+    dataset = run.dataset
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        np.save(tmp / VECTORS, vectors, allow_pickle=False)
+        with gzip.open(tmp / ITEMS, "wb", compresslevel=1) as fh:
+            for item in range(dataset.n_items):
+                attrs = dataset.item_attributes[item] if dataset.item_attributes else {}
+                fh.write(orjson.dumps({"item_id": dataset.item_ids[item], "ord": item, **attrs}) + b"\n")
+        manifest = {
+            "format": FORMAT,
+            "kind": KIND,
+            "fingerprint": run.fingerprint(),
+            "run": {"model": run.kind, "dataset": run.config.dataset, "split": run.config.split,
+                    "seed": run.config.seed},
+            "dim": int(vectors.shape[1]),
+            # Scores are raw dot products: the tower is trained that way, so ANN must search
+            # maximum inner product, not cosine.
+            "similarity": "dot_product",
+            "items": int(vectors.shape[0]),
+            "norms": {"mean": float(norms.mean()), "std": float(norms.std()), "min": float(norms.min()),
+                      "max": float(norms.max())},
+            "item_fields": dataset.item_attribute_types,
+            "files": {"items": [ITEMS], "vectors": VECTORS},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "export_seconds": round(time.perf_counter() - started, 2),
+        }
+        ckpt.write_json(tmp / "manifest.json", manifest)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    ckpt.write_json(run.path / "last_export.json", {"path": str(out_dir.resolve())})
+    return manifest
