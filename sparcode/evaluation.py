@@ -13,7 +13,8 @@ from sparcode.encoder.runs import Run, RunError, open_run
 
 
 def evaluate_run(run_dir: Path, backend: str = "model", alias: str | None = None, export_dir: Path | None = None,
-                 exclude_seen: bool | None = None, part: str = "test", ks=(5, 10, 20, 50)):
+                 exclude_seen: bool | None = None, part: str = "test", ks=(5, 10, 20, 50), ef: int | None = None,
+                 num_candidates: int | None = None):
     run = open_run(run_dir)
     evalset = run.split.test if part == "test" else run.split.valid
     exclude = run.split.exclude_seen_default if exclude_seen is None else exclude_seen
@@ -21,6 +22,11 @@ def evaluate_run(run_dir: Path, backend: str = "model", alias: str | None = None
         from sparcode.generative.train_tiger import evaluate_tiger
 
         metrics, rankings = evaluate_tiger(run.path, run.dataset, run.split, evalset, exclude_seen=exclude, ks=ks)
+    elif backend in ("hnsw", "es-knn", "exact"):
+        from sparcode.vector_evaluation import evaluate_vector_backend
+
+        metrics, rankings = evaluate_vector_backend(run, evalset, backend, alias, export_dir, exclude, ks,
+                                                    ef=ef, num_candidates=num_candidates)
     elif backend != "model":
         if run.kind != "sparcode":
             raise RunError(f"--backend {backend} serves SparCode exports; {run_dir} is a {run.kind} run")

@@ -13,8 +13,12 @@ KS = (5, 10, 20, 50)
 
 @click.command("evaluate")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--backend", type=click.Choice(["model", "local", "es", "opensearch"]), default="model", show_default=True,
-              help="model: served-exact offline scoring; local/es/opensearch: ranked lists from that backend.")
+@click.option("--backend", type=click.Choice(["model", "local", "es", "opensearch", "hnsw", "es-knn", "exact"]),
+              default="model", show_default=True,
+              help="model: served-exact offline scoring; local/es/opensearch: ranked lists from that backend; "
+                   "hnsw/es-knn/exact: a two-tower run's vector export (ANN paths also report recall vs exact).")
+@click.option("--ef", type=click.IntRange(min=1), default=None, help="hnsw: query ef (≥ 50; default 100).")
+@click.option("--num-candidates", type=click.IntRange(min=1), default=None, help="es-knn: num_candidates (default 100).")
 @click.option("--alias", default=None, help="Index alias (es/opensearch).")
 @click.option("--export", "export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
 @click.option("--exclude-seen/--keep-seen", default=None,
@@ -23,13 +27,14 @@ KS = (5, 10, 20, 50)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--run-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a TREC run file.")
 @click.option("--qrels", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write TREC qrels.")
-def command(run_dir, backend, alias, export_dir, exclude_seen, part, as_json, run_file, qrels):
+def command(run_dir, backend, alias, export_dir, exclude_seen, part, as_json, run_file, qrels, ef, num_candidates):
     """Recall, NDCG and HitRate at 5/10/20/50 over full-catalog rankings."""
     with user_errors():
         from sparcode.evaluation import evaluate_run
 
         metrics, rankings, run = evaluate_run(run_dir, backend=backend, alias=alias, export_dir=export_dir,
-                                              exclude_seen=exclude_seen, part=part, ks=KS)
+                                              exclude_seen=exclude_seen, part=part, ks=KS, ef=ef,
+                                              num_candidates=num_candidates)
         evalset = run.split.test if part == "test" else run.split.valid
         if run_file is not None or qrels is not None:
             from sparcode.eval.trec import write_qrels, write_run
@@ -47,6 +52,7 @@ def command(run_dir, backend, alias, export_dir, exclude_seen, part, as_json, ru
     for k in KS:
         if f"recall@{k}" in metrics:
             click.echo(f"{k:>4}  {metrics[f'recall@{k}']:.4f}  {metrics[f'ndcg@{k}']:.4f}  {metrics[f'hr@{k}']:.4f}")
-    for key in ("stored_fraction", "codes", "pairs", "codes_used", "bias", "query_terms_without_postings"):
+    for key in ("stored_fraction", "codes", "pairs", "codes_used", "bias", "query_terms_without_postings",
+                "ann_recall@50", "ann_recall@10"):
         if key in metrics:
             click.echo(f"{key}: {metrics[key]}")

@@ -22,8 +22,17 @@ def _run(export_dir: str, alias: str, *, engine: str | None, field_type: str | N
     try:
         export = Export.open(export_dir)
         conn = connect(engine=engine)
-        result = build(conn, export, alias, field_type=field_type, resume=resume, delete_old=delete_old,
-                       replace=replace)
+        if export.manifest.get("kind") == "two-tower-vectors":
+            # Item vectors go into a dense_vector (HNSW) field instead of codes.
+            from sparcode.pipeline import knn
+
+            if field_type is not None or resume or conn.name != "elasticsearch":
+                raise IndexProblem("a two-tower vector export indexes into Elasticsearch dense_vector only "
+                                   "(no --field-type, --resume or OpenSearch)")
+            result = knn.build(conn, export_dir, alias, delete_old=delete_old, replace=replace)
+        else:
+            result = build(conn, export, alias, field_type=field_type, resume=resume, delete_old=delete_old,
+                           replace=replace)
     except (ExportError, ConnectionProblem, IndexProblem, BulkFailed) as exc:
         raise click.ClickException(str(exc))
     except (EngineError, EngineUnavailable) as exc:

@@ -9,7 +9,7 @@ import click
 
 from sparcode.commands._common import user_errors
 
-BACKENDS = ["local", "es", "opensearch"]
+BACKENDS = ["local", "es", "opensearch", "hnsw", "es-knn", "exact"]
 
 
 def default_backend() -> str:
@@ -50,7 +50,8 @@ def open_serving_backend(backend: str, run_dir: Path, export_dir: Path | None, a
 @click.option("--user", "user_id", required=True, help="External user id, as in the dataset.")
 @click.option("--k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--backend", type=click.Choice(BACKENDS), default=None,
-              help="Default: es when ELASTICSEARCH_URL is set, else the embedded local backend.")
+              help="Default: es when ELASTICSEARCH_URL is set, else the embedded local backend; "
+                   "hnsw for two-tower runs (hnsw, es-knn and exact serve two-tower vector exports).")
 @click.option("--alias", default=None, help="Index alias (es/opensearch backends).")
 @click.option("--export", "export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Export directory (default: the run's last export).")
@@ -58,9 +59,12 @@ def open_serving_backend(backend: str, run_dir: Path, export_dir: Path | None, a
 @click.option("--exclude-seen/--keep-seen", default=True, show_default=True, help="Drop items the user already has.")
 @click.option("--explain", is_flag=True, help="Print the exact request body (send it with curl to POST /<alias>/_search).")
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
-def command(run_dir, user_id, k, backend, alias, export_dir, filters, exclude_seen, explain, as_json):
-    """Recommend K items for USER: user → tokens → codes → one term query."""
-    backend = backend or default_backend()
+@click.option("--ef", type=click.IntRange(min=1), default=None, help="hnsw: candidates kept by the walk (≥ k; default 100).")
+@click.option("--num-candidates", type=click.IntRange(min=1), default=None,
+              help="es-knn: candidates per shard (≥ k; default 100).")
+def command(run_dir, user_id, k, backend, alias, export_dir, filters, exclude_seen, explain, as_json, ef,
+            num_candidates):
+    """Recommend K items for USER: user → tokens → codes → one term query (two-tower: user vector → ANN)."""
     with user_errors():
         from sparcode.encoder.runs import open_run
         from sparcode.encoder.serving import query_for, user_codes
@@ -68,20 +72,32 @@ def command(run_dir, user_id, k, backend, alias, export_dir, filters, exclude_se
         from sparcode.pipeline.query import parse_filter
 
         run = open_run(run_dir)
-        if run.kind != "sparcode":
+        backend = backend or ("hnsw" if run.kind == "two-tower" else default_backend())
+        from sparcode.commands._vectors import check_backend
+
+        check_backend(run.kind, backend)
+        if run.kind != "sparcode" and run.kind != "two-tower":
             raise click.ClickException(f"search serves SparCode runs; {run_dir} is a {run.kind} run")
         user_index, history, seen = user_history(run, user_id)
         model, device = run.load_model()
         import numpy as np
 
-        codes = user_codes(model, np.asarray([user_index]), history[None, :], device)[0]
-        query = query_for(codes)
         parsed = {}
         for text in filters:
             name, value = parse_filter(text)
             parsed.setdefault(name, []).append(value)
-        engine = open_serving_backend(backend, run_dir, export_dir, alias, run.fingerprint())
+        if run.kind == "two-tower":
+            from sparcode.commands._vectors import open_vector_backend, user_vectors
+
+            query = user_vectors(model, np.asarray([user_index]), history[None, :], device)[0]
+            engine = open_vector_backend(backend, run_dir, export_dir, alias, run.fingerprint(), ef=ef,
+                                         num_candidates=num_candidates)
+        else:
+            query = query_for(user_codes(model, np.asarray([user_index]), history[None, :], device)[0])
+            engine = open_serving_backend(backend, run_dir, export_dir, alias, run.fingerprint())
         exclude = seen if exclude_seen else None
+        if explain and not hasattr(engine, "explain"):
+            raise click.ClickException(f"--explain shows a search-engine request; --backend {backend} sends none")
         if explain:
             click.echo(json.dumps(engine.explain(query, k, parsed or None, exclude), indent=2))
         hits = engine.search(query, k, parsed or None, exclude)
@@ -91,9 +107,13 @@ def command(run_dir, user_id, k, backend, alias, export_dir, filters, exclude_se
         index_of = {item: i for i, item in enumerate(run.dataset.item_ids)}
         titles = {h.item_id: attrs[index_of[h.item_id]].get("title") for h in hits}
     if as_json:
-        click.echo(json.dumps({"user": user_id, "backend": backend, "query": query,
+        shown = query.tolist() if run.kind == "two-tower" else query
+        click.echo(json.dumps({"user": user_id, "backend": backend, "query": shown,
                                "hits": [{"item_id": h.item_id, "score": h.score, "title": titles.get(h.item_id)} for h in hits]}))
         return
-    click.echo(f"user {user_id} · codes {' '.join(f'{t}×{int(c)}' if c != 1 else t for t, c in query.items())} · backend {backend}")
+    if run.kind == "two-tower":
+        click.echo(f"user {user_id} · vector dim {len(query)}, norm {float(np.linalg.norm(query)):.3f} · backend {backend}")
+    else:
+        click.echo(f"user {user_id} · codes {' '.join(f'{t}×{int(c)}' if c != 1 else t for t, c in query.items())} · backend {backend}")
     for rank, hit in enumerate(hits, 1):
         click.echo(f"{rank:>3}  {hit.item_id:>8}  {hit.score:9.4f}  {titles.get(hit.item_id) or ''}")

@@ -1,0 +1,78 @@
+"""Two-tower vectors in the live Elasticsearch node: dense_vector (HNSW, max_inner_product) + `knn`.
+
+ES kNN is approximate, so it is checked against exact flat search of the same vectors (recall),
+and its scores are checked to be the dot product after undoing ES's score transform.
+"""
+import json
+import uuid
+
+import numpy as np
+import pytest
+
+from conftest import drop_alias_family
+from sparcode.pipeline import knn
+from sparcode.pipeline.vectors import ExactBackend, VectorSet, recall_vs_exact, write_vector_export
+from test_cli_end_to_end import invoke, trained  # noqa: F401  (module-scoped fixture)
+
+pytestmark = pytest.mark.es
+ENGINE = "elasticsearch"
+
+
+@pytest.fixture(scope="module")
+def vector_export(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    # Not unit length, negative dot products included: what dot_product similarity would refuse.
+    vectors = rng.standard_normal((2000, 16)) * rng.lognormal(0, 0.4, (2000, 1))
+    return write_vector_export(tmp_path_factory.mktemp("vectors"), vectors, fingerprint="cd" * 32)
+
+
+def test_knn_recall_and_scores(engine, alias, vector_export):
+    result = knn.build(engine, vector_export, alias, m=16, ef_construction=100, progress=False)
+    assert result.docs == 2000
+    mapping = next(iter(engine.mappings(alias).values()))
+    field = mapping["properties"]["vector"]
+    assert field["similarity"] == "max_inner_product" and field["index_options"]["type"] == "hnsw"
+    backend = knn.KnnBackend.open(alias, vector_export, connection=engine, num_candidates=200)
+    exact = ExactBackend(VectorSet.load(vector_export))
+    queries = list(np.random.default_rng(1).standard_normal((50, 16)).astype(np.float32))
+    got, truth = backend.batch_search(queries, 20), exact.batch_search(queries, 20)
+    assert recall_vs_exact(got, truth, 20) >= 0.9
+    scores = {h.item_id: h.score for h in truth[0]}
+    for hit in got[0]:
+        if hit.item_id in scores:
+            assert hit.score == pytest.approx(scores[hit.item_id], rel=1e-5, abs=1e-5)
+    excluded = [h.item_id for h in truth[0][:3]]
+    assert not set(excluded) & {h.item_id for h in backend.search(queries[0], 20, exclude_items=excluded)}
+    with pytest.raises(Exception, match="num_candidates=200 is below k=300"):
+        backend.search(queries[0], 300)
+
+
+def test_knn_refuses_other_model(engine, alias, vector_export):
+    knn.build(engine, vector_export, alias, progress=False)
+    from sparcode.pipeline.backends import BackendError
+
+    with pytest.raises(BackendError, match="serves model"):
+        knn.KnnBackend(engine, alias, expected_fingerprint="ef" * 32)
+
+
+def test_cli_two_tower_es_knn(trained, es_engine, tmp_path):  # noqa: F811
+    root, data, cfg, _ = trained
+    run = root / "run-tt-knn"
+    assert invoke("train", "--model", "two-tower", "--dataset", data, "--split", "leave-one-out", "--out", run,
+                  "--config", cfg, "--quiet").exit_code == 0
+    export = tmp_path / "vectors"
+    assert invoke("export", run, "--out", export).exit_code == 0
+    alias = f"sparcode-test-{uuid.uuid4().hex[:10]}"
+    try:
+        result = invoke("index", export, "--alias", alias, "--engine", "elasticsearch")
+        assert result.exit_code == 0, result.output
+        exact = json.loads(invoke("evaluate", run, "--backend", "exact", "--json").output)
+        served = invoke("evaluate", run, "--backend", "es-knn", "--alias", alias, "--json")
+        assert served.exit_code == 0, served.output
+        served = json.loads(served.output)
+        assert served["ann_recall@50"] == 1.0 and served["recall@10"] == exact["recall@10"]
+        a = invoke("search", "--run", run, "--user", "u5", "--k", "5", "--backend", "es-knn", "--alias", alias, "--json")
+        b = invoke("search", "--run", run, "--user", "u5", "--k", "5", "--backend", "exact", "--json")
+        assert [h["item_id"] for h in json.loads(a.output)["hits"]] == [h["item_id"] for h in json.loads(b.output)["hits"]]
+    finally:
+        drop_alias_family(es_engine, alias)

@@ -1,0 +1,138 @@
+"""The two-tower vector path without a search engine: export, exact flat search, hnswlib.
+
+hnswlib is checked the way its own suite does it (bindings_test_recall.py): recall against
+brute force on random vectors, again after save/load; plus the rules we add (ef ≥ k, the
+graph refuses other vectors, hits re-scored so scores equal the exact backend's).
+"""
+import json
+
+import numpy as np
+import pytest
+
+from sparcode.pipeline.hnsw import HnswBackend, HnswIndex, HnswParams, open_index
+from sparcode.pipeline.query import QueryError
+from sparcode.pipeline.vectors import ExactBackend, VectorSet, recall_vs_exact
+from test_cli_end_to_end import invoke, trained  # noqa: F401  (module-scoped fixture)
+
+
+def random_vectors(n=3000, dim=32, seed=0) -> VectorSet:
+    rng = np.random.default_rng(seed)
+    vectors = (rng.standard_normal((n, dim)) * rng.lognormal(0, 0.3, (n, 1))).astype(np.float32)
+    attrs = [{"colour": ["red", "blue"][i % 2]} for i in range(n)]
+    return VectorSet("f" * 64, [f"x{i}" for i in range(n)], vectors, {"colour": "keyword"}, attrs)
+
+
+@pytest.fixture(scope="module")
+def vectors():
+    return random_vectors()
+
+
+@pytest.fixture(scope="module")
+def queries():
+    return list(np.random.default_rng(1).standard_normal((100, 32)).astype(np.float32))
+
+
+def test_hnsw_recall_vs_exact_is_high_and_survives_save_load(vectors, queries, tmp_path):
+    exact = ExactBackend(vectors).batch_search(queries, 50)
+    index = HnswIndex.build(vectors, HnswParams(m=16, ef_construction=200, seed=0))
+    hnsw = HnswBackend(index, vectors, ef=200)
+    assert recall_vs_exact(hnsw.batch_search(queries, 50), exact, 50) >= 0.95
+    index.save(tmp_path / "idx")
+    meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
+    assert {k: meta[k] for k in ("space", "dim", "m", "ef_construction", "seed")} == \
+        {"space": "ip", "dim": 32, "m": 16, "ef_construction": 200, "seed": 0}
+    again = HnswBackend(HnswIndex.load(tmp_path / "idx"), vectors, ef=200)
+    assert again.batch_search(queries, 50) == hnsw.batch_search(queries, 50)
+
+
+def test_hits_are_exact_scores_ordered_by_score_then_ord(vectors, queries):
+    exact = ExactBackend(vectors)
+    hnsw = HnswBackend(HnswIndex.build(vectors), vectors, ef=100)
+    for q in queries[:10]:
+        truth = {h.item_id: h.score for h in exact.search(q, 50)}
+        hits = hnsw.search(q, 10)
+        for hit in hits:
+            if hit.item_id in truth:
+                assert hit.score == truth[hit.item_id]
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_exact_breaks_ties_by_ord():
+    vs = VectorSet("f" * 64, ["a", "b", "c", "d"], np.asarray([[1, 0], [2, 0], [2, 0], [0, 1]], np.float32), {}, [{}] * 4)
+    assert [h.item_id for h in ExactBackend(vs).search([1, 0], 3)] == ["b", "c", "a"]
+    assert [h.item_id for h in ExactBackend(vs).search([1, 0], 2)] == ["b", "c"]
+
+
+def test_ef_below_k_is_refused(vectors, queries):
+    hnsw = HnswBackend(HnswIndex.build(vectors), vectors, ef=20)
+    with pytest.raises(QueryError, match="ef=20 is below k=50"):
+        hnsw.search(queries[0], 50)
+    with pytest.raises(QueryError, match="ef"):
+        hnsw.batch_search(queries, 50)
+    assert len(hnsw.search(queries[0], 20)) == 20
+
+
+def test_filters_and_exclusions_match_exact(vectors, queries):
+    exact, hnsw = ExactBackend(vectors), HnswBackend(HnswIndex.build(vectors), vectors, ef=200)
+    top = exact.search(queries[0], 5)
+    excluded = [h.item_id for h in top[:2]]
+    hits = hnsw.search(queries[0], 10, filters={"colour": "red"}, exclude_items=excluded)
+    assert len(hits) == 10 and not set(excluded) & {h.item_id for h in hits}
+    assert all(int(h.item_id[1:]) % 2 == 0 for h in hits)
+    truth = exact.search(queries[0], 10, filters={"colour": "red"}, exclude_items=excluded)
+    assert len({h.item_id for h in hits} & {h.item_id for h in truth}) >= 8
+
+
+def test_graph_from_other_vectors_is_refused(vectors):
+    other = random_vectors(seed=5)
+    other.fingerprint = "0" * 64
+    from sparcode.pipeline.backends import BackendError
+
+    with pytest.raises(BackendError, match="other vectors"):
+        HnswBackend(HnswIndex.build(vectors), other)
+
+
+def test_two_tower_export_search_and_evaluate(trained, tmp_path):  # noqa: F811
+    root, data, cfg, _ = trained
+    run = root / "run-tt-vectors"
+    assert invoke("train", "--model", "two-tower", "--dataset", data, "--split", "leave-one-out", "--out", run,
+                  "--config", cfg, "--quiet").exit_code == 0
+    export = tmp_path / "vectors"
+    out = invoke("export", run, "--out", export)
+    assert out.exit_code == 0, out.output
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["kind"] == "two-tower-vectors" and manifest["items"] == 40
+    assert np.load(export / "vectors.npy").shape == (40, manifest["dim"])
+    refused = invoke("export", run, "--out", tmp_path / "x", "--max-postings", "3")
+    assert refused.exit_code != 0 and "--max-postings" in refused.output and not (tmp_path / "x").exists()
+
+    model = json.loads(invoke("evaluate", run, "--json").output)
+    for backend in ("exact", "hnsw"):
+        result = invoke("evaluate", run, "--backend", backend, "--json")
+        assert result.exit_code == 0, result.output
+        metrics = json.loads(result.output)
+        assert metrics["recall@10"] == model["recall@10"], backend
+    assert json.loads(invoke("evaluate", run, "--backend", "hnsw", "--json").output)["ann_recall@50"] == 1.0
+    assert (export / "hnsw" / HnswParams().dirname() / "meta.json").exists()
+
+    hits = {}
+    for backend in ("exact", "hnsw"):
+        result = invoke("search", "--run", run, "--user", "u3", "--k", "5", "--backend", backend, "--json")
+        assert result.exit_code == 0, result.output
+        hits[backend] = json.loads(result.output)["hits"]
+    assert hits["hnsw"] == hits["exact"] and len(hits["exact"]) == 5
+    low = invoke("search", "--run", run, "--user", "u3", "--k", "5", "--ef", "4")
+    assert low.exit_code != 0 and "ef=4 is below k=5" in low.output and "Traceback" not in low.output
+    wrong = invoke("search", "--run", run, "--user", "u3", "--backend", "local")
+    assert wrong.exit_code != 0 and "two-tower" in wrong.output
+
+
+def test_open_index_rebuilds_for_another_export(vectors, tmp_path):
+    index, built = open_index(tmp_path, vectors)
+    assert built
+    _, built_again = open_index(tmp_path, vectors)
+    assert not built_again
+    other = random_vectors(seed=3)
+    other.fingerprint = "1" * 64
+    rebuilt, built = open_index(tmp_path, other)
+    assert built and rebuilt.meta["fingerprint"] == "1" * 64
