@@ -19,6 +19,7 @@ _COMMANDS = {
     "search": "search",
     "es": "es",
     "semantic-ids": "semantic_ids",
+    "bench": "bench",
 }
 
 

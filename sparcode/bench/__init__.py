@@ -1,0 +1,1 @@
+"""`sparcode bench`: synthetic catalogs, per-path measurements, report."""

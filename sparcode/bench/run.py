@@ -1,0 +1,105 @@
+"""`sparcode bench`: every retrieval path on the same synthetic catalogs, one table.
+
+Paths run one after another (nothing else of ours runs during a latency loop). Quality is
+recall@50 against the path family's exact ranking: the embedded SparCode backend for the
+SparCode paths (the engines must equal it), exact flat search for the vector paths.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from sparcode.bench import paths, synthetic
+from sparcode.pipeline.hnsw import HnswParams
+from sparcode.pipeline.vectors import VectorSet
+
+FIELDS = ("path", "items", "synthetic", "p50_ms", "p99_ms", "took_p50_ms", "took_p99_ms", "floor_p50_ms", "qps",
+          "recall@50", "index_bytes", "build_s", "bulk_docs_per_s")
+
+
+@dataclass
+class BenchConfig:
+    sizes: list[int]
+    queries: int = 1000
+    warmup: int = 100
+    threads: int = 2
+    hnsw: HnswParams = field(default_factory=lambda: HnswParams(m=16, ef_construction=100, seed=0, threads=2))
+    ef: int = 100
+    num_candidates: int = 100
+    sparcode_shape: synthetic.SparcodeShape = field(default_factory=synthetic.SparcodeShape)
+    vector_shape: synthetic.VectorShape = field(default_factory=synthetic.VectorShape)
+    seed: int = 0
+
+
+def engines(url: str | None) -> dict:
+    """{path name: engine} for the search engines reachable now; ES is required."""
+    from sparcode.pipeline.connect import connect
+
+    found = {"es": connect(url, engine="elasticsearch", request_timeout=600)}
+    if os.environ.get("OPENSEARCH_URL"):
+        found["os"] = connect(os.environ["OPENSEARCH_URL"], engine="opensearch", request_timeout=600)
+    return found
+
+
+def run_bench(config: BenchConfig, work: Path, conns: dict, log: Callable[[str], None] = print) -> list[dict]:
+    rows: list[dict] = []
+    floors = {name: paths.floor(engine, min(config.queries, 500), config.warmup) for name, engine in conns.items()}
+    for items in config.sizes:
+        log(f"[{items:,} items] generating synthetic catalogs")
+        sparse_dir = synthetic.sparcode_catalog(work / f"sparcode-{items}", config.sparcode_shape, items, config.seed)
+        vector_dir = synthetic.vector_catalog(work / f"vectors-{items}", config.vector_shape, items, config.seed)
+        sparse_q = synthetic.sparcode_queries(config.sparcode_shape, config.queries, config.seed + 1)
+        vector_q = synthetic.vector_queries(config.vector_shape, config.queries, config.seed + 1)
+        common = (config.warmup, config.threads)
+
+        def add(name: str, measured: paths.Measured, truth, floor_ms=None):
+            row = {"path": name, "items": items, "synthetic": True, "floor_p50_ms": floor_ms,
+                   **measured.row, "recall@50": paths.recall_at(measured.hits, truth)}
+            rows.append({key: row.get(key) for key in FIELDS} | {k: v for k, v in row.items() if k not in FIELDS})
+            log(f"  {name:15s} p50 {row['p50_ms']} ms  took p50 {row['took_p50_ms']}  qps {row['qps']}  "
+                f"recall@50 {row['recall@50']}  build {row['build_s']} s")
+
+        log("  sparcode-local")
+        local = paths.run_sparcode_local(sparse_dir, sparse_q, *common)
+        add("sparcode-local", local, local.hits)
+        for name, label in (("es", "sparcode-es"), ("os", "sparcode-os")):
+            if name in conns:
+                log(f"  {label}")
+                measured = paths.run_sparcode_es(conns[name], sparse_dir, f"sparcode-bench-{label}-{items}",
+                                                 sparse_q, *common)
+                add(label, measured, local.hits, floors[name])
+
+        vectors = VectorSet.load(vector_dir)
+        log("  exact")
+        exact = paths.run_exact(vectors, vector_q, *common)
+        add("exact", exact, exact.hits)
+        log("  hnswlib")
+        add("hnswlib", paths.run_hnswlib(vectors, vector_dir, config.hnsw, config.ef, vector_q, *common), exact.hits)
+        log("  es-knn")
+        knn = paths.run_es_knn(conns["es"], vector_dir, f"sparcode-bench-knn-{items}", config.hnsw.m,
+                               config.hnsw.ef_construction, config.num_candidates, vector_q, *common)
+        add("es-knn", knn, exact.hits, floors["es"])
+        shutil.rmtree(sparse_dir, ignore_errors=True)
+        shutil.rmtree(vector_dir, ignore_errors=True)
+    return rows
+
+
+def describe(config: BenchConfig, conns: dict) -> dict:
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "synthetic": "every row: catalogs and queries are generated (sparcode/bench/synthetic.py); "
+                     "recall@50 is against the exact ranking of the same synthetic model",
+        "sparcode_shape_from": config.sparcode_shape.source,
+        "vector_shape_from": config.vector_shape.source,
+        "queries": config.queries, "warmup": config.warmup, "qps_threads": config.threads, "k": paths.K,
+        "hnsw": {"m": config.hnsw.m, "ef_construction": config.hnsw.ef_construction, "ef": config.ef,
+                 "seed": config.hnsw.seed},
+        "es_knn": {"m": config.hnsw.m, "ef_construction": config.hnsw.ef_construction,
+                   "num_candidates": config.num_candidates},
+        "engines": {name: f"{engine.label} {engine.version}" for name, engine in conns.items()},
+        "cpus": os.cpu_count(),
+    }

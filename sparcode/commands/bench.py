@@ -1,0 +1,78 @@
+"""`sparcode bench`: SparCode (ES, embedded) vs two-tower (hnswlib, ES kNN, exact) on synthetic
+catalogs; writes bench.json, bench.md and PNG plots."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sparcode.commands._common import user_errors
+
+QUICK = {"sizes": [2000], "queries": 200, "warmup": 20}
+
+
+def _sizes(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        sizes = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter("expected comma-separated item counts, e.g. 10000,100000") from None
+    if not sizes or min(sizes) < 100:
+        raise click.BadParameter("each size must be at least 100 items")
+    return sizes
+
+
+@click.command("bench")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--sizes", callback=_sizes, default=None, help="Catalog sizes (default 10000,100000,1000000; --quick: 2000).")
+@click.option("--quick", is_flag=True, help="A small smoke run (one 2,000-item catalog, 200 queries).")
+@click.option("--queries", type=click.IntRange(min=10), default=None, help="Timed queries per path (default 1000).")
+@click.option("--url", default=None, help="Elasticsearch URL (default: ELASTICSEARCH_URL, else the local node).")
+@click.option("--from-export", "from_export", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Take the SparCode shape (codes, postings per code, scores) from a real export.")
+@click.option("--from-vectors", "from_vectors", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Take dim and norms from a real two-tower vector export.")
+@click.option("--force", is_flag=True, help="Replace an existing bench.json in --out.")
+def command(out_dir, sizes, quick, queries, url, from_export, from_vectors, force):
+    """Measure every retrieval path side by side on synthetic catalogs of each size."""
+    import shutil
+    import tempfile
+
+    import orjson
+
+    with user_errors():
+        from sparcode.bench import report, synthetic
+        from sparcode.bench.run import BenchConfig, describe, engines, run_bench
+
+        if out_dir.exists() and any(out_dir.iterdir()):
+            if not (out_dir / "bench.json").exists():
+                raise click.ClickException(f"{out_dir} exists and is not a bench output; pick an empty --out")
+            if not force:
+                raise click.ClickException(f"{out_dir} already holds bench.json; pass --force to replace it")
+        preset = QUICK if quick else {"sizes": [10_000, 100_000, 1_000_000], "queries": 1000, "warmup": 100}
+        config = BenchConfig(sizes=sizes or preset["sizes"], queries=queries or preset["queries"],
+                             warmup=preset["warmup"])
+        if from_export is not None:
+            config.sparcode_shape = synthetic.SparcodeShape.from_export(from_export)
+        if from_vectors is not None:
+            config.vector_shape = synthetic.VectorShape.from_export(from_vectors)
+        conns = engines(url)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        # Everything lands in a temporary sibling first: an interrupted bench leaves no partial result.
+        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+        try:
+            rows = run_bench(config, tmp / "work", conns, log=click.echo)
+            shutil.rmtree(tmp / "work", ignore_errors=True)
+            meta = describe(config, conns)
+            (tmp / "bench.json").write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
+            (tmp / "bench.meta.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+            report.write_markdown(tmp / "bench.md", rows, meta)
+            report.write_plots(tmp, rows)
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            tmp.rename(out_dir)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    click.echo(f"{len(rows)} rows → {out_dir}/bench.json, bench.md, latency_vs_recall.png, latency_vs_items.png")

@@ -1,0 +1,80 @@
+"""`sparcode bench`: the synthetic catalogs keep the shape they are given, and `--quick` writes
+the contract's files against the live Elasticsearch node."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import random_items, write_export
+from sparcode.bench import report, synthetic
+from sparcode.pipeline.backends import LocalBackend
+from sparcode.pipeline.export import Export
+from sparcode.pipeline.vectors import VectorSet
+from test_cli_end_to_end import invoke
+
+ROW_KEYS = {"path", "items", "synthetic", "p50_ms", "p99_ms", "took_p50_ms", "took_p99_ms", "floor_p50_ms", "qps",
+            "recall@50", "index_bytes", "build_s", "bulk_docs_per_s"}
+
+
+def test_sparcode_catalog_is_a_valid_export_with_the_measured_shape(tmp_path):
+    real = write_export(tmp_path / "real", random_items(n_items=400, n_terms=60))
+    shape = synthetic.SparcodeShape.from_export(real)
+    assert shape.codes == 60 and len(shape.popularity) == 60 and len(shape.score_quantiles) == 101
+    out = synthetic.sparcode_catalog(tmp_path / "syn", shape, 3000, seed=0)
+    export = Export.open(out)
+    assert export.validate() == 3000  # every stored value is a storable FeatureField value
+    counts = np.sort(np.bincount([int(t[1:5]) * 64 + int(t[6:]) for it in export.items() for t in it["codes"]],
+                                 minlength=64 * 64))[::-1][:60]
+    # The most popular code holds about the share of postings it held in the real export.
+    assert counts[0] / counts.sum() == pytest.approx(shape.popularity[0], rel=0.25)
+    queries = synthetic.sparcode_queries(shape, 20)
+    assert all(sum(q.values()) == shape.tokens_per_user for q in queries)
+    assert sum(len(h) > 0 for h in LocalBackend(out).batch_search(queries, 50)) == 20
+
+
+def test_vector_catalog_keeps_dim_and_norms(tmp_path):
+    shape = synthetic.VectorShape(dim=24, norm_mean=2.0, norm_std=0.2, clusters=16)
+    vs = VectorSet.load(synthetic.vector_catalog(tmp_path / "v", shape, 4000))
+    norms = np.linalg.norm(vs.vectors, axis=1)
+    assert vs.dim == 24 and norms.mean() == pytest.approx(2.0, rel=0.05) and norms.std() == pytest.approx(0.2, rel=0.2)
+    again = synthetic.VectorShape.from_export(tmp_path / "v")
+    assert again.dim == 24 and again.norm_mean == pytest.approx(2.0, rel=0.05)
+
+
+def test_report_marks_missed_goals(tmp_path):
+    rows = [{"path": "sparcode-es", "items": 1000, "p50_ms": 9.0, "p99_ms": 20.0, "took_p50_ms": 5.0,
+             "took_p99_ms": 12.0, "floor_p50_ms": 3.0, "qps": 300.0, "recall@50": 1.0, "index_bytes": 10,
+             "build_s": 1.0, "bulk_docs_per_s": 25000},
+            {"path": "es-knn", "items": 1000, "p50_ms": 8.0, "p99_ms": 20.0, "took_p50_ms": 4.0, "took_p99_ms": 9.0,
+             "floor_p50_ms": 3.0, "qps": 100.0, "recall@50": 0.95, "index_bytes": 20, "build_s": 1.0,
+             "bulk_docs_per_s": 2000}]
+    status = {name: ok for name, _, ok in report.goals(rows)}
+    assert status["SparCode-ES took p50 ≤ 3 ms"] is False and status["SparCode-ES QPS ≥ 1.5 × ES-kNN QPS"] is True
+    assert status["SparCode-ES bulk ≥ 20,000 docs/s"] is True
+
+
+def test_bench_refuses_a_foreign_out_dir(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = invoke("bench", "--out", tmp_path, "--quick")
+    assert result.exit_code != 0 and "not a bench output" in result.output
+    assert (tmp_path / "notes.txt").exists()
+
+
+@pytest.mark.es
+@pytest.mark.timeout(300)
+def test_bench_quick_writes_the_contract(es_engine, tmp_path):
+    out = tmp_path / "bench"
+    result = invoke("bench", "--out", out, "--quick")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "bench.json").read_text())
+    assert {r["path"] for r in rows} >= {"sparcode-es", "sparcode-local", "hnswlib", "es-knn", "exact"}
+    for row in rows:
+        assert ROW_KEYS <= set(row) and row["synthetic"] is True and row["p50_ms"] > 0
+    by = {r["path"]: r for r in rows}
+    assert by["sparcode-es"]["recall@50"] == 1.0  # term lookups are exact: ES equals the embedded backend
+    assert by["exact"]["recall@50"] == 1.0 and by["hnswlib"]["recall@50"] >= 0.9 and by["es-knn"]["recall@50"] >= 0.9
+    assert by["sparcode-es"]["took_p50_ms"] is not None and by["hnswlib"]["took_p50_ms"] is None
+    assert by["es-knn"]["index_bytes"] > 0 and by["sparcode-es"]["bulk_docs_per_s"] > 0
+    assert (out / "bench.md").read_text().startswith("# sparcode bench")
+    assert (out / "latency_vs_recall.png").stat().st_size > 1000 and (out / "latency_vs_items.png").exists()
+    assert not es_engine.matching("sparcode-bench-*-*")  # its indices are cleaned up
