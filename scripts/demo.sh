@@ -9,7 +9,7 @@ SC=.venv/bin/sparcode
 RUN=${SPARCODE_DEMO_RUN:-runs/demo-ml1m-sparcode}
 EXPORT=${SPARCODE_DEMO_EXPORT:-exports/demo-ml1m}
 ALIAS=${SPARCODE_DEMO_ALIAS:-sparcode-ml1m}
-EPOCHS=${SPARCODE_DEMO_EPOCHS:-2}
+EPOCHS=${SPARCODE_DEMO_EPOCHS:-1}
 
 if [ -f "$RUN/run.json" ]; then
   echo "== reusing trained run $RUN (delete it to retrain)"

