@@ -157,3 +157,29 @@ def test_user_errors_are_one_clear_line(trained, tmp_path):
     bad_data.write_text("u1 i1 i2\nu2\n")
     result = invoke("train", "--dataset", bad_data, "--out", tmp_path / "r2", "--config", cfg)
     assert result.exit_code != 0 and "line 2" in result.output
+
+
+def test_every_served_code_has_postings_so_every_user_gets_hits(trained):
+    """Codes whose scores all fell below b̃ are left out of the code table, so a user's query
+    falls back to the nearest code that serves something — whole or sharded export alike."""
+    import gzip
+
+    root, _, _, run = trained
+    whole, sharded = root / "whole-fallback", root / "sharded-fallback"
+    assert invoke("export", run, "--out", whole, "--quiet").exit_code == 0
+    for shard in ("0/3", "1/3", "2/3"):
+        assert invoke("export", run, "--out", sharded, "--shard", shard, "--quiet").exit_code == 0
+    with np.load(whole / "codes.npz") as npz:
+        table_terms = set(npz["terms"].tolist())
+    with np.load(sharded / "codes.npz") as npz:
+        assert set(npz["terms"].tolist()) == table_terms
+    with gzip.open(whole / "items.jsonl.gz", "rt") as fh:
+        posted = {term for line in fh for term in json.loads(line)["codes"]}
+    assert table_terms == posted
+    manifest = json.loads((whole / "manifest.json").read_text())
+    assert manifest["codes_with_postings"] == len(posted) <= manifest["codes"]
+    for row in range(0, 80, 4):
+        result = invoke("search", "--run", run, "--user", f"u{row}", "--k", "5", "--backend", "local",
+                        "--export", whole, "--keep-seen", "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["hits"], f"u{row} got no hits"

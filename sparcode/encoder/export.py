@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 import torch
 
+from sparcode.codes_fallback import CodeTable
 from sparcode.encoder import checkpoint as ckpt
 from sparcode.encoder.runs import Run, RunError
 from sparcode.encoder.serving import Postings, build_postings, code_table, distinct_codes, user_codes
@@ -80,7 +81,11 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
                               items=items, progress=progress)
     pairs_per_s = len(codes) * len(items) / max(postings.seconds, 1e-9)
     ceiling = measure_gemm_rate(model, device) / model.scorer.flops_per_pair()
-    table = code_table(model, codes)
+    # Only codes with postings go in the table, so a query code without any falls back to the
+    # nearest one that has some. A shard sees only its items: it saves every code with its own
+    # has-postings flags, and the shard completing the set keeps the codes any shard filled.
+    nonempty = postings.nonempty()
+    table = code_table(model, codes if sharded else codes[nonempty])
 
     # Build in a temporary sibling, then move into place: a failed export leaves nothing behind.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -90,8 +95,13 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
         with gzip.open(tmp / items_name, "wb", compresslevel=1) as fh:
             for line in item_lines(run, postings, items):
                 fh.write(line + b"\n")
-        table.save(tmp / "codes.npz")
+        if sharded:
+            np.savez(tmp / "codes.npz", terms=np.asarray(table.terms), vectors=table.vectors,
+                     codebooks=table.codebooks, nonempty=nonempty)
+        else:
+            table.save(tmp / "codes.npz")
         stats = postings.stats()
+        stats["codes_with_postings"] = int(nonempty.sum())
         stats["pairs"] = int(postings.pairs)
         stats["stored_fraction"] = postings.pairs / max(len(codes) * len(items), 1)
         manifest = {
@@ -136,7 +146,8 @@ def _place_shard(tmp: Path, out_dir: Path, items_name: str, manifest: dict, coun
     """Move one shard's files in; the shard that completes the set writes the merged manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (tmp / items_name).replace(out_dir / items_name)
-    (tmp / "codes.npz").replace(out_dir / "codes.npz")
+    codes_part = f"{items_name}.codes.npz"
+    (tmp / "codes.npz").replace(out_dir / codes_part)
     ckpt.write_json(out_dir / f"{items_name}.manifest.json", manifest)
     parts = sorted(out_dir.glob("items.part-*.jsonl.gz.manifest.json"))
     same = [ckpt.read_json(p) for p in parts]
@@ -149,7 +160,17 @@ def _place_shard(tmp: Path, out_dir: Path, items_name: str, manifest: dict, coun
     merged["pairs"] = sum(m["pairs"] for m in same)
     merged["stored_fraction"] = merged["pairs"] / max(merged["codes"] * merged["items"], 1)
     merged["files"] = {"items": sorted(f"{m['files']['items'][0]}" for m in same), "codes": "codes.npz"}
+    merged["codes_with_postings"] = _merge_code_tables(out_dir, merged["files"]["items"])
     ckpt.write_json(out_dir / "manifest.json", merged)
+
+
+def _merge_code_tables(out_dir: Path, item_files: list[str]) -> int:
+    """codes.npz for a complete sharded export: the codes that have postings in any shard."""
+    parts = [np.load(out_dir / f"{name}.codes.npz", allow_pickle=False) for name in item_files]
+    first = parts[0]
+    keep = np.logical_or.reduce([p["nonempty"] for p in parts])
+    CodeTable(first["terms"][keep], first["vectors"][keep], first["codebooks"]).save(out_dir / "codes.npz")
+    return int(keep.sum())
 
 
 def _record_export(run: Run, out_dir: Path) -> None:

@@ -76,6 +76,10 @@ class Postings:
     def pairs(self) -> int:
         return int(len(self.items))
 
+    def nonempty(self) -> np.ndarray:
+        """Rows that kept at least one posting above b̃: the codes a query term may resolve to."""
+        return np.diff(self.indptr) > 0
+
     def row(self, r: int) -> tuple[np.ndarray, np.ndarray]:
         return self.items[self.indptr[r]:self.indptr[r + 1]], self.scores[self.indptr[r]:self.indptr[r + 1]]
 
