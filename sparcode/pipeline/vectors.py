@@ -68,6 +68,17 @@ class VectorSet:
     def index_of(self) -> dict[str, int]:
         return {item_id: i for i, item_id in enumerate(self.item_ids)}
 
+    @cached_property
+    def _by_value(self) -> dict[str, dict[object, list[int]]]:
+        """field -> value -> ords holding it (a list attribute holds each of its values)."""
+        index: dict[str, dict[object, list[int]]] = {name: {} for name in self.field_types}
+        for i, attrs in enumerate(self.attributes):
+            for name, values in attrs.items():
+                for v in values if isinstance(values, list) else [values]:
+                    if v is not None and name in index:
+                        index[name].setdefault(v, []).append(i)
+        return index
+
     def check_query(self, vector) -> np.ndarray:
         q = np.asarray(vector, dtype=np.float32).reshape(-1)
         if q.shape != (self.dim,) or not np.isfinite(q).all():
@@ -81,12 +92,10 @@ class VectorSet:
             return None
         mask = np.ones(len(self.item_ids), dtype=bool)
         for name, values in filters.items():
-            wanted = set(values)
-            for i, attrs in enumerate(self.attributes):
-                value = attrs.get(name)
-                held = value if isinstance(value, list) else [value]
-                if mask[i] and not wanted.intersection(held):
-                    mask[i] = False
+            allowed = np.zeros_like(mask)
+            for value in values:
+                allowed[self._by_value[name].get(value, [])] = True
+            mask &= allowed
         for item_id in exclude_items or ():
             i = self.index_of.get(item_id)
             if i is not None:
