@@ -99,3 +99,36 @@ def test_semantic_ids_command(tmp_path, monkeypatch):
     ids = np.load(tmp_path / "run" / "tiger" / "semantic_ids.npy")
     assert ids.shape == (12, 4) and len(np.unique(ids, axis=0)) == 12
     assert "collision_rate" in result.output
+
+
+def test_train_and_search_through_the_cli(tmp_path, monkeypatch):
+    from sparcode.cli import main
+    from sparcode.generative import text
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "sequences.txt").write_text("".join(f"u{u} " + " ".join(f"i{(u + j) % 12}" for j in range(5)) + "\n"
+                                                for u in range(10)))
+    (data / "items.tsv").write_text("".join(f"i{i}\tcategories=c{i % 3}\n" for i in range(12)))
+    vectors = np.random.default_rng(0).standard_normal((12, 8)).astype(np.float32)
+    monkeypatch.setattr(text, "item_embeddings", lambda dataset, out_dir, **_: vectors)
+    run = tmp_path / "run"
+    runner = CliRunner()
+    config = tmp_path / "tiny.json"
+    too_big = runner.invoke(main, ["train", "--model", "tiger", "--dataset", str(data), "--split", "leave-one-out",
+                                   "--out", str(tmp_path / "big"), "--epochs", "1", "--quiet"])
+    assert too_big.exit_code == 1 and "batch_size" in too_big.output
+    config.write_text(json.dumps({"train": {"batch_size": 4}}))
+    trained = runner.invoke(main, ["train", "--model", "tiger", "--dataset", str(data), "--split", "leave-one-out",
+                                   "--out", str(run), "--epochs", "1", "--quiet", "--config", str(config)])
+    assert trained.exit_code == 0, trained.output
+    found = runner.invoke(main, ["search", "--run", str(run), "--user", "u3", "--k", "4", "--json"])
+    assert found.exit_code == 0, found.output
+    payload = json.loads(found.output)
+    seen = {f"i{(3 + j) % 12}" for j in range(5)}
+    assert payload["backend"] == "tiger" and 1 <= len(payload["hits"]) <= 4
+    assert not seen & {h["item_id"] for h in payload["hits"]}
+    unknown = runner.invoke(main, ["search", "--run", str(run), "--user", "nobody", "--backend", "tiger"])
+    assert unknown.exit_code != 0 and "nobody" in unknown.output
+    wrong = runner.invoke(main, ["search", "--run", str(run), "--user", "u3", "--backend", "es"])
+    assert wrong.exit_code != 0 and "tiger" in wrong.output

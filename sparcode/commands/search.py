@@ -9,7 +9,7 @@ import click
 
 from sparcode.commands._common import user_errors
 
-BACKENDS = ["local", "es", "opensearch", "hnsw", "es-knn", "exact"]
+BACKENDS = ["local", "es", "opensearch", "hnsw", "es-knn", "exact", "tiger"]
 
 
 def default_backend() -> str:
@@ -72,6 +72,9 @@ def command(run_dir, user_id, k, backend, alias, export_dir, filters, exclude_se
         from sparcode.pipeline.query import parse_filter
 
         run = open_run(run_dir)
+        if run.kind == "tiger" or backend == "tiger":
+            _search_tiger(run, user_id, k, backend, exclude_seen, as_json)
+            return
         backend = backend or ("hnsw" if run.kind == "two-tower" else default_backend())
         from sparcode.commands._vectors import check_backend
 
@@ -117,3 +120,27 @@ def command(run_dir, user_id, k, backend, alias, export_dir, filters, exclude_se
         click.echo(f"user {user_id} · codes {' '.join(f'{t}×{int(c)}' if c != 1 else t for t, c in query.items())} · backend {backend}")
     for rank, hit in enumerate(hits, 1):
         click.echo(f"{rank:>3}  {hit.item_id:>8}  {hit.score:9.4f}  {titles.get(hit.item_id) or ''}")
+
+
+def _search_tiger(run, user_id: str, k: int, backend: str | None, exclude_seen: bool, as_json: bool) -> None:
+    """A TIGER run generates item IDs with constrained beam search; there is no index to query."""
+    if run.kind != "tiger" or backend not in (None, "tiger"):
+        raise click.ClickException(f"--backend tiger serves TIGER runs only; {run.path} is a {run.kind} run"
+                                   if run.kind != "tiger" else f"a TIGER run is served by --backend tiger, not {backend}")
+    from sparcode.generative.train_tiger import TigerSearcher
+
+    searcher = TigerSearcher(run.path, dataset=run.dataset)
+    try:
+        hits = searcher.search(user_id, k, exclude_seen=exclude_seen, cold_slots=searcher.tiger.cfg.cold_slots)
+    except KeyError as err:
+        raise click.ClickException(str(err.args[0])) from None
+    attrs = run.dataset.item_attributes
+    index_of = {item: i for i, item in enumerate(run.dataset.item_ids)}
+    title = (lambda item: attrs[index_of[item]].get("title")) if attrs else (lambda item: None)
+    if as_json:
+        click.echo(json.dumps({"user": user_id, "backend": "tiger",
+                               "hits": [{"item_id": i, "score": s, "title": title(i)} for i, s in hits]}))
+        return
+    click.echo(f"user {user_id} · backend tiger (constrained beam search over semantic IDs)")
+    for rank, (item, score) in enumerate(hits, 1):
+        click.echo(f"{rank:>3}  {item:>8}  {score:9.4f}  {title(item) or ''}")

@@ -208,7 +208,10 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
     n = len(positives)
     steps_per_epoch = n // cfg.batch_size if not cfg.steps_per_epoch else min(cfg.steps_per_epoch, n // cfg.batch_size)
     if steps_per_epoch == 0:
-        raise ValueError(f"{n} training windows are fewer than one batch of {cfg.batch_size}")
+        from sparcode.config import ConfigError
+
+        raise ConfigError(f"{n} training windows are fewer than one batch of {cfg.batch_size}; "
+                          "lower train.batch_size in the --config file")
 
     model = tiger.model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
