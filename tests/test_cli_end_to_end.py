@@ -183,3 +183,22 @@ def test_every_served_code_has_postings_so_every_user_gets_hits(trained):
                         "--export", whole, "--keep-seen", "--json")
         assert result.exit_code == 0, result.output
         assert json.loads(result.output)["hits"], f"u{row} got no hits"
+
+
+def test_search_by_history_equals_search_by_user_without_profiles(trained):
+    """The tiny dataset has no user features, so a user is exactly their items: --history with
+    a user's sequence must serve what --user serves."""
+    root, data, _, run = trained
+    export = root / "export-history"
+    assert invoke("export", run, "--out", export, "--quiet").exit_code == 0
+    line = (data / "sequences.txt").read_text().splitlines()[3].split()
+    by_user = invoke("search", "--run", run, "--user", line[0], "--backend", "local", "--export", export, "--json")
+    by_history = invoke("search", "--run", run, "--history", ",".join(line[1:]), "--backend", "local",
+                        "--export", export, "--json")
+    assert by_user.exit_code == 0 and by_history.exit_code == 0, by_history.output
+    assert json.loads(by_user.output)["query"] == json.loads(by_history.output)["query"]
+    assert json.loads(by_user.output)["hits"] == json.loads(by_history.output)["hits"]
+    unknown = invoke("search", "--run", run, "--history", "i1,nope", "--backend", "local", "--export", export)
+    assert unknown.exit_code == 1 and "unknown item 'nope'" in unknown.output
+    both = invoke("search", "--run", run, "--history", "i1", "--user", "u1", "--backend", "local", "--export", export)
+    assert both.exit_code == 2 and "exactly one of" in both.output

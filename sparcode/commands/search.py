@@ -47,7 +47,9 @@ def open_serving_backend(backend: str, run_dir: Path, export_dir: Path | None, a
 
 @click.command("search")
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
-@click.option("--user", "user_id", required=True, help="External user id, as in the dataset.")
+@click.option("--user", "user_id", default=None, help="External user id, as in the dataset.")
+@click.option("--history", "history_items", default=None,
+              help="Instead of --user: the items an unknown user interacted with, oldest first, comma-separated.")
 @click.option("--k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="Default: es when ELASTICSEARCH_URL is set, else the embedded local backend; "
@@ -62,7 +64,7 @@ def open_serving_backend(backend: str, run_dir: Path, export_dir: Path | None, a
 @click.option("--ef", type=click.IntRange(min=1), default=None, help="hnsw: candidates kept by the walk (≥ k; default 100).")
 @click.option("--num-candidates", type=click.IntRange(min=1), default=None,
               help="es-knn: candidates per shard (≥ k; default 100).")
-def command(run_dir, user_id, k, backend, alias, export_dir, filters, exclude_seen, explain, as_json, ef,
+def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filters, exclude_seen, explain, as_json, ef,
             num_candidates):
     """Recommend K items for USER: user → tokens → codes → one term query (two-tower: user vector → ANN)."""
     with user_errors():
@@ -71,7 +73,11 @@ def command(run_dir, user_id, k, backend, alias, export_dir, filters, exclude_se
         from sparcode.encoder.users import user_history
         from sparcode.pipeline.query import parse_filter
 
+        if (user_id is None) == (history_items is None):
+            raise click.UsageError("give exactly one of --user ID and --history ITEM,ITEM,…")
         run = open_run(run_dir)
+        if history_items is not None and (run.kind == "tiger" or backend == "tiger"):
+            raise click.ClickException("--history is not supported for TIGER runs; use --user")
         if run.kind == "tiger" or backend == "tiger":
             _search_tiger(run, user_id, k, backend, exclude_seen, as_json)
             return
@@ -81,7 +87,13 @@ def command(run_dir, user_id, k, backend, alias, export_dir, filters, exclude_se
         check_backend(run.kind, backend)
         if run.kind != "sparcode" and run.kind != "two-tower":
             raise click.ClickException(f"search serves SparCode runs; {run_dir} is a {run.kind} run")
-        user_index, history, seen = user_history(run, user_id)
+        if history_items is not None:
+            from sparcode.encoder.users import anonymous_history
+
+            user_index, history, seen = anonymous_history(run, [i.strip() for i in history_items.split(",") if i.strip()])
+            user_id = "(history)"
+        else:
+            user_index, history, seen = user_history(run, user_id)
         model, device = run.load_model()
         import numpy as np
 

@@ -53,12 +53,15 @@ class ItemEmbedding(nn.Module):
 
 
 class UserProfile(nn.Module):
-    """User index → profile vector (zeros when the dataset has no user features)."""
+    """User index → profile vector (zeros when the dataset has no user features).
+
+    Index n_users is a user without a profile (a history given by item ids at serving time):
+    its feature values are all padding, so its profile is zero."""
 
     def __init__(self, user_features: list[CategoricalFeature], dim: int):
         super().__init__()
         self.dim = dim
-        self.features = FeatureBag(user_features, dim) if user_features else None
+        self.features = FeatureBag(user_features, dim, pad_rows=1) if user_features else None
 
     def forward(self, users: torch.Tensor) -> torch.Tensor:
         if self.features is None:

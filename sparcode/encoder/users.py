@@ -1,4 +1,5 @@
-"""A known user's history and seen items, looked up by external id, for one-user serving."""
+"""A user's history and seen items for one-user serving: a known user by external id, or an
+anonymous user described only by the items they interacted with."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,13 +15,30 @@ def user_history(run: Run, user_id: str) -> tuple[int, np.ndarray, list[str]]:
     if index is None:
         sample = ", ".join(run.dataset.user_ids[:3])
         raise RunError(f"unknown user {user_id!r} in {run.config.dataset} (user ids look like {sample})")
-    sequence = run.dataset.sequences[index]
+    return index, *_padded(run, run.dataset.sequences[index])
+
+
+def anonymous_history(run: Run, item_ids: list[str]) -> tuple[int, np.ndarray, list[str]]:
+    """The same triple for a history given as item ids (oldest first); the user index is
+    `n_users`, the profile-less row, so only the items describe the user."""
+    if not item_ids:
+        raise RunError("--history needs at least one item id")
+    index_of = _item_index(run)
+    unknown = [item for item in item_ids if item not in index_of]
+    if unknown:
+        sample = ", ".join(run.dataset.item_ids[:3])
+        raise RunError(f"unknown item {unknown[0]!r} in --history for {run.config.dataset} (item ids look like {sample})")
+    sequence = np.asarray([index_of[item] for item in item_ids], dtype=np.int64)
+    return run.dataset.n_users, *_padded(run, sequence)
+
+
+def _padded(run: Run, sequence: np.ndarray) -> tuple[np.ndarray, list[str]]:
     length = run.split.max_history
     recent = sequence[-length:]
     history = np.full(length, run.dataset.padding_item, dtype=np.int64)
     history[length - len(recent):] = recent
     seen = [run.dataset.item_ids[i] for i in np.unique(sequence)]
-    return index, history, seen
+    return history, seen
 
 
 def _user_index(run: Run) -> dict[str, int]:
@@ -28,4 +46,12 @@ def _user_index(run: Run) -> dict[str, int]:
     if cache is None:
         cache = {u: i for i, u in enumerate(run.dataset.user_ids)}
         run._user_index = cache
+    return cache
+
+
+def _item_index(run: Run) -> dict[str, int]:
+    cache = getattr(run, "_item_index", None)
+    if cache is None:
+        cache = {item: i for i, item in enumerate(run.dataset.item_ids)}
+        run._item_index = cache
     return cache
