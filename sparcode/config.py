@@ -83,6 +83,9 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    # TIGER-only settings (any key of `sparcode.generative.config.TigerConfig`, e.g. d_model,
+    # max_minutes, rqvae); checked against TigerConfig when a TIGER run starts.
+    tiger: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -132,3 +133,12 @@ def test_train_and_search_through_the_cli(tmp_path, monkeypatch):
     assert unknown.exit_code != 0 and "nobody" in unknown.output
     wrong = runner.invoke(main, ["search", "--run", str(run), "--user", "u3", "--backend", "es"])
     assert wrong.exit_code != 0 and "tiger" in wrong.output
+
+
+def test_run_config_tiger_section_overrides_and_rejects_unknown_keys():
+    from sparcode.config import ConfigError, RunConfig
+
+    cfg = TigerConfig.from_run_config(RunConfig.from_dict({"tiger": {"max_minutes": 30, "rqvae": {"codes": 64}}}))
+    assert cfg.max_minutes == 30 and cfg.rqvae.codes == 64 and cfg.rqvae.levels == 3
+    with pytest.raises(ConfigError, match="nope"):
+        TigerConfig.from_run_config(RunConfig.from_dict({"tiger": {"nope": 1}}))

@@ -65,6 +65,17 @@ class TigerConfig:
         if train.eval_users:
             cfg.eval_users = train.eval_users
         cfg.rqvae.seed = run_cfg.seed
+        extra = dict(getattr(run_cfg, "tiger", None) or {})
+        if extra:
+            data = cfg.to_dict()
+            if isinstance(extra.get("rqvae"), dict):
+                extra["rqvae"] = {**data["rqvae"], **extra["rqvae"]}
+            try:
+                cfg = cls.from_dict({**data, **extra})
+            except (TypeError, ValueError) as err:
+                from sparcode.config import ConfigError
+
+                raise ConfigError(f"config.tiger: {err}") from None
         return cfg
 
     @classmethod
