@@ -97,3 +97,34 @@ def test_featurefield_truncation_keeps_nine_bits():
     assert out[0] == 1.0 and out[1] == np.float32(1.00390625)  # exactly representable in 9 bits
     assert out[2] == 1.0  # 1.0029 loses its low bits
     assert storable(values).tolist() == [True, True, True, False, False, False]
+
+
+def test_served_codes_are_the_codes_the_model_quantizes_to(tmp_path):
+    """Serving encodes users outside the training forward pass; it must land on the very codes
+    the model's own quantized tokens use (it once skipped the token normalisation)."""
+    import numpy as np
+
+    from sparcode.config import ModelConfig
+    from sparcode.data.readers import load_dataset
+    from sparcode.data.splits import make_split
+    from sparcode.encoder.models import build_model
+    from sparcode.encoder.serving import user_codes
+
+    rng = np.random.default_rng(0)
+    lines = [f"u{u} " + " ".join(f"i{i}" for i in rng.choice(30, 8, replace=False)) for u in range(40)]
+    (tmp_path / "sequences.txt").write_text("\n".join(lines) + "\n")
+    dataset = load_dataset(tmp_path)
+    split = make_split(dataset, "leave-one-out", seed=0, max_history=5)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(dim=16, codebooks=2, codes=8, user_tokens=3, scorer_hidden=8,
+                                    tokenizer="dnn", kmeans_iters=2), dataset, 5)
+    train = split.train
+    users, histories = torch.as_tensor(train.users[:64]), torch.as_tensor(train.histories[:64])
+    model.train()
+    model.user_tokens(users, histories)  # k-means initialises the codebooks on the first batch
+    model.eval()
+    with torch.no_grad():
+        quantized, codes = model.user_tokens(users, histories)
+    served = user_codes(model, train.users[:64], train.histories[:64], torch.device("cpu"))
+    assert np.array_equal(served, codes.numpy())
+    assert torch.allclose(model.quantizer.decode(torch.as_tensor(served)), quantized, atol=1e-6)

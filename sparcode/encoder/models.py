@@ -60,9 +60,13 @@ class SparCode(_UserItemBase):
         base = self.items(items)
         return self.item_norm(base.unsqueeze(1) + self.item_head(base).view(-1, self.cfg.item_tokens, self.cfg.dim))
 
+    def pre_quantization_tokens(self, users, histories) -> torch.Tensor:
+        """(B, K_u, d) normalised user tokens: what the quantizer maps to codes, in training and serving."""
+        return self.user_norm(self.continuous_user_tokens(users, histories))
+
     def user_tokens(self, users, histories) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Tokens the scorer sees (quantized when indexed) and their codes (B, K, M) or None."""
-        tokens = self.user_norm(self.continuous_user_tokens(users, histories))
+        tokens = self.pre_quantization_tokens(users, histories)
         if self.quantizer is None:
             self.aux_loss = torch.zeros((), device=tokens.device)
             return tokens, None

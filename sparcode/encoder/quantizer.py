@@ -46,10 +46,13 @@ class ProductQuantizer(nn.Module):
     @torch.no_grad()
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Nearest codes without touching the codebook: (B, K, dim) → (B, K, M)."""
-        subs = tokens.reshape(*tokens.shape[:-1], self.codebooks, self.dim // self.codebooks)
+        lead = tokens.shape[:-1]
+        subs = tokens.reshape(-1, self.codebooks, self.dim // self.codebooks).transpose(0, 1)  # (M, B·K, d/M)
         book = self.codebook  # (M, N, d/M)
-        dists = (subs.unsqueeze(-2) - book).pow(2).sum(-1)  # (..., M, N)
-        return dists.argmin(-1)
+        # ‖x − c‖² = ‖x‖² − 2 x·c + ‖c‖²; ‖x‖² does not change the argmin. A batched matmul instead
+        # of materialising every difference vector: export encodes every training window.
+        dists = book.pow(2).sum(-1).unsqueeze(1) - 2.0 * torch.bmm(subs, book.transpose(1, 2))  # (M, B·K, N)
+        return dists.argmin(-1).transpose(0, 1).reshape(*lead, self.codebooks)
 
     @property
     def codebook(self) -> torch.Tensor:

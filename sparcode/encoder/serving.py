@@ -28,7 +28,7 @@ def user_codes(model, users: np.ndarray, histories: np.ndarray, device, batch_si
     for start in range(0, len(users), batch_size):
         u = torch.as_tensor(users[start:start + batch_size], device=device)
         h = torch.as_tensor(histories[start:start + batch_size], device=device)
-        tokens = model.continuous_user_tokens(u, h)
+        tokens = model.pre_quantization_tokens(u, h)
         out.append(model.quantizer.encode(tokens).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.cfg.user_tokens, model.cfg.codebooks), np.int64)
 
