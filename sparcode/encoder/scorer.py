@@ -38,7 +38,12 @@ class AllToAllScorer(nn.Module):
         flat_items = item_tokens.reshape(item_tokens.shape[0], -1)  # (n, Kd)
         # One large GEMM is markedly faster on CPU than U small batched ones.
         hidden = (flat_items @ mats.T).view(-1, users, self.hidden)  # (n, U, H)
-        hidden = torch.relu(hidden + self.b1)
+        if torch.is_grad_enabled():
+            hidden = torch.relu(hidden + self.b1)
+        else:
+            # Export scores every (code, item) pair: the elementwise passes over this (n, U, H)
+            # tensor cost as much as the GEMM, so do them in place when no graph needs them.
+            hidden.add_(self.b1).relu_()
         return (torch.matmul(hidden, self.w2) + self.b2).T
 
     def paired(self, user_tokens: torch.Tensor, item_tokens: torch.Tensor) -> torch.Tensor:
