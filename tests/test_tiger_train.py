@@ -84,8 +84,8 @@ def test_train_checkpoint_roundtrip_evaluate_and_search(tmp_path):
     assert more["epochs"] == 3 and more["steps"] == summary["steps"] * 3 // 2
 
 
-def test_semantic_ids_command(tmp_path, monkeypatch):
-    from sparcode.commands.semantic_ids import command
+def write_text_dataset(tmp_path, monkeypatch):
+    """12 items in a generic-format folder; fixed vectors stand in for the sentence encoder."""
     from sparcode.generative import text
 
     data = tmp_path / "data"
@@ -95,6 +95,13 @@ def test_semantic_ids_command(tmp_path, monkeypatch):
     (data / "items.tsv").write_text("".join(f"i{i}\tcategories=c{i % 3}\n" for i in range(12)))
     vectors = np.random.default_rng(0).standard_normal((12, 8)).astype(np.float32)
     monkeypatch.setattr(text, "item_embeddings", lambda dataset, out_dir, **_: vectors)
+    return data
+
+
+def test_semantic_ids_command(tmp_path, monkeypatch):
+    from sparcode.commands.semantic_ids import command
+
+    data = write_text_dataset(tmp_path, monkeypatch)
     result = CliRunner().invoke(command, ["--dataset", str(data), "--out", str(tmp_path / "run"), "--epochs", "3"])
     assert result.exit_code == 0, result.output
     ids = np.load(tmp_path / "run" / "tiger" / "semantic_ids.npy")
@@ -104,15 +111,8 @@ def test_semantic_ids_command(tmp_path, monkeypatch):
 
 def test_train_and_search_through_the_cli(tmp_path, monkeypatch):
     from sparcode.cli import main
-    from sparcode.generative import text
 
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "sequences.txt").write_text("".join(f"u{u} " + " ".join(f"i{(u + j) % 12}" for j in range(5)) + "\n"
-                                                for u in range(10)))
-    (data / "items.tsv").write_text("".join(f"i{i}\tcategories=c{i % 3}\n" for i in range(12)))
-    vectors = np.random.default_rng(0).standard_normal((12, 8)).astype(np.float32)
-    monkeypatch.setattr(text, "item_embeddings", lambda dataset, out_dir, **_: vectors)
+    data = write_text_dataset(tmp_path, monkeypatch)
     run = tmp_path / "run"
     runner = CliRunner()
     config = tmp_path / "tiny.json"
