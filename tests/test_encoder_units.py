@@ -20,8 +20,34 @@ def test_scorer_equals_mlp_on_concatenated_products():
     concat = (users[:, None, None, :] * items[None]).reshape(4, 6, 24)
     expected = torch.relu(concat @ scorer.w1.T + scorer.b1) @ scorer.w2 + scorer.b2
     assert torch.allclose(scorer.all_pairs(users, items), expected, atol=1e-5)
+    with torch.no_grad():  # export's blocked path: b1 folded into the GEMM, items in slabs
+        assert torch.allclose(scorer.all_pairs(users, items), expected, atol=1e-5)
     paired = scorer.paired(users, items[:4])
     assert torch.allclose(paired, expected.diagonal(), atol=1e-5)
+
+
+def test_blocked_scoring_covers_every_item_across_slabs():
+    torch.manual_seed(1)
+    scorer = AllToAllScorer(dim=4, item_tokens=2, hidden=3)
+    users, items = torch.randn(5, 4), torch.randn(601, 2, 4)  # 601: three slabs, the last partial
+    with torch.no_grad():
+        blocked = scorer._all_pairs_blocked(users, items, item_block=256)
+    assert torch.allclose(blocked, scorer.all_pairs(users, items), atol=1e-5)
+
+
+def test_posting_cap_keeps_each_codes_best_scores_in_item_order():
+    from sparcode.encoder.serving import _cap_postings
+    scores = np.array([[0.5, 0.9, 0.0, 0.9, 0.1],
+                       [0.0, 0.0, 0.0, 0.2, 0.0],
+                       [0.3, 0.4, 0.5, 0.6, 0.7]], dtype=np.float32)
+    rows, cols = np.nonzero(scores > 0)
+    rows, cols = _cap_postings(scores, rows, cols, cap=2)
+    # Code 0: the two 0.9s (tie with 0.5 excluded); code 1: its only posting; code 2: 0.6, 0.7.
+    assert rows.tolist() == [0, 0, 1, 2, 2]
+    assert cols.tolist() == [1, 3, 3, 3, 4]
+    ties = np.array([[0.5, 0.5, 0.5]], dtype=np.float32)
+    r, c = _cap_postings(ties, *np.nonzero(ties > 0), cap=2)
+    assert c.tolist() == [0, 1]  # equal scores: lower item index wins, deterministically
 
 
 def test_flops_per_pair_counts_both_layers():

@@ -32,14 +32,16 @@ def indexed_codes(model, run: Run, device) -> np.ndarray:
 
 
 def measure_gemm_rate(model, device, seconds: float = 0.5) -> float:
-    """FLOP/s of the scorer's own GEMM shape here, the ceiling export is compared with."""
-    kd = model.scorer.item_tokens * model.scorer.dim
-    a = torch.randn(model.n_items, kd, device=device)
+    """FLOP/s of the scorer's own GEMM block (256 items × 256 codes' matrices) here: the
+    ceiling export is compared with."""
+    kd = model.scorer.item_tokens * model.scorer.dim + 1  # +1: b1 rides in the GEMM
+    a = torch.randn(256, kd, device=device)
     b = torch.randn(kd, 256 * model.scorer.hidden, device=device)
-    a @ b
+    out = torch.empty(256, b.shape[1], device=device)
+    torch.mm(a, b, out=out)
     reps, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        a @ b
+        torch.mm(a, b, out=out)
         reps += 1
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -33,18 +33,40 @@ class AllToAllScorer(nn.Module):
 
     def all_pairs(self, user_tokens: torch.Tensor, item_tokens: torch.Tensor) -> torch.Tensor:
         """S for every (user token, item): (U, d) × (n, K_c, d) → (U, n)."""
+        if not torch.is_grad_enabled():
+            return self._all_pairs_blocked(user_tokens, item_tokens)
         users = user_tokens.shape[0]
         mats = self._user_matrices(user_tokens).reshape(users * self.hidden, -1)  # (U·H, Kd)
         flat_items = item_tokens.reshape(item_tokens.shape[0], -1)  # (n, Kd)
         # One large GEMM is markedly faster on CPU than U small batched ones.
-        hidden = (flat_items @ mats.T).view(-1, users, self.hidden)  # (n, U, H)
-        if torch.is_grad_enabled():
-            hidden = torch.relu(hidden + self.b1)
-        else:
-            # Export scores every (code, item) pair: the elementwise passes over this (n, U, H)
-            # tensor cost as much as the GEMM, so do them in place when no graph needs them.
-            hidden.add_(self.b1).relu_()
+        hidden = torch.relu((flat_items @ mats.T).view(-1, users, self.hidden) + self.b1)  # (n, U, H)
         return (torch.matmul(hidden, self.w2) + self.b2).T
+
+    def _all_pairs_blocked(self, user_tokens: torch.Tensor, item_tokens: torch.Tensor,
+                           item_block: int = 256) -> torch.Tensor:
+        """Export's path: every (code, item) pair, with nothing to keep for a backward pass.
+
+        Done naively the (n, U, H) hidden tensor is hundreds of MB, and the passes that add
+        b1, apply ReLU and contract with w2 are memory-bound and cost more than the GEMM.
+        Folding b1 into the GEMM (a ones column on the items) and walking the items in blocks
+        whose hidden slab stays in cache keeps the export at the GEMM's own rate.
+        """
+        users = user_tokens.shape[0]
+        mats = torch.cat([self._user_matrices(user_tokens),
+                          self.b1.view(1, -1, 1).expand(users, -1, 1)], dim=2)
+        mats = mats.reshape(users * self.hidden, -1).T.contiguous()  # (Kd + 1, U·H)
+        flat_items = item_tokens.reshape(item_tokens.shape[0], -1)
+        flat_items = torch.cat([flat_items, flat_items.new_ones(flat_items.shape[0], 1)], dim=1)
+        n = flat_items.shape[0]
+        out = flat_items.new_empty(n, users)
+        slab = flat_items.new_empty(min(item_block, n), users * self.hidden)
+        for start in range(0, n, item_block):
+            rows = min(item_block, n - start)
+            hidden = slab[:rows]
+            torch.mm(flat_items[start:start + rows], mats, out=hidden)
+            hidden.relu_()
+            torch.mv(hidden.view(rows * users, self.hidden), self.w2, out=out[start:start + rows].view(-1))
+        return out.add_(self.b2).T
 
     def paired(self, user_tokens: torch.Tensor, item_tokens: torch.Tensor) -> torch.Tensor:
         """S for aligned rows: (U, d) × (U, K_c, d) → (U,)."""

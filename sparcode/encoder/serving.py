@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sparcode.codes_fallback import CodeTable
-from sparcode.featurefield import truncate
+from sparcode.featurefield import storable, truncate
 from sparcode.terms import code_to_term
 
 
@@ -125,44 +125,55 @@ def build_postings(model, codes: np.ndarray, device, bias: float | None, stored_
     """Score every indexed code against every item (or the given items, for one export
     shard) and keep the storable postings. b̃ is chosen on a sample that does not depend on
     `items`, so every shard of one export uses the same b̃."""
-    started = time.perf_counter()
     n_items = model.n_items
+    # Bound each block's (codes × items) score matrix to ~256 MB, whatever the catalog size.
+    batch_codes = max(1, min(batch_codes, (1 << 26) // max(len(items) if items is not None else n_items, 1)))
     if bias is None:
         rng = np.random.default_rng(0)
         sample = codes if len(codes) <= 4096 else codes[np.sort(rng.choice(len(codes), 4096, replace=False))]
         bias = choose_bias(code_item_scores(model, sample, device), stored_fraction)
+    # Timed from here: the scoring pass proper, which the export's pairs/s reports.
+    started = time.perf_counter()
     model.eval()
     item_index = torch.arange(n_items) if items is None else torch.as_tensor(items)
     item_tokens = model.item_tokens(item_index.to(device))
     global_items = item_index.numpy().astype(np.int32)
-    indptr = [0]
+    counts = []
     kept_items, kept_scores = [], []
     bar = tqdm(total=len(codes), desc="scoring codes", unit="code", disable=not progress, dynamic_ncols=True)
     with torch.no_grad():
         for start in range(0, len(codes), batch_codes):
             words = model.quantizer.decode(torch.as_tensor(codes[start:start + batch_codes], device=device))
-            s = torch.relu(model.scorer.all_pairs(words, item_tokens).float() + bias).cpu().numpy()
-            s = truncate(s)
-            for row in s:
-                nz = np.flatnonzero(row > 0)
-                if max_postings is not None and len(nz) > max_postings:
-                    # Keep the highest scores; ties broken by item index for determinism.
-                    order = np.lexsort((nz, -row[nz]))[:max_postings]
-                    nz = np.sort(nz[order])
-                kept_items.append(global_items[nz])
-                kept_scores.append(row[nz])
-                indptr.append(indptr[-1] + len(nz))
+            s = truncate(model.scorer.all_pairs(words, item_tokens).float().add_(bias).relu_().cpu().numpy())
+            rows, cols = np.nonzero(storable(s))  # row-major: each code's postings in item order
+            if max_postings is not None:
+                rows, cols = _cap_postings(s, rows, cols, max_postings)
+            counts.append(np.bincount(rows, minlength=len(words)))
+            kept_items.append(global_items[cols])
+            kept_scores.append(s[rows, cols])
             bar.update(len(words))
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts))]) if counts else np.zeros(1, np.int64)
     bar.close()
     return Postings(
         terms=[code_to_term(c) for c in codes],
-        indptr=np.asarray(indptr, dtype=np.int64),
+        indptr=indptr.astype(np.int64),
         items=np.concatenate(kept_items) if kept_items else np.zeros(0, np.int32),
         scores=np.concatenate(kept_scores) if kept_scores else np.zeros(0, np.float32),
         n_items=n_items,
         bias=float(bias),
         seconds=time.perf_counter() - started,
     )
+
+
+def _cap_postings(scores: np.ndarray, rows: np.ndarray, cols: np.ndarray, cap: int):
+    """Keep each code's `cap` highest scores; ties broken by item index for determinism."""
+    order = np.lexsort((cols, -scores[rows, cols], rows))  # by code, then score desc, then item
+    rows, cols = rows[order], cols[order]
+    first = np.searchsorted(rows, rows, side="left")
+    keep = (np.arange(len(rows)) - first) < cap
+    rows, cols = rows[keep], cols[keep]
+    back = np.lexsort((cols, rows))  # restore item order within each code
+    return rows[back], cols[back]
 
 
 def code_table(model, codes: np.ndarray) -> CodeTable:
