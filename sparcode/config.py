@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 MODEL_KINDS = ("sparcode", "all-to-all", "two-tower", "ease", "tiger")
-TOKENIZERS = ("dnn", "gru", "attention")
+TOKENIZERS = ("dnn", "gru", "attention", "interests")
 
 
 class ConfigError(ValueError):
@@ -32,6 +32,9 @@ class ModelConfig:
     scorer_hidden: int = 64
     # Bias inside ReLU(S + b) while training; the serving bias b̃ is chosen after training.
     train_bias: float = 0.0
+    # Weight of the penalty on the mean squared cosine between a user's K_u tokens (before
+    # quantization); without one they collapse to a single code per user.
+    token_diversity: float = 0.0
     # Training activation in place of ReLU(S + b). "softplus" never has a dead region; its
     # negative side is exponentially small, so the model cannot rank items there (a leaky ReLU
     # did: validation R@50 0.023 after an epoch, as the serving ReLU erased that ranking), and
@@ -114,6 +117,8 @@ class RunConfig:
             raise ConfigError("model.train_activation must be softplus or relu")
         if self.model.tokenizer not in TOKENIZERS:
             raise ConfigError(f"model.tokenizer must be one of {TOKENIZERS}, not {self.model.tokenizer!r}")
+        if self.model.token_diversity < 0:
+            raise ConfigError("model.token_diversity must be ≥ 0")
         if self.model.dim % self.model.codebooks:
             raise ConfigError("model.dim must be divisible by model.codebooks")
         if not 0 < self.serve.stored_fraction <= 1:

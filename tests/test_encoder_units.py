@@ -125,7 +125,8 @@ def test_featurefield_truncation_keeps_nine_bits():
     assert storable(values).tolist() == [True, True, True, False, False, False]
 
 
-def test_served_codes_are_the_codes_the_model_quantizes_to(tmp_path):
+@pytest.mark.parametrize("tokenizer", ["dnn", "interests"])
+def test_served_codes_are_the_codes_the_model_quantizes_to(tmp_path, tokenizer):
     """Serving encodes users outside the training forward pass; it must land on the very codes
     the model's own quantized tokens use (it once skipped the token normalisation)."""
     import numpy as np
@@ -143,7 +144,7 @@ def test_served_codes_are_the_codes_the_model_quantizes_to(tmp_path):
     split = make_split(dataset, "leave-one-out", seed=0, max_history=5)
     torch.manual_seed(0)
     model = build_model(ModelConfig(dim=16, codebooks=2, codes=8, user_tokens=3, scorer_hidden=8,
-                                    tokenizer="dnn", kmeans_iters=2), dataset, 5)
+                                    tokenizer=tokenizer, kmeans_iters=2), dataset, 5)
     train = split.train
     users, histories = torch.as_tensor(train.users[:64]), torch.as_tensor(train.histories[:64])
     model.train()
@@ -154,3 +155,41 @@ def test_served_codes_are_the_codes_the_model_quantizes_to(tmp_path):
     served = user_codes(model, train.users[:64], train.histories[:64], torch.device("cpu"))
     assert np.array_equal(served, codes.numpy())
     assert torch.allclose(model.quantizer.decode(torch.as_tensor(served)), quantized, atol=1e-6)
+
+
+def test_token_similarity_is_the_mean_squared_cosine_of_distinct_tokens():
+    from sparcode.encoder.models import SparCode
+
+    orthogonal = torch.eye(3).unsqueeze(0) * 5.0  # one user, three orthogonal tokens
+    assert SparCode._token_similarity(orthogonal).item() == pytest.approx(0.0)
+    same = torch.ones(2, 4, 3)  # every token equal: cosine 1
+    assert SparCode._token_similarity(same).item() == pytest.approx(1.0)
+    # Tokens (1,0), (1,1), (0,1): cosines 1/√2, 0, 1/√2 → mean square over ordered pairs = 1/3.
+    mixed = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]])
+    assert SparCode._token_similarity(mixed).item() == pytest.approx(1 / 3)
+
+
+def test_diversity_penalty_enters_the_training_loss_only(tmp_path):
+    from sparcode.config import ModelConfig
+    from sparcode.data.readers import load_dataset
+    from sparcode.encoder.models import SparCode, build_model
+
+    lines = [f"u{u} " + " ".join(f"i{(u + k) % 20}" for k in range(6)) for u in range(10)]
+    (tmp_path / "sequences.txt").write_text("\n".join(lines) + "\n")
+    dataset = load_dataset(tmp_path)
+    users, histories = torch.arange(4), torch.randint(0, dataset.n_items, (4, 5))
+    losses = {}
+    for weight in (0.0, 2.0):
+        torch.manual_seed(0)
+        cfg = ModelConfig(kind="all-to-all", dim=8, codebooks=2, codes=4, user_tokens=3, scorer_hidden=4,
+                          tokenizer="interests", token_diversity=weight, dropout=0.0)
+        model = build_model(cfg, dataset, 5)
+        model.train()
+        tokens, _ = model.user_tokens(users, histories)
+        losses[weight] = model.aux_loss.item()
+        expected = weight * SparCode._token_similarity(tokens).item()
+        assert losses[weight] == pytest.approx(expected, rel=1e-5)
+        model.eval()
+        model.user_tokens(users, histories)
+        assert model.aux_loss.item() == 0.0  # evaluation never pays the penalty
+    assert losses[2.0] > 0.0 and losses[0.0] == 0.0

@@ -67,12 +67,24 @@ class SparCode(_UserItemBase):
     def user_tokens(self, users, histories) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Tokens the scorer sees (quantized when indexed) and their codes (B, K, M) or None."""
         tokens = self.pre_quantization_tokens(users, histories)
+        diversity = self._token_similarity(tokens) * self.cfg.token_diversity if self.training else 0.0
         if self.quantizer is None:
-            self.aux_loss = torch.zeros((), device=tokens.device)
+            self.aux_loss = torch.zeros((), device=tokens.device) + diversity
             return tokens, None
         quantized, codes, commit = self.quantizer(tokens)
-        self.aux_loss = commit
+        self.aux_loss = commit + diversity
         return quantized, codes
+
+    @staticmethod
+    def _token_similarity(tokens: torch.Tensor) -> torch.Tensor:
+        """Mean squared cosine between a user's distinct tokens: 0 when they are orthogonal."""
+        k = tokens.shape[1]
+        if k < 2:
+            return torch.zeros((), device=tokens.device)
+        unit = F.normalize(tokens, dim=-1)
+        gram = unit @ unit.transpose(1, 2)
+        off_diagonal = gram.pow(2).sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).pow(2).sum(-1)
+        return (off_diagonal / (k * (k - 1))).mean()
 
     def activation(self, s: torch.Tensor) -> torch.Tensor:
         s = s + self.cfg.train_bias
