@@ -33,6 +33,9 @@ def command(run_dir, out_dir, bias, max_postings, shard, force, quiet):
         from sparcode.encoder.runs import open_run
 
         run = open_run(run_dir)
+        if run.kind == "tiger":
+            _export_semantic_ids(run, out_dir, force, bias=bias, max_postings=max_postings, shard=shard)
+            return
         if run.kind == "two-tower":
             _export_vectors(run, out_dir, force, bias=bias, max_postings=max_postings, shard=shard)
             return
@@ -56,3 +59,20 @@ def _export_vectors(run, out_dir, force, **sparcode_only):
     manifest = export_vectors(run, out_dir, force=force)
     click.echo(f"exported {manifest['items']} item vectors (dim {manifest['dim']}, mean norm "
                f"{manifest['norms']['mean']:.3f}) → {out_dir}")
+
+
+def _export_semantic_ids(run, out_dir, force, **sparcode_only):
+    from sparcode.generative.sid_export import SidExportError, export_semantic_ids
+
+    given = [f"--{k.replace('_', '-')}" for k, v in sparcode_only.items() if v not in (None, (0, 1))]
+    if given:
+        raise click.ClickException(f"{', '.join(given)} apply to SparCode exports; {run.path} is a TIGER run")
+    info = {"model": run.kind, "dataset": run.config.dataset, "split": run.config.split, "seed": run.config.seed}
+    try:
+        manifest = export_semantic_ids(run.path, run.dataset, out_dir, info, force=force)
+    except SidExportError as err:
+        raise click.ClickException(str(err)) from None
+    cold = manifest["cold_items"]
+    click.echo(f"exported {manifest['items']} items' semantic-ID prefixes ({manifest['terms']} distinct "
+               f"{manifest['term_field']}_* terms, depths {manifest['prefix_depths']}, "
+               f"{'no held-out items (untrained run)' if cold is None else f'{cold} cold items'}) → {out_dir}")

@@ -79,7 +79,7 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
         if history_items is not None and (run.kind == "tiger" or backend == "tiger"):
             raise click.ClickException("--history is not supported for TIGER runs; use --user")
         if run.kind == "tiger" or backend == "tiger":
-            _search_tiger(run, user_id, k, backend, exclude_seen, as_json)
+            _search_tiger(run, user_id, k, backend, exclude_seen, as_json, alias, explain)
             return
         backend = backend or ("hnsw" if run.kind == "two-tower" else default_backend())
         from sparcode.commands._vectors import check_backend
@@ -134,18 +134,32 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
         click.echo(f"{rank:>3}  {hit.item_id:>8}  {hit.score:9.4f}  {titles.get(hit.item_id) or ''}")
 
 
-def _search_tiger(run, user_id: str, k: int, backend: str | None, exclude_seen: bool, as_json: bool) -> None:
-    """A TIGER run generates item IDs with constrained beam search; there is no index to query."""
+def _search_tiger(run, user_id: str, k: int, backend: str | None, exclude_seen: bool, as_json: bool,
+                  alias: str | None = None, explain: bool = False) -> None:
+    """A TIGER run generates item IDs with constrained beam search. With --alias, the cold items
+    sharing a generated prefix come from the run's `sid` index instead of the in-process table."""
     if run.kind != "tiger" or backend not in (None, "tiger"):
         raise click.ClickException(f"--backend tiger serves TIGER runs only; {run.path} is a {run.kind} run"
                                    if run.kind != "tiger" else f"a TIGER run is served by --backend tiger, not {backend}")
+    if explain and not alias:
+        raise click.ClickException("--explain shows the prefix request sent to the engine; give --alias NAME "
+                                   "(an index of `sparcode export` on this TIGER run)")
     from sparcode.generative.train_tiger import TigerSearcher
 
-    searcher = TigerSearcher(run.path, dataset=run.dataset)
+    prefixes = None
+    if alias:
+        from sparcode.generative.sid_export import sid_fingerprint
+        from sparcode.pipeline.connect import connect
+        from sparcode.pipeline.sid_search import SidPrefixBackend
+
+        prefixes = SidPrefixBackend(connect(), alias, expected_fingerprint=sid_fingerprint(run.path))
+    searcher = TigerSearcher(run.path, dataset=run.dataset, prefix_backend=prefixes)
     try:
         hits = searcher.search(user_id, k, exclude_seen=exclude_seen, cold_slots=searcher.tiger.cfg.cold_slots)
     except KeyError as err:
         raise click.ClickException(str(err.args[0])) from None
+    if explain:
+        click.echo(json.dumps(prefixes.last_bodies[0] if prefixes.last_bodies else None, indent=2))
     attrs = run.dataset.item_attributes
     index_of = {item: i for i, item in enumerate(run.dataset.item_ids)}
     title = (lambda item: attrs[index_of[item]].get("title")) if attrs else (lambda item: None)
@@ -153,6 +167,7 @@ def _search_tiger(run, user_id: str, k: int, backend: str | None, exclude_seen: 
         click.echo(json.dumps({"user": user_id, "backend": "tiger",
                                "hits": [{"item_id": i, "score": s, "title": title(i)} for i, s in hits]}))
         return
-    click.echo(f"user {user_id} · backend tiger (constrained beam search over semantic IDs)")
+    cold_from = f"; cold items by prefix from {alias}" if alias else ""
+    click.echo(f"user {user_id} · backend tiger (constrained beam search over semantic IDs{cold_from})")
     for rank, (item, score) in enumerate(hits, 1):
         click.echo(f"{rank:>3}  {item:>8}  {score:9.4f}  {title(item) or ''}")

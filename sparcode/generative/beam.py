@@ -125,12 +125,17 @@ class ColdIndex:
                         out.append(cold)
         return out
 
-    def mix(self, ranked: np.ndarray, k: int, slots: float, seen: np.ndarray | None = None) -> np.ndarray:
-        """Top-k with up to ceil(slots·k) of its last places given to prefix-matched cold items."""
+    def mix(self, ranked: np.ndarray, k: int, slots: float, seen: np.ndarray | None = None,
+            lookup=None) -> np.ndarray:
+        """Top-k with up to ceil(slots·k) of its last places given to prefix-matched cold items.
+
+        ``lookup(generated, skip, limit)`` replaces the in-process match with another source of
+        the same ordered candidates (the Elasticsearch `sid` index, `pipeline/sid_search.py`)."""
         ranked = np.asarray(ranked, dtype=np.int64)
         ranked = ranked[ranked >= 0]
         skip = set(ranked[:k].tolist()) | (set(np.asarray(seen).tolist()) if seen is not None else set())
-        cold = self.candidates(ranked[:k], skip)[:math.ceil(slots * k)]
+        limit = math.ceil(slots * k)
+        cold = lookup(ranked[:k], skip, limit) if lookup is not None else self.candidates(ranked[:k], skip)[:limit]
         if not cold:
             return ranked[:k]
         return np.concatenate([ranked[:k - len(cold)], np.asarray(cold, dtype=np.int64)])

@@ -386,7 +386,9 @@ def _pad(rankings: list[np.ndarray], k: int) -> np.ndarray:
 class TigerSearcher:
     """Loads a run once and answers top-k for any user from the user's full known history."""
 
-    def __init__(self, run_dir: Path, dataset=None, device=None):
+    def __init__(self, run_dir: Path, dataset=None, device=None, prefix_backend=None):
+        """``prefix_backend``: a `SidPrefixBackend` on the run's exported semantic IDs; cold
+        items then come from Elasticsearch term lookups instead of the in-process ColdIndex."""
         from sparcode.data.readers import load_dataset
 
         cfg = TigerConfig.from_dict(json.loads((tiger_dir(run_dir) / CONFIG).read_text()))
@@ -394,6 +396,15 @@ class TigerSearcher:
         self.tiger = load_tiger(run_dir, self.dataset, device)
         self.user_index = {u: i for i, u in enumerate(self.dataset.user_ids)}
         self.cold = ColdIndex(self.tiger.ids, self.tiger.cold, cfg.cold_prefix_depth)
+        self.prefix_backend = prefix_backend
+
+    def engine_lookup(self, generated: np.ndarray, skip: set[int], limit: int) -> list[int]:
+        """ColdIndex.candidates(generated, skip)[:limit], answered by the prefix index."""
+        if limit <= 0:
+            return []
+        hits = self.prefix_backend.search(self.tiger.ids[generated[generated >= 0]].tolist(), self.cold.depths, limit,
+                                          exclude_items=[self.dataset.item_ids[i] for i in sorted(skip)])
+        return [h.ord for h in hits]
 
     def search(self, user_id: str, k: int = 10, exclude_seen: bool = True, cold_slots: float = 0.0,
                temperatures=None) -> list[tuple[str, float]]:
@@ -410,7 +421,8 @@ class TigerSearcher:
         score_of = {int(i): float(s) for i, s in zip(items[0], scores[0]) if i >= 0}
         ranked = items[0][items[0] >= 0]
         if cold_slots:
-            ranked = self.cold.mix(ranked, k, cold_slots, seq if exclude_seen else None)
+            lookup = self.engine_lookup if self.prefix_backend is not None else None
+            ranked = self.cold.mix(ranked, k, cold_slots, seq if exclude_seen else None, lookup=lookup)
         # Prefix-matched cold items have no beam score of their own: they rank below every beam.
         return [(self.dataset.item_ids[i], score_of.get(int(i), float("-inf"))) for i in ranked[:k]]
 

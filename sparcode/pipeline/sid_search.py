@@ -1,0 +1,97 @@
+"""Cold-start retrieval by semantic-ID prefix from a `tiger-semantic-ids` index (docs/tiger.md).
+
+Given the semantic IDs TIGER generated for a user (best beam first), the items sharing a prefix
+of depth d with one of them are a term lookup on the keyword field ``sid``. The order is the
+one `ColdIndex.candidates` defines in process: deeper prefixes first, then better beams, then
+smaller `ord`. The engine produces it itself: each distinct prefix term is a `constant_score`
+clause whose boost falls with its position in that order, `dis_max` keeps an item's best
+clause, and the sort is `_score` then `ord`, so `size` = k returns exactly the first k.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Collection, Sequence
+
+from sparcode.pipeline.backends import MSEARCH_BATCH, BackendError
+from sparcode.pipeline.engine import Engine, EngineError
+from sparcode.sid_terms import COLD_FIELD, FIELD, prefix_term
+
+KIND = "tiger-semantic-ids"
+MAX_RESULT_WINDOW = 10_000  # the engines' default index.max_result_window
+
+
+@dataclass(frozen=True)
+class SidHit:
+    item_id: str
+    ord: int
+
+
+def ordered_terms(semantic_ids: Sequence[Sequence[int]], depths: Sequence[int]) -> list[str]:
+    """Distinct prefix terms, deepest depth first, then in beam order (first occurrence wins)."""
+    terms: dict[str, None] = {}
+    for depth in depths:
+        for sid in semantic_ids:
+            if len(sid) >= depth:
+                terms.setdefault(prefix_term(sid[:depth]), None)
+    return list(terms)
+
+
+def prefix_body(semantic_ids: Sequence[Sequence[int]], depths: Sequence[int], k: int, *, only_cold: bool = True,
+                exclude_items: Collection[str] | None = None) -> dict:
+    """The `_search` body returning the first k prefix matches, in ColdIndex order."""
+    if not 1 <= k <= MAX_RESULT_WINDOW:
+        raise ValueError(f"k = {k}: expected 1..{MAX_RESULT_WINDOW}")
+    terms = ordered_terms(semantic_ids, depths)
+    # Boosts are small integers, exact in float32, so distinct positions never tie.
+    clauses = [{"constant_score": {"filter": {"term": {FIELD: term}}, "boost": float(len(terms) - i)}}
+               for i, term in enumerate(terms)]
+    query: dict = {"bool": {"must": [{"dis_max": {"queries": clauses, "tie_breaker": 0.0}}] if clauses
+                            else [{"match_none": {}}]}}
+    if only_cold:
+        query["bool"]["filter"] = [{"term": {COLD_FIELD: 1}}]
+    if exclude_items:
+        query["bool"]["must_not"] = [{"ids": {"values": sorted(str(i) for i in exclude_items)}}]
+    return {"size": k, "query": query, "sort": [{"_score": "desc"}, {"ord": "asc"}], "_source": False,
+            "track_total_hits": False}
+
+
+class SidPrefixBackend:
+    """Prefix lookups on `alias`, refusing an index built from other semantic IDs."""
+
+    def __init__(self, engine: Engine, alias: str, *, expected_fingerprint: str | None = None):
+        self.engine, self.alias = engine, alias
+        self.last_bodies: list[dict] = []
+        try:
+            mapping = engine.mappings(alias)
+        except EngineError as exc:
+            if exc.status != 404:
+                raise
+            raise BackendError(f"no index or alias {alias!r} on this {engine.label}") from None
+        if len(mapping) != 1:
+            raise BackendError(f"{alias!r} points at {len(mapping)} indices; expected one")
+        meta = next(iter(mapping.values())).get("_meta", {})
+        if meta.get("manifest", {}).get("kind") != KIND:
+            raise BackendError(f"{alias!r} does not hold semantic IDs (kind {meta.get('manifest', {}).get('kind')!r}); "
+                               "index a TIGER run's export (`sparcode export RUN_DIR --out DIR`)")
+        self.fingerprint = meta.get("fingerprint")
+        if expected_fingerprint is not None and self.fingerprint != expected_fingerprint:
+            raise BackendError(f"{alias!r} serves semantic IDs {str(self.fingerprint)[:12]}…, the run has "
+                               f"{expected_fingerprint[:12]}… (export and reindex the run)")
+
+    def search(self, semantic_ids, depths, k: int, *, only_cold: bool = True, exclude_items=None) -> list[SidHit]:
+        return self.batch_search([semantic_ids], depths, k, only_cold=only_cold,
+                                 exclude_items=None if exclude_items is None else [exclude_items])[0]
+
+    def batch_search(self, batch, depths, k: int, *, only_cold: bool = True,
+                     exclude_items: Sequence[Collection[str]] | None = None) -> list[list[SidHit]]:
+        excludes = exclude_items if exclude_items is not None else [None] * len(batch)
+        bodies = [prefix_body(ids, depths, k, only_cold=only_cold, exclude_items=ex) for ids, ex in zip(batch, excludes)]
+        self.last_bodies = bodies  # what `search --explain` prints: the exact requests sent
+        results: list[list[SidHit]] = []
+        for start in range(0, len(bodies), MSEARCH_BATCH):
+            for response in self.engine.msearch(self.alias, bodies[start:start + MSEARCH_BATCH]):
+                if "error" in response:
+                    reason = response["error"].get("reason", response["error"])
+                    raise BackendError(f"prefix search on {self.alias!r} failed: {reason}")
+                results.append([SidHit(h["_id"], int(h["sort"][1])) for h in response["hits"]["hits"]])
+        return results
