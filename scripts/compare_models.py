@@ -4,8 +4,8 @@ test users the same way, and write results/<dataset>/{results.json,table.md}.
     .venv/bin/python scripts/compare_models.py --dataset ml-1m
     .venv/bin/python scripts/compare_models.py --dataset beauty --models ease,two-tower,sparcode,tiger
 
-A finished run is reused (delete runs/compare-<dataset>/<model> to retrain); each model's
-training wall time comes from its run.json.
+A finished run is reused (delete runs/compare-<dataset>/<model> to retrain, or pass
+--runs-dir); each model's training wall time comes from its run.json.
 """
 from __future__ import annotations
 
@@ -39,10 +39,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config-dir", type=Path, default=None,
                         help="Optional directory of <model>.json config overrides.")
+    parser.add_argument("--runs-dir", type=Path, default=None,
+                        help="Where the runs live (default runs/compare-<dataset>).")
     args = parser.parse_args()
 
     dataset, split = args.dataset, SPLIT[args.dataset]
-    runs_root = ROOT / "runs" / f"compare-{dataset}"
+    runs_root = args.runs_dir or ROOT / "runs" / f"compare-{dataset}"
     out_dir = ROOT / "results" / dataset
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from sparcode.commands._common import user_errors
+from sparcode.staging import staged_directory
 
 QUICK = {"sizes": [2000], "queries": 200, "warmup": 20}
 
@@ -37,7 +38,6 @@ def _sizes(ctx, param, value):
 def command(out_dir, sizes, quick, queries, url, from_export, from_vectors, force):
     """Measure every retrieval path side by side on synthetic catalogs of each size."""
     import shutil
-    import tempfile
 
     import orjson
 
@@ -58,10 +58,8 @@ def command(out_dir, sizes, quick, queries, url, from_export, from_vectors, forc
         if from_vectors is not None:
             config.vector_shape = synthetic.VectorShape.from_export(from_vectors)
         conns = engines(url)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
         # Everything lands in a temporary sibling first: an interrupted bench leaves no partial result.
-        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-        try:
+        with staged_directory(out_dir) as tmp:
             rows = run_bench(config, tmp / "work", conns, log=click.echo)
             shutil.rmtree(tmp / "work", ignore_errors=True)
             meta = describe(config, conns)
@@ -69,10 +67,4 @@ def command(out_dir, sizes, quick, queries, url, from_export, from_vectors, forc
             (tmp / "bench.meta.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
             report.write_markdown(tmp / "bench.md", rows, meta)
             report.write_plots(tmp, rows)
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            tmp.rename(out_dir)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     click.echo(f"{len(rows)} rows → {out_dir}/bench.json, bench.md, latency_vs_recall.png, latency_vs_items.png")

@@ -7,8 +7,6 @@ FLOPs per pair).
 from __future__ import annotations
 
 import gzip
-import shutil
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +19,7 @@ from sparcode.codes_fallback import CodeTable
 from sparcode.encoder import checkpoint as ckpt
 from sparcode.encoder.runs import Run, RunError
 from sparcode.encoder.serving import Postings, build_postings, code_table, distinct_codes, user_codes
+from sparcode.staging import staged_directory
 
 FORMAT = "sparcode-export/1"
 
@@ -90,9 +89,8 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
     table = code_table(model, codes if sharded else codes[nonempty])
 
     # Build in a temporary sibling, then move into place: a failed export leaves nothing behind.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    # A shard moves its own files into the shared directory instead of replacing it.
+    with staged_directory(out_dir, replace=not sharded) as tmp:
         items_name = "items.jsonl.gz" if not sharded else f"items.part-{index:05d}-of-{count:05d}.jsonl.gz"
         with gzip.open(tmp / items_name, "wb", compresslevel=1) as fh:
             for line in item_lines(run, postings, items):
@@ -134,12 +132,6 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
             _place_shard(tmp, out_dir, items_name, manifest, count)
         else:
             ckpt.write_json(tmp / "manifest.json", manifest)
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     _record_export(run, out_dir)
     return manifest
 

@@ -7,8 +7,6 @@ user's codes.
 from __future__ import annotations
 
 import gzip
-import shutil
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +17,7 @@ import torch
 
 from sparcode.encoder import checkpoint as ckpt
 from sparcode.encoder.runs import Run, RunError
+from sparcode.staging import staged_directory
 
 FORMAT = "sparcode-export/1"
 KIND = "two-tower-vectors"
@@ -50,9 +49,7 @@ def export_vectors(run: Run, out_dir: Path, force: bool = False) -> dict:
     norms = np.linalg.norm(vectors, axis=1)
     dataset = run.dataset
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with staged_directory(out_dir) as tmp:
         np.save(tmp / VECTORS, vectors, allow_pickle=False)
         with gzip.open(tmp / ITEMS, "wb", compresslevel=1) as fh:
             for item in range(dataset.n_items):
@@ -77,11 +74,5 @@ def export_vectors(run: Run, out_dir: Path, force: bool = False) -> dict:
             "export_seconds": round(time.perf_counter() - started, 2),
         }
         ckpt.write_json(tmp / "manifest.json", manifest)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     ckpt.write_json(run.path / "last_export.json", {"path": str(out_dir.resolve())})
     return manifest

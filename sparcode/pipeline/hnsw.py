@@ -11,8 +11,6 @@ backend's score for that item and ties order by `ord` everywhere.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ import orjson
 from sparcode.pipeline import query as dsl
 from sparcode.pipeline.backends import BackendError, Hit, _per_query
 from sparcode.pipeline.vectors import VectorSet
+from sparcode.staging import staged_directory
 
 INDEX_FILE = "index.bin"
 META_FILE = "meta.json"
@@ -67,17 +66,9 @@ class HnswIndex:
     def save(self, directory: Path) -> Path:
         """Write index.bin + meta.json into `directory` all at once (via a temporary sibling)."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-        try:
+        with staged_directory(directory) as tmp:
             self.index.save_index(str(tmp / INDEX_FILE))
             (tmp / META_FILE).write_bytes(orjson.dumps(self.meta, option=orjson.OPT_INDENT_2))
-            if directory.exists():
-                shutil.rmtree(directory)
-            tmp.rename(directory)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return directory
 
     @classmethod
