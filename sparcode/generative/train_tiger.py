@@ -229,6 +229,7 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
         (folder / HISTORY).unlink()
 
     valid_rows = _eval_rows(len(split.valid), cfg.eval_users, cfg.seed)
+    elapsed_before, train_seconds = _time_so_far(folder / HISTORY) if resume else (0.0, 0.0)
     started = time.perf_counter()
     step_seconds: list[float] = []
     log(f"TIGER: {n} windows ({int((~keep).sum())} with a cold positive dropped), {steps_per_epoch} steps/epoch, "
@@ -258,10 +259,16 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
         epoch += 1
         done_steps = s + 1
         t_eval = time.perf_counter()
-        valid = _validate(tiger, split.valid, valid_rows)
-        row = {"epoch": epoch, "loss": total / done_steps, "steps": done_steps, "valid_recall@10": valid,
+        valid_metrics = _validate(tiger, split.valid, valid_rows)
+        valid = valid_metrics["recall@10"]
+        train_seconds += float(np.sum(step_seconds[-done_steps:]))
+        # elapsed/train_seconds continue across --resume, so a curve against time stays one curve.
+        row = {"epoch": epoch, "loss": total / done_steps, "steps": done_steps, "step": step,
+               **{f"valid_{k}": v for k, v in valid_metrics.items()},
                "seconds_per_step": float(np.mean(step_seconds[-done_steps:])),
-               "eval_seconds": round(time.perf_counter() - t_eval, 1), "elapsed": round(time.perf_counter() - started, 1)}
+               "eval_seconds": round(time.perf_counter() - t_eval, 1),
+               "train_seconds": round(train_seconds, 1),
+               "elapsed": round(elapsed_before + time.perf_counter() - started, 1)}
         with open(folder / HISTORY, "a") as fh:
             fh.write(json.dumps(row) + "\n")
         improved = valid > best
@@ -292,10 +299,32 @@ def _eval_rows(n: int, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 7]).choice(n, size=limit, replace=False))
 
 
-def _validate(tiger: Tiger, evalset, rows: np.ndarray) -> float:
+def _validate(tiger: Tiger, evalset, rows: np.ndarray) -> dict[str, float]:
+    """Validation R@5, N@5, R@10, N@10 (recall@10 picks the checkpoint)."""
+    from sparcode.eval.metrics import ranking_metrics
+
+    if len(rows) == 0:
+        return {f"{m}@{k}": 0.0 for k in (5, 10) for m in ("recall", "ndcg")}
     items, _ = tiger.rank(evalset.histories[rows], evalset.users[rows], beam=10)
-    hits = [len(np.intersect1d(items[i][:10], evalset.targets[r])) / len(evalset.targets[r]) for i, r in enumerate(rows)]
-    return float(np.mean(hits)) if hits else 0.0
+    metrics = ranking_metrics(_pad([row[row >= 0] for row in items], 10), [evalset.targets[r] for r in rows], (5, 10))
+    return {f"{m}@{k}": metrics[f"{m}@{k}"] for k in (5, 10) for m in ("recall", "ndcg")}
+
+
+def validation_metrics(run_dir: Path, dataset, split, device=None) -> dict[str, float]:
+    """The best checkpoint's R@5/N@5/R@10/N@10 on the validation users training selected it with."""
+    tiger = load_tiger(run_dir, dataset, device)
+    return _validate(tiger, split.valid, _eval_rows(len(split.valid), tiger.cfg.eval_users, tiger.cfg.seed))
+
+
+def _time_so_far(history: Path) -> tuple[float, float]:
+    """(elapsed, train seconds) recorded by the last epoch before a resume; zeros without history."""
+    if not history.is_file():
+        return 0.0, 0.0
+    lines = [line for line in history.read_text().splitlines() if line.strip()]
+    if not lines:
+        return 0.0, 0.0
+    last = json.loads(lines[-1])
+    return float(last.get("elapsed", 0.0)), float(last.get("train_seconds", 0.0))
 
 
 # --- evaluation -------------------------------------------------------------------------------
