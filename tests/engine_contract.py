@@ -27,6 +27,24 @@ def built(engine, export_dir):
     drop_alias_family(engine, alias)
 
 
+def test_documents_are_the_export_lines_without_nulls(engine, built, export_dir):
+    """The raw-line bulk path stores what the export says: nulls and empty `codes` left out."""
+    alias, _ = built
+    hits = engine.search(alias, {"size": 1000, "query": {"match_all": {}}})["hits"]["hits"]
+    stored = {h["_id"]: h["_source"] for h in hits}
+    items = list(Export.open(export_dir).items())
+    assert len(stored) == len(items)
+    for item in items:
+        expected = {k: v for k, v in item.items() if v is not None and not (k == "codes" and not v)}
+        assert stored[item["item_id"]] == expected
+
+
+def test_build_reports_node_and_client_cpu(built):
+    _, result = built
+    assert result.cpu_bulk is not None and result.cpu_bulk > 0
+    assert result.docs_per_cpu_second == result.docs / result.cpu_bulk
+
+
 def test_mapping_comes_from_the_shipped_file(engine, built):
     alias, result = built
     mapping = engine.mappings(alias)[result.index]

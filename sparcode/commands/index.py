@@ -38,8 +38,10 @@ def _run(export_dir: str, alias: str, *, engine: str | None, field_type: str | N
     except (EngineError, EngineUnavailable) as exc:
         raise click.ClickException(f"the search engine answered {exc}")
     how = "resumed into" if result.resumed else "built"
+    cpu = "" if result.docs_per_cpu_second is None else \
+        f", {result.docs_per_cpu_second:,.0f} per CPU-second of node + client"
     click.echo(f"{how} {result.index} on {conn.label} {conn.version}: {result.docs} docs "
-               f"({result.docs_per_second:,.0f} docs/s)")
+               f"({result.docs_per_second:,.0f} docs/s{cpu})")
     moved = f" (was {', '.join(result.previous)})" if result.previous else ""
     click.echo(f"alias {alias} -> {result.index}{moved}")
     if result.deleted:

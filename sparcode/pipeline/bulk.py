@@ -1,5 +1,12 @@
 """Stream an export's items into one index with explicit ids, so a retried or resumed load
-overwrites instead of duplicating."""
+overwrites instead of duplicating.
+
+The export's lines are already the documents' JSON: each line is sent to the engine as it was
+read (a `(header, raw body)` pair the bulk helper passes through unserialized). Per document we
+only parse the line to learn its `_id` and to catch the two things the engines refuse — a null
+attribute and an empty `codes` object — and only those lines are re-serialized. Building every
+document as a dict and serializing it again capped a load at ≈ 5k docs/s, client-bound.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,7 +15,7 @@ from typing import Callable, Iterator
 import orjson
 from tqdm import tqdm
 
-CHUNK_SIZE = 500
+CHUNK_SIZE = 1000
 MAX_RETRIES = 5
 SHOW_FAILURES = 10
 
@@ -33,14 +40,28 @@ class BulkReport:
         return "\n".join(lines)
 
 
-def actions(export, index: str) -> Iterator[dict]:
+def source_line(line: bytes) -> tuple[str, bytes]:
+    """(item id, the document's JSON) for one export line, re-serialized only when it must be."""
+    item = orjson.loads(line)
+    if item.get("codes") and None not in item.values():
+        return item["item_id"], line.rstrip(b"\r\n")
+    source = {k: v for k, v in item.items() if v is not None}
+    if not source.get("codes"):
+        # An empty object is not a valid sparse_vector/rank_features value; the item stays a document.
+        source.pop("codes", None)
+    return item["item_id"], orjson.dumps(source)
+
+
+def actions(export) -> Iterator[tuple[dict, bytes]]:
+    """Bulk `(action, source)` pairs; the target index travels in the request URL, not per line."""
     for line in export.lines():
-        item = orjson.loads(line)
-        source = {k: v for k, v in item.items() if v is not None}
-        if not source.get("codes"):
-            # An empty object is not a valid sparse_vector/rank_features value; the item stays a document.
-            source.pop("codes", None)
-        yield {"_index": index, "_id": item["item_id"], "_source": source}
+        item_id, source = source_line(line)
+        yield {"index": {"_id": item_id}}, source
+
+
+# Each response item keeps only what the failure report reads; the rest of a bulk answer
+# (index name, version, shard counts, seq_no per document) was most of the client's parse work.
+RESPONSE_FILTER = "errors,items.*._id,items.*.status,items.*.error"
 
 
 def load(engine, export, index: str, *, chunk_size: int = CHUNK_SIZE, max_retries: int = MAX_RETRIES,
@@ -51,7 +72,8 @@ def load(engine, export, index: str, *, chunk_size: int = CHUNK_SIZE, max_retrie
     """
     report = BulkReport()
     done_in_chunk = 0
-    results = engine.streaming_bulk(actions(export, index), chunk_size=chunk_size, max_retries=max_retries)
+    results = engine.streaming_bulk(actions(export), index=index, chunk_size=chunk_size, max_retries=max_retries,
+                                    filter_path=RESPONSE_FILTER)
     with tqdm(total=export.n_items, unit="doc", desc=f"bulk {index}",
               disable=None if progress is None else not progress) as bar:
         for ok, info in results:
@@ -64,12 +86,13 @@ def load(engine, export, index: str, *, chunk_size: int = CHUNK_SIZE, max_retrie
                     error = detail.get("error", {})
                     reason = error.get("reason", error) if isinstance(error, dict) else error
                     report.failures.append((str(detail.get("_id")), int(detail.get("status", 0)), str(reason)))
-            bar.update()
             done_in_chunk += 1
             if done_in_chunk == chunk_size:
                 done_in_chunk = 0
+                bar.update(chunk_size)  # per chunk: a per-document update costs as much as the parse
                 if on_chunk is not None:
                     on_chunk(report.ok + report.failed)
+        bar.update(done_in_chunk)
     if report.failed:
         raise BulkFailed(report)
     return report

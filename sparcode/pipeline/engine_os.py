@@ -68,13 +68,19 @@ class OpenSearchEngine(Engine):
         except TransportError as exc:
             raise EngineError(int(exc.status_code), error_reason(exc.info, exc.error)) from exc
 
-    def _streaming_bulk(self, actions, chunk_size, max_retries):
+    def _streaming_bulk(self, actions, index, chunk_size, max_retries, filter_path):
         from opensearchpy.helpers import streaming_bulk
 
+        # opensearch-py's chunker measures bodies with str.encode, so raw bodies travel as str.
+        pairs = ((action, body.decode()) for action, body in actions)
         # opensearch-py retries exactly the 429s when max_retries > 0 (no retry_on_status knob).
-        return streaming_bulk(self.client, actions, chunk_size=chunk_size, max_retries=max_retries,
-                              raise_on_error=False, yield_ok=True)
+        return streaming_bulk(self.client, pairs, chunk_size=chunk_size, max_retries=max_retries,
+                              raise_on_error=False, yield_ok=True, expand_action_callback=_as_is, index=index,
+                              filter_path=filter_path)
 
     def _forcemerge(self, index, timeout_s):
         self.client.indices.forcemerge(index=index, max_num_segments=1, request_timeout=timeout_s)
 
+
+def _as_is(pair):
+    return pair

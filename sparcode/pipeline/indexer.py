@@ -7,6 +7,7 @@ search running during a reindex sees either the old index or the new one, never 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
@@ -32,10 +33,34 @@ class BuildResult:
     previous: list[str]
     deleted: list[str]
     resumed: bool
+    cpu_bulk: float | None = None  # node + client CPU seconds spent in the bulk load
 
     @property
     def docs_per_second(self) -> float:
         return self.docs / max(self.seconds_bulk, 1e-9)
+
+    @property
+    def docs_per_cpu_second(self) -> float | None:
+        return None if self.cpu_bulk is None else self.docs / max(self.cpu_bulk, 1e-9)
+
+
+class CpuMeter:
+    """Node + client CPU seconds over a block, when the node reports its own."""
+
+    def __init__(self, engine: Engine):
+        self.engine, self.seconds = engine, None
+
+    def __enter__(self):
+        self._node, self._client = self.engine.process_cpu_seconds(), time.process_time()
+        self._wall = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self._wall
+        node = self.engine.process_cpu_seconds()
+        if node is not None and self._node is not None:
+            self.seconds = node - self._node + time.process_time() - self._client
+        return False
 
 
 # Whole steps are retried on network trouble only; a 4xx is a real answer and surfaces at once.
@@ -76,8 +101,6 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
     keeps the field type of the index the alias points at, else the engine's default
     (`sparse_vector` on Elasticsearch, `rank_features` on OpenSearch).
     """
-    import time
-
     if alias != alias.lower() or not re.match(r"^[a-z0-9][a-z0-9_.-]*$", alias):
         raise IndexProblem(f"alias {alias!r}: use lowercase letters, digits, '-', '_' or '.'")
     if engine.exists(alias) and not engine.alias_exists(alias):
@@ -103,9 +126,8 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
         field_type = index_meta(engine, name).get("field_type", field_type)
         _step(engine.set_refresh_interval)(name, "-1")
 
-    started = time.perf_counter()
-    _step(bulk.load)(engine, export, name, chunk_size=chunk_size, on_chunk=on_chunk, progress=progress)
-    seconds = time.perf_counter() - started
+    with CpuMeter(engine) as meter:
+        _step(bulk.load)(engine, export, name, chunk_size=chunk_size, on_chunk=on_chunk, progress=progress)
     docs = _finalize(engine, name)
     if docs != export.n_items:
         raise IndexProblem(f"{name} holds {docs} documents, the export has {export.n_items}; "
@@ -117,7 +139,7 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
         deleted = [old for old in previous if old != name]
         if deleted:
             _step(engine.delete_indices)(deleted)
-    return BuildResult(name, alias, docs, seconds, previous, deleted, resumed)
+    return BuildResult(name, alias, docs, meter.wall, previous, deleted, resumed, meter.seconds)
 
 
 @_step

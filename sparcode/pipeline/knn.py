@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from importlib import resources
 from typing import Iterator, Sequence
 
@@ -24,7 +23,7 @@ from sparcode.pipeline import query as dsl
 from sparcode.pipeline.backends import BackendError, Hit, _per_query
 from sparcode.pipeline.engine import Engine, EngineError
 from sparcode.pipeline.export import SUMMARY_KEYS
-from sparcode.pipeline.indexer import BuildResult, IndexProblem, _create, _finalize, _step, _swap, versioned_name
+from sparcode.pipeline.indexer import BuildResult, CpuMeter, IndexProblem, _create, _finalize, _step, _swap, versioned_name
 from sparcode.pipeline.vectors import VectorSet, open_vector_export
 
 FIELD = "vector"
@@ -85,9 +84,8 @@ def build(engine: Engine, export_dir, alias: str, *, m: int = 16, ef_constructio
                            "use `sparcode reindex` to replace it")
     name = versioned_name(alias, export.fingerprint)
     _create(engine, name, index_body(export, m=m, ef_construction=ef_construction), FIELD_TYPE)
-    started = time.perf_counter()
-    _step(bulk.load)(engine, _VectorDocs(export), name, progress=progress)
-    seconds = time.perf_counter() - started
+    with CpuMeter(engine) as meter:
+        _step(bulk.load)(engine, _VectorDocs(export), name, progress=progress)
     docs = _finalize(engine, name)
     if docs != export.n_items:
         raise IndexProblem(f"{name} holds {docs} documents, the export has {export.n_items}; alias not moved")
@@ -96,7 +94,7 @@ def build(engine: Engine, export_dir, alias: str, *, m: int = 16, ef_constructio
     deleted = [old for old in previous if old != name] if delete_old else []
     if deleted:
         _step(engine.delete_indices)(deleted)
-    return BuildResult(name, alias, docs, seconds, previous, deleted, False)
+    return BuildResult(name, alias, docs, meter.wall, previous, deleted, False, meter.seconds)
 
 
 def dot_from_score(score: float) -> float:
