@@ -75,6 +75,9 @@ def test_sweep_at_zero_is_beam_search_and_is_reproducible(trained, tmp_path):
     again = temperature_sweep(run, dataset, split, (1.5,), users=20, seed=3, device="cpu", log=lambda *_: None)
     assert {k: v for k, v in again[0].items() if k != "seconds"} == {k: v for k, v in rows[1].items() if k != "seconds"}
     assert rows[0]["users"] == 20 and level_temperatures(0, 4) is None and level_temperatures(2, 4) == (2.0,) * 4
+    assert level_temperatures(2, 4, fine=0.5) == (2.0, 2.0, 0.5, 0.5)
+    with pytest.raises(ValueError):
+        level_temperatures(1, 4, fine=-1)
     assert "| 0 (beam) |" in markdown_table(rows, "toy")
     plot(rows, tmp_path / "t.png", "toy")
     assert (tmp_path / "t.png").read_bytes().startswith(PNG)
