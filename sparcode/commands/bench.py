@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from sparcode.bench import PATHS
 from sparcode.commands._common import user_errors
 from sparcode.staging import staged_directory
 
@@ -34,8 +35,11 @@ def _sizes(ctx, param, value):
               default=None, help="Take the SparCode shape (codes, postings per code, scores) from a real export.")
 @click.option("--from-vectors", "from_vectors", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Take dim and norms from a real two-tower vector export.")
+@click.option("--paths", "path_names", default=None,
+              help="Comma-separated paths to measure (default all: " + ",".join(PATHS) + "); "
+                   "sparcode-local and exact always run, they are the recall references.")
 @click.option("--force", is_flag=True, help="Replace an existing bench.json in --out.")
-def command(out_dir, sizes, quick, queries, url, from_export, from_vectors, force):
+def command(out_dir, sizes, quick, queries, url, from_export, from_vectors, path_names, force):
     """Measure every retrieval path side by side on synthetic catalogs of each size."""
     import shutil
 
@@ -53,6 +57,13 @@ def command(out_dir, sizes, quick, queries, url, from_export, from_vectors, forc
         preset = QUICK if quick else {"sizes": [10_000, 100_000, 1_000_000], "queries": 1000, "warmup": 100}
         config = BenchConfig(sizes=sizes or preset["sizes"], queries=queries or preset["queries"],
                              warmup=preset["warmup"])
+        if path_names is not None:
+            chosen = tuple(p.strip() for p in path_names.split(",") if p.strip())
+            unknown = sorted(set(chosen) - set(PATHS))
+            if unknown or not chosen:
+                raise click.BadParameter(f"unknown path(s) {', '.join(unknown) or '(none)'}; "
+                                         f"choose from {', '.join(PATHS)}", param_hint="--paths")
+            config.paths = tuple(dict.fromkeys(chosen + ("sparcode-local", "exact")))
         if from_export is not None:
             config.sparcode_shape = synthetic.SparcodeShape.from_export(from_export)
         if from_vectors is not None:
