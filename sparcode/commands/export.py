@@ -27,7 +27,10 @@ def _parse_shard(ctx, param, value):
 @click.option("--force", is_flag=True, help="Replace an existing export in --out.")
 @click.option("--quiet", is_flag=True)
 def command(run_dir, out_dir, bias, max_postings, shard, force, quiet):
-    """Score every indexed code against every item and write the export directory."""
+    """Score every indexed code against every item and write the export directory.
+
+    Two-tower runs export item vectors; TIGER runs export every item's semantic-ID prefix terms
+    (docs/tiger.md)."""
     with user_errors():
         from sparcode.encoder.export import export_run
         from sparcode.encoder.runs import open_run

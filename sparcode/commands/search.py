@@ -54,7 +54,8 @@ def open_serving_backend(backend: str, run_dir: Path, export_dir: Path | None, a
 @click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="Default: es when ELASTICSEARCH_URL is set, else the embedded local backend; "
                    "hnsw for two-tower runs (hnsw, es-knn and exact serve two-tower vector exports).")
-@click.option("--alias", default=None, help="Index alias (es/opensearch backends).")
+@click.option("--alias", default=None, help="Index alias (es/opensearch backends; with a TIGER run: the alias of its "
+                                             "semantic-ID export, which then supplies the cold-start prefix matches).")
 @click.option("--export", "export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Export directory (default: the run's last export).")
 @click.option("--filter", "filters", multiple=True, help="Attribute filter FIELD=VALUE, e.g. genres=Comedy (repeatable).")
