@@ -1,4 +1,5 @@
-"""Two-tower vectors in the live Elasticsearch node: dense_vector (HNSW, max_inner_product) + `knn`.
+"""Two-tower vectors in the live Elasticsearch node: dense_vector (HNSW; dot_product after the MIPS
+transform, or max_inner_product on raw vectors) + `knn`.
 
 ES kNN is approximate, so it is checked against exact flat search of the same vectors (recall),
 and its scores are checked to be the dot product after undoing ES's score transform.
@@ -26,13 +27,20 @@ def vector_export(tmp_path_factory):
     return write_vector_export(tmp_path_factory.mktemp("vectors"), vectors, fingerprint="cd" * 32)
 
 
-def test_knn_recall_and_scores(engine, alias, vector_export):
-    result = knn.build(engine, vector_export, alias, m=16, ef_construction=100, progress=False)
+@pytest.mark.parametrize("transform, similarity, dims, candidates", [
+    ("none", "max_inner_product", 16, 200),
+    # Isotropic vectors are the transform's hard case: more candidates for the same recall bar.
+    ("mips-augment-v1", "dot_product", 17, 1000),
+])
+def test_knn_recall_and_scores(engine, alias, vector_export, transform, similarity, dims, candidates):
+    result = knn.build(engine, vector_export, alias, m=16, ef_construction=100, transform=transform,
+                       progress=False, replace=True)
     assert result.docs == 2000
     mapping = next(iter(engine.mappings(alias).values()))
     field = mapping["properties"]["vector"]
-    assert field["similarity"] == "max_inner_product" and field["index_options"]["type"] == "hnsw"
-    backend = knn.KnnBackend.open(alias, vector_export, connection=engine, num_candidates=200)
+    assert field["similarity"] == similarity and field["dims"] == dims and field["index_options"]["type"] == "hnsw"
+    assert mapping["_meta"]["hnsw"]["transform"] == transform
+    backend = knn.KnnBackend.open(alias, vector_export, connection=engine, num_candidates=candidates)
     exact = ExactBackend(VectorSet.load(vector_export))
     queries = list(np.random.default_rng(1).standard_normal((50, 16)).astype(np.float32))
     got, truth = backend.batch_search(queries, 20), exact.batch_search(queries, 20)
@@ -43,8 +51,8 @@ def test_knn_recall_and_scores(engine, alias, vector_export):
             assert hit.score == pytest.approx(scores[hit.item_id], rel=1e-5, abs=1e-5)
     excluded = [h.item_id for h in truth[0][:3]]
     assert not set(excluded) & {h.item_id for h in backend.search(queries[0], 20, exclude_items=excluded)}
-    with pytest.raises(Exception, match="num_candidates=200 is below k=300"):
-        backend.search(queries[0], 300)
+    with pytest.raises(Exception, match=f"num_candidates={candidates} is below k={candidates + 100}"):
+        backend.search(queries[0], candidates + 100)
 
 
 def test_knn_refuses_other_model(engine, alias, vector_export):

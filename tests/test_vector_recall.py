@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from sparcode.pipeline import mips
 from sparcode.pipeline.hnsw import HnswBackend, HnswIndex, HnswParams, open_index
 from sparcode.pipeline.query import QueryError
 from sparcode.pipeline.vectors import ExactBackend, VectorSet, recall_vs_exact
@@ -34,15 +35,36 @@ def queries():
 
 def test_hnsw_recall_vs_exact_is_high_and_survives_save_load(vectors, queries, tmp_path):
     exact = ExactBackend(vectors).batch_search(queries, 50)
-    index = HnswIndex.build(vectors, HnswParams(m=16, ef_construction=200, seed=0))
+    # Isotropic Gaussian vectors are raw inner product's good case (the MIPS transform's bad one).
+    index = HnswIndex.build(vectors, HnswParams(m=16, ef_construction=200, seed=0, transform="none"))
     hnsw = HnswBackend(index, vectors, ef=200)
     assert recall_vs_exact(hnsw.batch_search(queries, 50), exact, 50) >= 0.95
     index.save(tmp_path / "idx")
     meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
-    assert {k: meta[k] for k in ("space", "dim", "m", "ef_construction", "seed")} == \
-        {"space": "ip", "dim": 32, "m": 16, "ef_construction": 200, "seed": 0}
+    assert {k: meta[k] for k in ("space", "dim", "m", "ef_construction", "seed", "transform")} == \
+        {"space": "ip", "dim": 32, "m": 16, "ef_construction": 200, "seed": 0, "transform": "none"}
     again = HnswBackend(HnswIndex.load(tmp_path / "idx"), vectors, ef=200)
     assert again.batch_search(queries, 50) == hnsw.batch_search(queries, 50)
+
+
+def test_mips_transform_keeps_the_dot_product_ranking(vectors, queries):
+    radius = mips.max_norm(vectors.vectors)
+    items = mips.items(vectors.vectors, radius)
+    assert np.allclose(np.linalg.norm(items, axis=1), 1.0, atol=1e-5)  # what ES dot_product demands
+    for q in queries[:20]:
+        dots = vectors.vectors.astype(np.float64) @ q
+        cosines = items.astype(np.float64) @ mips.queries(q)[0]
+        assert list(np.argsort(-cosines)[:50]) == list(np.argsort(-dots)[:50])
+        norm = float(np.linalg.norm(q))
+        assert np.allclose([mips.dot_from_cosine(c, norm, radius) for c in cosines[:10]], dots[:10], rtol=1e-4, atol=1e-4)
+
+
+def test_mips_graph_is_exact_when_the_walk_sees_everything(queries):
+    small = random_vectors(n=300)
+    index = HnswIndex.build(small, HnswParams(m=16, ef_construction=300))
+    assert index.meta["transform"] == mips.TRANSFORM
+    got = HnswBackend(index, small, ef=300).batch_search(queries[:20], 50)
+    assert recall_vs_exact(got, ExactBackend(small).batch_search(queries[:20], 50), 50) >= 0.99
 
 
 def test_hits_are_exact_scores_ordered_by_score_then_ord(vectors, queries):
@@ -73,7 +95,8 @@ def test_ef_below_k_is_refused(vectors, queries):
 
 
 def test_filters_and_exclusions_match_exact(vectors, queries):
-    exact, hnsw = ExactBackend(vectors), HnswBackend(HnswIndex.build(vectors), vectors, ef=200)
+    raw = HnswIndex.build(vectors, HnswParams(transform="none"))  # isotropic data: see the first test
+    exact, hnsw = ExactBackend(vectors), HnswBackend(raw, vectors, ef=200)
     top = exact.search(queries[0], 5)
     excluded = [h.item_id for h in top[:2]]
     hits = hnsw.search(queries[0], 10, filters={"colour": "red"}, exclude_items=excluded)

@@ -3,10 +3,12 @@
 The index lives next to the export it was built from, in
 `EXPORT_DIR/hnsw/m{M}-efc{ef_construction}-seed{seed}/` (`index.bin` + `meta.json`), so a
 second search loads it instead of rebuilding; `meta.json` records what was built and from which
-model, and a graph built from other vectors is refused. Search space is `ip` (hnswlib distance
-= 1 - dot): the tower scores by raw dot product, so normalising to cosine would change the
-ranking. Hits are re-scored exactly from the vectors, so a hit's score equals the exact
-backend's score for that item and ties order by `ord` everywhere.
+model, and a graph built from other vectors is refused. By default the graph holds the items
+after the MIPS transform (`mips.py`: one extra dimension, unit length, hnswlib space `ip` =
+cosine distance), whose cosine ranking is the tower's dot-product ranking; `transform="none"`
+builds on raw dot products (space `ip`, distance 1 − dot). Hits are re-scored exactly from the
+original vectors, so a hit's score equals the exact backend's score for that item and ties
+order by `ord` everywhere.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import hnswlib
 import numpy as np
 import orjson
 
+from sparcode.pipeline import mips
 from sparcode.pipeline import query as dsl
 from sparcode.pipeline.backends import BackendError, Hit, _per_query
 from sparcode.pipeline.vectors import VectorSet
@@ -37,9 +40,11 @@ class HnswParams:
     seed: int = 0
     # Insertion from several threads is faster but not bit-reproducible; 1 thread is.
     threads: int = 1
+    transform: str = mips.TRANSFORM
 
     def dirname(self) -> str:
-        return f"m{self.m}-efc{self.ef_construction}-seed{self.seed}"
+        suffix = "" if self.transform == mips.TRANSFORM else f"-{self.transform}"
+        return f"m{self.m}-efc{self.ef_construction}-seed{self.seed}{suffix}"
 
 
 @dataclass
@@ -52,12 +57,16 @@ class HnswIndex:
         if params.m < 2 or params.ef_construction < 1:
             raise dsl.QueryError(f"hnsw M must be ≥ 2 and ef_construction ≥ 1, got {params.m}, {params.ef_construction}")
         started = time.perf_counter()
-        index = hnswlib.Index(space="ip", dim=vectors.dim)
+        if params.transform not in mips.TRANSFORMS:
+            raise dsl.QueryError(f"hnsw transform {params.transform!r}: expected one of {mips.TRANSFORMS}")
+        augment = params.transform == mips.TRANSFORM
+        index = hnswlib.Index(space="ip", dim=vectors.dim + augment)
         n = len(vectors.item_ids)
         index.init_index(max_elements=max(n, 1), M=params.m, ef_construction=params.ef_construction,
                          random_seed=params.seed)
         if n:
-            index.add_items(vectors.vectors, np.arange(n), num_threads=params.threads)
+            points = mips.items(vectors.vectors, mips.max_norm(vectors.vectors)) if augment else vectors.vectors
+            index.add_items(points, np.arange(n), num_threads=params.threads)
         meta = {"space": "ip", "dim": vectors.dim, "items": n, "fingerprint": vectors.fingerprint,
                 **asdict(params), "build_seconds": round(time.perf_counter() - started, 3),
                 "hnswlib": getattr(hnswlib, "__version__", None)}
@@ -77,7 +86,8 @@ class HnswIndex:
         if not (directory / META_FILE).is_file() or not (directory / INDEX_FILE).is_file():
             raise BackendError(f"{directory} holds no hnsw index ({INDEX_FILE} + {META_FILE})")
         meta = orjson.loads((directory / META_FILE).read_bytes())
-        index = hnswlib.Index(space=meta["space"], dim=int(meta["dim"]))
+        meta.setdefault("transform", mips.NONE)  # graphs saved before the transform existed
+        index = hnswlib.Index(space=meta["space"], dim=int(meta["dim"]) + (meta["transform"] == mips.TRANSFORM))
         index.load_index(str(directory / INDEX_FILE), max_elements=max(int(meta["items"]), 1))
         return cls(index, meta)
 
@@ -94,7 +104,8 @@ def open_index(export_dir, vectors: VectorSet, params: HnswParams = HnswParams()
     directory = index_dir(export_dir, params)
     if (directory / META_FILE).is_file():
         loaded = HnswIndex.load(directory)
-        if loaded.meta.get("fingerprint") == vectors.fingerprint and loaded.meta.get("items") == len(vectors.item_ids):
+        if loaded.meta.get("fingerprint") == vectors.fingerprint and loaded.meta.get("items") == len(vectors.item_ids) \
+                and loaded.meta["transform"] == params.transform:
             return loaded, False
     built = HnswIndex.build(vectors, params)
     built.save(directory)
@@ -110,6 +121,7 @@ class HnswBackend:
                  expected_fingerprint: str | None = None):
         if index.meta.get("fingerprint") != vectors.fingerprint:
             raise BackendError("the hnsw index was built from other vectors; rebuild it from this export")
+        self._walk = mips.queries if index.meta.get("transform") == mips.TRANSFORM else np.atleast_2d
         if expected_fingerprint is not None and vectors.fingerprint != expected_fingerprint:
             raise BackendError(f"vectors are from model {vectors.fingerprint[:12]}…, expected {expected_fingerprint[:12]}…")
         self.index, self.vectors, self.fingerprint = index, vectors, vectors.fingerprint
@@ -137,7 +149,7 @@ class HnswBackend:
         # hnswlib raises when the walk finds fewer than `want` allowed items; settle for fewer.
         while want > 0:
             try:
-                labels, _ = self.index.index.knn_query(q, k=want, num_threads=1,
+                labels, _ = self.index.index.knn_query(self._walk(q), k=want, num_threads=1,
                                                        filter=None if mask is None else (lambda i: bool(mask[i])))
                 break
             except RuntimeError:
@@ -153,5 +165,5 @@ class HnswBackend:
         if filters or any(excludes) or not len(queries) or k > n:
             return [self.search(q, k, filters, ex) for q, ex in zip(queries, excludes)]
         qs = np.stack([self.vectors.check_query(q) for q in queries])
-        labels, _ = self.index.index.knn_query(qs, k=k)
+        labels, _ = self.index.index.knn_query(self._walk(qs), k=k)
         return [self.vectors.ranked(q, row.astype(np.int64), k) for q, row in zip(qs, labels)]
