@@ -72,8 +72,10 @@ class TrainConfig:
 
 @dataclass
 class ServeConfig:
-    # b̃ is chosen after training so that at most this fraction of (code, item) pairs is stored.
+    # At most this fraction of (code, item) pairs is stored, chosen after training.
     stored_fraction: float = 0.05
+    # per-code: each code keeps its best stored_fraction of the items; global: one b̃ for all.
+    allocation: str = "per-code"
     max_postings: int | None = None
     bias: float | None = None  # set explicitly to override the fraction-based choice
 
@@ -121,6 +123,8 @@ class RunConfig:
             raise ConfigError("model.token_diversity must be ≥ 0")
         if self.model.dim % self.model.codebooks:
             raise ConfigError("model.dim must be divisible by model.codebooks")
+        if self.serve.allocation not in ("per-code", "global"):
+            raise ConfigError(f"serve.allocation must be per-code or global, not {self.serve.allocation!r}")
         if not 0 < self.serve.stored_fraction <= 1:
             raise ConfigError("serve.stored_fraction must be in (0, 1]")
         return self

@@ -193,3 +193,59 @@ def test_diversity_penalty_enters_the_training_loss_only(tmp_path):
         model.user_tokens(users, histories)
         assert model.aux_loss.item() == 0.0  # evaluation never pays the penalty
     assert losses[2.0] > 0.0 and losses[0.0] == 0.0
+
+
+def _tiny_sparcode(tmp_path):
+    from sparcode.config import ModelConfig
+    from sparcode.data.readers import load_dataset
+    from sparcode.encoder.models import build_model
+
+    rng = np.random.default_rng(0)
+    lines = [f"u{u} " + " ".join(f"i{i}" for i in rng.choice(60, 8, replace=False)) for u in range(40)]
+    (tmp_path / "sequences.txt").write_text("\n".join(lines) + "\n")
+    dataset = load_dataset(tmp_path)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(dim=8, codebooks=2, codes=4, user_tokens=2, scorer_hidden=4, tokenizer="dnn",
+                                    kmeans_iters=2), dataset, 5)
+    model.train()
+    model.user_tokens(torch.arange(32), torch.randint(0, dataset.n_items, (32, 5)))  # k-means init
+    model.eval()
+    return model
+
+
+def test_per_code_allocation_keeps_each_codes_best_items_in_every_shard(tmp_path):
+    from sparcode.encoder.serving import build_postings, code_item_scores
+    from sparcode.featurefield import truncate
+
+    model = _tiny_sparcode(tmp_path)
+    codes = np.array([[a, b] for a in range(4) for b in range(4)])
+    device = torch.device("cpu")
+    whole = build_postings(model, codes, device, None, 0.1, None, progress=False)
+    scores = code_item_scores(model, codes, device).numpy()
+    k = int(np.ceil(0.1 * model.n_items))
+    for row in range(len(codes)):
+        kept = whole.items[whole.indptr[row]:whole.indptr[row + 1]]
+        best = set(np.argsort(-scores[row], kind="stable")[:k].tolist())
+        assert len(kept) <= k and set(kept.tolist()) <= best
+        stored = whole.scores[whole.indptr[row]:whole.indptr[row + 1]]
+        assert np.array_equal(stored, truncate(np.maximum(scores[row, kept] + whole.bias, 0)))
+    # Shards choose the same b̃ and thresholds, so together they store exactly the whole export.
+    pairs = set()
+    for shard in range(3):
+        part = build_postings(model, codes, device, None, 0.1, None, items=np.arange(model.n_items)[shard::3],
+                              progress=False)
+        assert part.bias == whole.bias
+        for row in range(len(codes)):
+            pairs |= {(row, int(i)) for i in part.items[part.indptr[row]:part.indptr[row + 1]]}
+    assert pairs == {(row, int(i)) for row in range(len(codes))
+                     for i in whole.items[whole.indptr[row]:whole.indptr[row + 1]]}
+    assert 0 < whole.pairs <= k * len(codes)
+
+
+def test_global_allocation_stores_the_requested_fraction(tmp_path):
+    from sparcode.encoder.serving import build_postings
+
+    model = _tiny_sparcode(tmp_path)
+    codes = np.array([[a, b] for a in range(4) for b in range(4)])
+    postings = build_postings(model, codes, torch.device("cpu"), None, 0.2, None, progress=False, allocation="global")
+    assert postings.pairs / (len(codes) * model.n_items) == pytest.approx(0.2, abs=0.02)

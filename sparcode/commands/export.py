@@ -21,12 +21,16 @@ def _parse_shard(ctx, param, value):
 @click.command("export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--bias", type=float, default=None, help="b̃; default: chosen so serve.stored_fraction of pairs is stored.")
+@click.option("--bias", type=float, default=None,
+              help="b̃; default: global allocation stores serve.stored_fraction of pairs, per-code the median S.")
 @click.option("--max-postings", type=click.IntRange(min=1), default=None, help="Keep at most N items per code.")
+@click.option("--allocation", type=click.Choice(["per-code", "global"]), default=None,
+              help="per-code: each code keeps its best serve.stored_fraction of items; global: one b̃ "
+                   "threshold for all pairs. Default: the run's serve.allocation (per-code).")
 @click.option("--shard", callback=_parse_shard, default=None, help="i/n: export every n-th item from i (run n of these).")
 @click.option("--force", is_flag=True, help="Replace an existing export in --out.")
 @click.option("--quiet", is_flag=True)
-def command(run_dir, out_dir, bias, max_postings, shard, force, quiet):
+def command(run_dir, out_dir, bias, max_postings, allocation, shard, force, quiet):
     """Score every indexed code against every item and write the export directory.
 
     Two-tower runs export item vectors; TIGER runs export every item's semantic-ID prefix terms
@@ -42,8 +46,8 @@ def command(run_dir, out_dir, bias, max_postings, shard, force, quiet):
         if run.kind == "two-tower":
             _export_vectors(run, out_dir, force, bias=bias, max_postings=max_postings, shard=shard)
             return
-        manifest = export_run(run, out_dir, bias=bias, max_postings=max_postings, shard=shard,
-                              progress=not quiet, force=force)
+        manifest = export_run(run, out_dir, bias=bias, max_postings=max_postings, allocation=allocation,
+                              shard=shard, progress=not quiet, force=force)
     scoring = manifest["scoring"]
     click.echo(
         f"exported {manifest['items']} items, {manifest['codes']} codes, {manifest['pairs']} postings "

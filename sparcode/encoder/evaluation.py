@@ -24,7 +24,7 @@ def evaluate_sparcode_served(run: Run, evalset, exclude_seen: bool, progress: bo
     codes = indexed_codes(model, run, device)
     serve = run.config.serve
     postings = build_postings(model, codes, device, serve.bias, serve.stored_fraction, serve.max_postings,
-                              progress=progress)
+                              progress=progress, allocation=serve.allocation)
     # A code whose every score fell below b̃ would serve nothing; like an unseen code, it falls
     # back to the nearest code that has postings (the export's code table does the same).
     table = code_table(model, codes[postings.nonempty()])

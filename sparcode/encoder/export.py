@@ -63,6 +63,7 @@ def item_lines(run: Run, postings: Postings, items: np.ndarray):
 
 
 def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings: int | None = None,
+               allocation: str | None = None,
                shard: tuple[int, int] = (0, 1), progress: bool = True, force: bool = False) -> dict:
     if run.kind != "sparcode":
         raise RunError(f"export writes SparCode codes; {run.path} is a {run.kind} run")
@@ -78,8 +79,9 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
         bias = run.config.serve.bias
     max_postings = max_postings if max_postings is not None else run.config.serve.max_postings
     items = np.arange(run.dataset.n_items)[index::count]
+    allocation = allocation or run.config.serve.allocation
     postings = build_postings(model, codes, device, bias, run.config.serve.stored_fraction, max_postings,
-                              items=items, progress=progress)
+                              items=items, progress=progress, allocation=allocation)
     pairs_per_s = len(codes) * len(items) / max(postings.seconds, 1e-9)
     ceiling = measure_gemm_rate(model, device) / model.scorer.flops_per_pair()
     # Only codes with postings go in the table, so a query code without any falls back to the
@@ -113,6 +115,7 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
             "tokens_per_user": run.config.model.user_tokens,
             "bias": postings.bias,
             "max_postings": max_postings,
+            "allocation": allocation,
             "items": len(items),
             **stats,
             "item_fields": run.dataset.item_attribute_types,

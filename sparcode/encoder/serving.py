@@ -8,6 +8,7 @@ drift apart.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import dataclass
 
@@ -119,24 +120,44 @@ class Postings:
         return {t: i for i, t in enumerate(self.terms)}
 
 
+PER_CODE_BIAS_FRACTION = 0.5  # per-code allocation: b̃ at the median S; the caps do the pruning
+THRESHOLD_SAMPLE_ITEMS = 16_384
+
+
 def build_postings(model, codes: np.ndarray, device, bias: float | None, stored_fraction: float,
                    max_postings: int | None, items: np.ndarray | None = None, batch_codes: int = 256,
-                   progress: bool = True) -> Postings:
+                   progress: bool = True, allocation: str = "per-code") -> Postings:
     """Score every indexed code against every item (or the given items, for one export
-    shard) and keep the storable postings. b̃ is chosen on a sample that does not depend on
-    `items`, so every shard of one export uses the same b̃."""
+    shard) and keep the storable postings.
+
+    `global`: b̃ is the quantile of all scores that stores `stored_fraction` of the pairs.
+    `per-code`: every code keeps its own best `stored_fraction` of the items (S at or above the
+    code's threshold, and ReLU(S + b̃) > 0 with b̃ at the median S). A global threshold leaves
+    codes whose scores all sit low with no postings at all, and their users fall back to
+    another code; ml-1m served R@50 went from 0.330 (global) to 0.342 (per-code) at the same
+    5 % stored. Thresholds and b̃ come from samples that do not depend on `items`, so every
+    shard of one export makes the same choices."""
     n_items = model.n_items
     # Bound each block's (codes × items) score matrix to ~256 MB, whatever the catalog size.
     batch_codes = max(1, min(batch_codes, (1 << 26) // max(len(items) if items is not None else n_items, 1)))
+    if allocation not in ("global", "per-code"):
+        raise ValueError(f"allocation must be global or per-code, not {allocation!r}")
+    per_code = allocation == "per-code"
     if bias is None:
         rng = np.random.default_rng(0)
         sample = codes if len(codes) <= 4096 else codes[np.sort(rng.choice(len(codes), 4096, replace=False))]
-        bias = choose_bias(code_item_scores(model, sample, device), stored_fraction)
+        bias = choose_bias(code_item_scores(model, sample, device),
+                           PER_CODE_BIAS_FRACTION if per_code else stored_fraction)
+    threshold_items = _threshold_sample(n_items) if per_code else None
+    # The shard's own block already holds every sample score when it covers every item.
+    thresholds_from_block = per_code and items is None and len(threshold_items) == n_items
     # Timed from here: the scoring pass proper, which the export's pairs/s reports.
     started = time.perf_counter()
     model.eval()
     item_index = torch.arange(n_items) if items is None else torch.as_tensor(items)
     item_tokens = model.item_tokens(item_index.to(device))
+    sample_tokens = (model.item_tokens(torch.as_tensor(threshold_items, device=device))
+                     if per_code and not thresholds_from_block else None)
     global_items = item_index.numpy().astype(np.int32)
     counts = []
     kept_items, kept_scores = [], []
@@ -144,8 +165,14 @@ def build_postings(model, codes: np.ndarray, device, bias: float | None, stored_
     with torch.no_grad():
         for start in range(0, len(codes), batch_codes):
             words = model.quantizer.decode(torch.as_tensor(codes[start:start + batch_codes], device=device))
-            s = truncate(model.scorer.all_pairs(words, item_tokens).float().add_(bias).relu_().cpu().numpy())
-            rows, cols = np.nonzero(storable(s))  # row-major: each code's postings in item order
+            raw = model.scorer.all_pairs(words, item_tokens).float()
+            keep = None
+            if per_code:
+                sample = raw if thresholds_from_block else model.scorer.all_pairs(words, sample_tokens).float()
+                keep = (raw >= _per_code_thresholds(sample, stored_fraction)[:, None]).cpu().numpy()
+            s = truncate(raw.add_(bias).relu_().cpu().numpy())
+            mask = storable(s) if keep is None else storable(s) & keep
+            rows, cols = np.nonzero(mask)  # row-major: each code's postings in item order
             if max_postings is not None:
                 rows, cols = _cap_postings(s, rows, cols, max_postings)
             counts.append(np.bincount(rows, minlength=len(words)))
@@ -163,6 +190,19 @@ def build_postings(model, codes: np.ndarray, device, bias: float | None, stored_
         bias=float(bias),
         seconds=time.perf_counter() - started,
     )
+
+
+def _threshold_sample(n_items: int) -> np.ndarray:
+    """The items each code's threshold is computed on: all of them up to 16k, else a seeded sample."""
+    if n_items <= THRESHOLD_SAMPLE_ITEMS:
+        return np.arange(n_items)
+    return np.sort(np.random.default_rng(0).choice(n_items, THRESHOLD_SAMPLE_ITEMS, replace=False))
+
+
+def _per_code_thresholds(sample_scores: torch.Tensor, stored_fraction: float) -> torch.Tensor:
+    """Each code's k-th best sample score, k = ⌈stored_fraction · sample⌉: its posting threshold."""
+    k = max(1, math.ceil(stored_fraction * sample_scores.shape[1]))
+    return sample_scores.topk(k, dim=1).values[:, -1]
 
 
 def _cap_postings(scores: np.ndarray, rows: np.ndarray, cols: np.ndarray, cap: int):
