@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import shutil
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +17,7 @@ import orjson
 
 from sparcode.generative.semantic_ids import IDS, load_ids
 from sparcode.sid_terms import COLD_FIELD, FIELD, prefix_terms
+from sparcode.staging import staged_directory
 
 FORMAT = "sparcode-export/1"
 KIND = "tiger-semantic-ids"
@@ -66,9 +65,7 @@ def export_semantic_ids(run_dir: Path, dataset, out_dir: Path, run_info: dict, f
     cold = np.load(folder / COLD) if (folder / COLD).is_file() else np.zeros(0, dtype=np.int64)
     depths = list(range(1, ids.shape[1] + 1))
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with staged_directory(out_dir) as tmp:
         with gzip.open(tmp / "items.jsonl.gz", "wb", compresslevel=1) as fh:
             for line in item_lines(ids, cold, dataset, depths):
                 fh.write(line + b"\n")
@@ -91,10 +88,4 @@ def export_semantic_ids(run_dir: Path, dataset, out_dir: Path, run_info: dict, f
             "export_seconds": round(time.perf_counter() - started, 2),
         }
         (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return manifest
