@@ -51,13 +51,18 @@ class AttentionTokenizer(nn.Module):
         self.pool = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
-    def forward(self, hist_emb, mask, profile):
+    def encode_history(self, hist_emb, mask, profile):
+        """The self-attended history with the profile as an extra first token, and its padding mask."""
         batch, length, _ = hist_emb.shape
         x = hist_emb + self.positions[-length:]
         # A history that is all padding still needs one key to attend to: the profile token.
         x = torch.cat([profile.unsqueeze(1), x], 1)
         key_padding = torch.cat([torch.zeros(batch, 1, dtype=torch.bool, device=mask.device), ~mask], 1)
-        x = self.encoder(x, src_key_padding_mask=key_padding)
+        return self.encoder(x, src_key_padding_mask=key_padding), key_padding
+
+    def forward(self, hist_emb, mask, profile):
+        batch = hist_emb.shape[0]
+        x, key_padding = self.encode_history(hist_emb, mask, profile)
         queries = self.queries.unsqueeze(0).expand(batch, -1, -1) + profile.unsqueeze(1)
         pooled, _ = self.pool(queries, x, x, key_padding_mask=key_padding, need_weights=False)
         return pooled + self.out(pooled)
@@ -84,11 +89,8 @@ class InterestTokenizer(AttentionTokenizer):
         self.head_out = nn.Parameter(torch.randn(tokens, 2 * dim, dim) / (2 * dim) ** 0.5)
 
     def forward(self, hist_emb, mask, profile):
-        batch, length, _ = hist_emb.shape
-        x = hist_emb + self.positions[-length:]
-        x = torch.cat([profile.unsqueeze(1), x], 1)
-        key_padding = torch.cat([torch.zeros(batch, 1, dtype=torch.bool, device=mask.device), ~mask], 1)
-        x = self.encoder(x, src_key_padding_mask=key_padding)
+        batch = hist_emb.shape[0]
+        x, key_padding = self.encode_history(hist_emb, mask, profile)
         pooled, _ = self.pool(self.queries.unsqueeze(0).expand(batch, -1, -1), x, x,
                               key_padding_mask=key_padding, need_weights=False)
         hidden = torch.nn.functional.gelu(torch.einsum("bkd,kdh->bkh", self.head_norm(pooled), self.head_in)

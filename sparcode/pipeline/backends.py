@@ -25,6 +25,19 @@ MSEARCH_BATCH = 100
 class BackendError(RuntimeError):
     """The backend cannot serve (missing alias, fingerprint mismatch); one line."""
 
+def index_mapping(engine: Engine, alias: str) -> dict:
+    """The mapping (with `_meta`) of the one index `alias` names; a clear error otherwise."""
+    try:
+        mapping = engine.mappings(alias)
+    except EngineError as exc:
+        if exc.status != 404:
+            raise
+        raise BackendError(f"no index or alias {alias!r} on this {engine.label}") from None
+    if len(mapping) != 1:
+        raise BackendError(f"{alias!r} points at {len(mapping)} indices; expected one")
+    return next(iter(mapping.values()))
+
+
 
 @dataclass(frozen=True)
 class Hit:
@@ -64,15 +77,7 @@ class EngineBackend:
     def __init__(self, engine: Engine, alias: str, *, code_table: CodeTable | None = None,
                  expected_fingerprint: str | None = None, form: str | None = None, tiebreak: bool = True):
         self.engine, self.alias, self.code_table, self.tiebreak = engine, alias, code_table, tiebreak
-        try:
-            mapping = engine.mappings(alias)
-        except EngineError as exc:
-            if exc.status != 404:
-                raise
-            raise BackendError(f"no index or alias {alias!r} on this {engine.label}") from None
-        if len(mapping) != 1:
-            raise BackendError(f"{alias!r} points at {len(mapping)} indices; expected one")
-        mappings = next(iter(mapping.values()))
+        mappings = index_mapping(engine, alias)
         meta = mappings.get("_meta", {})
         self.fingerprint = meta.get("fingerprint")
         if expected_fingerprint is not None and self.fingerprint != expected_fingerprint:

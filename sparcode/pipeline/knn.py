@@ -24,8 +24,8 @@ import orjson
 
 from sparcode.pipeline import bulk, mips
 from sparcode.pipeline import query as dsl
-from sparcode.pipeline.backends import BackendError, Hit, _per_query
-from sparcode.pipeline.engine import Engine, EngineError
+from sparcode.pipeline.backends import BackendError, Hit, _per_query, index_mapping
+from sparcode.pipeline.engine import Engine
 from sparcode.pipeline.export import SUMMARY_KEYS
 from sparcode.pipeline.indexer import BuildResult, CpuMeter, IndexProblem, _create, _finalize, _step, _swap, versioned_name
 from sparcode.pipeline.vectors import VectorSet, open_vector_export
@@ -131,15 +131,7 @@ class KnnBackend:
     def __init__(self, engine: Engine, alias: str, *, dim: int | None = None, num_candidates: int = 100,
                  expected_fingerprint: str | None = None, field_types: dict | None = None):
         self.engine, self.alias, self.num_candidates = engine, alias, int(num_candidates)
-        try:
-            mapping = engine.mappings(alias)
-        except EngineError as exc:
-            if exc.status != 404:
-                raise
-            raise BackendError(f"no index or alias {alias!r} on this {engine.label}") from None
-        if len(mapping) != 1:
-            raise BackendError(f"{alias!r} points at {len(mapping)} indices; expected one")
-        mappings = next(iter(mapping.values()))
+        mappings = index_mapping(engine, alias)
         props = mappings.get("properties", {})
         if props.get(FIELD, {}).get("type") != FIELD_TYPE:
             raise BackendError(f"{alias!r} has no {FIELD_TYPE} field {FIELD!r}: index a two-tower vector export")

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Collection, Sequence
 
-from sparcode.pipeline.backends import MSEARCH_BATCH, BackendError
-from sparcode.pipeline.engine import Engine, EngineError
+from sparcode.pipeline.backends import MSEARCH_BATCH, BackendError, index_mapping
+from sparcode.pipeline.engine import Engine
 from sparcode.sid_terms import COLD_FIELD, FIELD, prefix_term
 
 KIND = "tiger-semantic-ids"
@@ -61,15 +61,7 @@ class SidPrefixBackend:
     def __init__(self, engine: Engine, alias: str, *, expected_fingerprint: str | None = None):
         self.engine, self.alias = engine, alias
         self.last_bodies: list[dict] = []
-        try:
-            mapping = engine.mappings(alias)
-        except EngineError as exc:
-            if exc.status != 404:
-                raise
-            raise BackendError(f"no index or alias {alias!r} on this {engine.label}") from None
-        if len(mapping) != 1:
-            raise BackendError(f"{alias!r} points at {len(mapping)} indices; expected one")
-        meta = next(iter(mapping.values())).get("_meta", {})
+        meta = index_mapping(engine, alias).get("_meta", {})
         if meta.get("manifest", {}).get("kind") != KIND:
             raise BackendError(f"{alias!r} does not hold semantic IDs (kind {meta.get('manifest', {}).get('kind')!r}); "
                                "index a TIGER run's export (`sparcode export RUN_DIR --out DIR`)")
