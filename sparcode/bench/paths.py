@@ -147,18 +147,20 @@ def run_hnswlib(vectors, export_dir: Path, params, ef: int, queries, warmup: int
     directory = index.save(index_dir(export_dir, params))
     backend = HnswBackend(index, vectors, ef=ef)
     row = {"index_bytes": index.size_bytes(directory), "build_s": round(index.meta["build_seconds"], 2),
-           "bulk_docs_per_s": None, "settings": {"m": params.m, "ef_construction": params.ef_construction, "ef": ef}}
+           "bulk_docs_per_s": None, "settings": {"m": params.m, "ef_construction": params.ef_construction, "ef": ef,
+                                                 "transform": params.transform}}
     return _measure(row, _timed(lambda q: backend.search(q, K)), lambda q: backend.search(q, K), queries,
                     warmup, threads)
 
 
 def run_es_knn(engine, export_dir: Path, alias: str, m: int, ef_construction: int, num_candidates: int,
-               queries, warmup: int, threads: int) -> Measured:
+               queries, warmup: int, threads: int, transform: str = "none") -> Measured:
     from sparcode.pipeline import knn
 
     _drop_family(engine, alias)
     started = time.perf_counter()
-    built = knn.build(engine, export_dir, alias, m=m, ef_construction=ef_construction, progress=False)
+    built = knn.build(engine, export_dir, alias, m=m, ef_construction=ef_construction, transform=transform,
+                      progress=False)
     build_s = time.perf_counter() - started
     backend = knn.KnnBackend(engine, alias, num_candidates=num_candidates)
     bodies = {id(q): backend.explain(q, K) for q in queries}
@@ -168,7 +170,8 @@ def run_es_knn(engine, export_dir: Path, alias: str, m: int, ef_construction: in
 
     row = {"index_bytes": index_store_bytes(engine, built.index), "build_s": round(build_s, 2),
            "bulk_docs_per_s": round(built.docs_per_second), **_cpu_row(built),
-           "settings": {"m": m, "ef_construction": ef_construction, "num_candidates": num_candidates}}
+           "settings": {"m": m, "ef_construction": ef_construction, "num_candidates": num_candidates,
+                        "transform": transform}}
     measured = _measure(row, call, lambda q: backend.search(q, K), queries, warmup, threads)
     measured.row.update(engine_profile(engine, built.index, [bodies[id(q)] for q in queries]))
     _drop_family(engine, alias)

@@ -58,7 +58,9 @@ def write_markdown(path: Path, rows: list[dict], meta: dict) -> None:
              f"{meta['qps_threads']} client threads; k = {meta['k']}. hnswlib M {meta['hnsw']['m']}, "
              f"ef_construction {meta['hnsw']['ef_construction']}, ef {meta['hnsw']['ef']}; ES kNN m "
              f"{meta['es_knn']['m']}, ef_construction {meta['es_knn']['ef_construction']}, num_candidates "
-             f"{meta['es_knn']['num_candidates']}. Engines: "
+             f"{meta['es_knn']['num_candidates']}; ANN graphs on "
+             f"{'raw inner products' if meta['hnsw'].get('transform', 'none') == 'none' else 'the MIPS transform'} "
+             "(results/bench/ann_ml1m.md compares both on the real ml-1m tower). Engines: "
              f"{', '.join(meta['engines'].values())}; {meta['cpus']} CPUs.", "",
              *([f"Load average when the run ended: {meta['loadavg'][0]:.1f} (1 min) / {meta['loadavg'][2]:.1f} "
                 "(15 min) on these CPUs. Above ~1 the machine was not quiet: queries waited for a CPU, which "
