@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparcode.bench.measure import latency, percentiles, qps
+from sparcode.bench.measure import latency, qps
 from sparcode.pipeline.backends import EngineBackend, Hit, LocalBackend
 from sparcode.pipeline.export import Export
 
@@ -61,28 +61,20 @@ def floor(engine, queries: int, warmup: int) -> float | None:
     return latency(call, list(range(queries)), warmup)["p50_ms"]
 
 
-PROFILED = 200
-
-
-def _profile_ns(shard: dict) -> int:
-    # A kNN request walks the graph in its dfs phase (the knn query's rewrite); the query phase
-    # then only reads the k hits back.
-    phases = shard.get("searches", []) + shard.get("dfs", {}).get("knn", [])
-    return sum(q["time_in_nanos"] for s in phases for q in s.get("query", [])) + \
-        sum(s.get("rewrite_time", 0) for s in phases) + \
-        sum(c["time_in_nanos"] for s in phases for c in s.get("collector", []))
-
-
-def engine_profile(engine, index: str, bodies: list[dict]) -> dict:
-    """Where an engine request's time goes: Lucene's own query + collector time per request
-    (the search profile API, over the first PROFILED queries) next to `took`, which adds the
-    node's request handling and waiting for a CPU on a shared machine."""
-    times = []
-    for body in bodies[:PROFILED]:
-        answer = engine.search(index, dict(body, profile=True))
-        times.append(sum(_profile_ns(shard) for shard in answer["profile"]["shards"]) / 1e6)
-    p50, p99 = percentiles(times)
-    return {"lucene_p50_ms": p50, "lucene_p99_ms": p99}
+def _measure_engine(engine, row: dict, call, hits_of, queries, warmup: int, threads: int) -> Measured:
+    """`_measure` for a search engine, plus the round-trip floor taken right before (under the same
+    machine load as this path) and the CPU the node and the client spend per query: `took` is wall
+    time inside the node and includes waiting for a CPU on a shared machine, CPU time does not."""
+    row["floor_p50_ms"] = floor(engine, min(len(queries), 500), warmup)
+    node, client = engine.process_cpu_seconds(), time.process_time()
+    row.update(latency(call, queries, warmup))
+    calls = len(queries) + min(warmup, len(queries))
+    client = time.process_time() - client
+    node = None if node is None else engine.process_cpu_seconds() - node
+    row["node_cpu_ms_per_query"] = None if node is None else round(node / calls * 1000, 3)
+    row["client_cpu_ms_per_query"] = round(client / calls * 1000, 3)
+    row["qps"] = qps(call, queries, threads)
+    return Measured(row, [hits_of(q) for q in queries])
 
 
 def _cpu_row(built) -> dict:
@@ -114,8 +106,7 @@ def run_sparcode_es(engine, export_dir: Path, alias: str, queries, warmup: int, 
 
     row = {"index_bytes": index_store_bytes(engine, index), "build_s": round(build_s, 2),
            "bulk_docs_per_s": round(built.docs_per_second), **_cpu_row(built)}
-    measured = _measure(row, call, lambda q: backend.search(q, K), queries, warmup, threads)
-    measured.row.update(engine_profile(engine, index, [bodies[id(q)] for q in queries]))
+    measured = _measure_engine(engine, row, call, lambda q: backend.search(q, K), queries, warmup, threads)
     _drop_family(engine, alias)
     return measured
 
@@ -172,8 +163,7 @@ def run_es_knn(engine, export_dir: Path, alias: str, m: int, ef_construction: in
            "bulk_docs_per_s": round(built.docs_per_second), **_cpu_row(built),
            "settings": {"m": m, "ef_construction": ef_construction, "num_candidates": num_candidates,
                         "transform": transform}}
-    measured = _measure(row, call, lambda q: backend.search(q, K), queries, warmup, threads)
-    measured.row.update(engine_profile(engine, built.index, [bodies[id(q)] for q in queries]))
+    measured = _measure_engine(engine, row, call, lambda q: backend.search(q, K), queries, warmup, threads)
     _drop_family(engine, alias)
     return measured
 
