@@ -1,7 +1,9 @@
 """Merge `sparcode bench` outputs measured in separate runs (e.g. 10k/100k with every path, 1M
 without ES kNN) into one bench.json / bench.md / plots; each row keeps the run it came from.
 
-    python scripts/merge_bench.py OUT_DIR RUN_DIR [RUN_DIR ...]
+    python scripts/merge_bench.py OUT_DIR RUN_DIR[:path,path] [RUN_DIR[:path,...] ...]
+
+`:path,path` keeps only those paths of a run (when two runs measured the same path and size).
 """
 from __future__ import annotations
 
@@ -16,17 +18,20 @@ from sparcode.bench import report
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("runs", nargs="+")
     args = parser.parse_args()
     rows, metas = [], []
-    for run in args.runs:
+    for spec in args.runs:
+        run, _, keep = spec.partition(":")
+        run, keep = Path(run), set(filter(None, keep.split(",")))
         meta = orjson.loads((run / "bench.meta.json").read_bytes())
         metas.append(meta)
         for row in orjson.loads((run / "bench.json").read_bytes()):
-            rows.append(row | {"run": meta["created"]})
+            if not keep or row["path"] in keep:
+                rows.append(row | {"run": meta["created"]})
     rows.sort(key=lambda r: (r["items"], r["run"]))
+    # Settings and load average of the last run given are printed; every run's are kept in the meta.
     meta = dict(metas[-1], runs=[{k: m.get(k) for k in ("created", "loadavg", "paths")} for m in metas])
-    # The largest run's load average is the one the goals are checked under.
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
     (args.out / "bench.meta.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))

@@ -54,6 +54,19 @@ def test_report_marks_missed_goals(tmp_path):
     assert status["SparCode-ES bulk ≥ 20,000 docs/s"] is True
 
 
+def test_goals_compare_with_es_knn_at_the_largest_size_that_has_it():
+    def row(path, items, qps, size):
+        return {"path": path, "items": items, "p50_ms": 5.0, "p99_ms": 9.0, "took_p50_ms": 2.0, "took_p99_ms": 4.0,
+                "floor_p50_ms": 1.0, "qps": qps, "recall@50": 1.0, "index_bytes": size, "build_s": 1.0,
+                "bulk_docs_per_s": 1000, "run": "a"}
+    rows = [row("sparcode-es", 100_000, 300.0, 10), row("es-knn", 100_000, 100.0, 20),
+            row("sparcode-es", 1_000_000, 250.0, 100)]
+    checked = {name: (detail, ok) for name, detail, ok in report.goals(rows)}
+    detail, ok = checked["SparCode-ES QPS ≥ 1.5 × ES-kNN QPS"]
+    assert ok and "at 100,000 items (no es-knn row at 1,000,000)" in detail
+    assert checked["SparCode-ES took p50 ≤ 3 ms"][0].endswith("at 1,000,000 items")
+
+
 def test_report_profiles_engine_rows_and_says_the_machine_was_loaded(tmp_path):
     row = {"path": "sparcode-es", "items": 1000, "p50_ms": 9.0, "p99_ms": 20.0, "took_p50_ms": 5.0,
            "took_p99_ms": 12.0, "floor_p50_ms": 3.0, "qps": 300.0, "recall@50": 1.0, "index_bytes": 10,
