@@ -48,6 +48,20 @@ class CodeTable:
         # Ties go to the first indexed term, so every backend resolves them identically.
         return self.terms[int(np.argmin(dists))]
 
+    def nearest_to(self, vectors: np.ndarray, count: int) -> np.ndarray:
+        """(B, d) token vectors → (B, count) rows of the indexed codes nearest to each, nearest
+        first; equal distances go to the earlier row so every caller picks the same codes."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        count = min(count, len(self.terms))
+        dists = self._sq_norms[None, :] - 2.0 * vectors @ self.vectors.T
+        if count < len(self.terms):
+            part = np.argpartition(dists, count - 1, axis=1)[:, :count]
+        else:
+            part = np.broadcast_to(np.arange(len(self.terms)), dists.shape)
+        picked = np.take_along_axis(dists, part, axis=1)
+        order = np.lexsort((part, picked), axis=1)
+        return np.take_along_axis(part, order, axis=1)
+
     def resolve(self, query: Mapping[str, float]) -> dict[str, float]:
         """Replace unindexed terms by their nearest indexed term, merging their counts."""
         resolved: dict[str, float] = {}

@@ -76,6 +76,8 @@ class ServeConfig:
     stored_fraction: float = 0.05
     # per-code: each code keeps its best stored_fraction of the items; global: one b̃ for all.
     allocation: str = "per-code"
+    # Each user token queries its this-many nearest indexed codes (1 = the paper's own code).
+    query_probes: int = 8
     max_postings: int | None = None
     bias: float | None = None  # set explicitly to override the fraction-based choice
 
@@ -123,6 +125,8 @@ class RunConfig:
             raise ConfigError("model.token_diversity must be ≥ 0")
         if self.model.dim % self.model.codebooks:
             raise ConfigError("model.dim must be divisible by model.codebooks")
+        if self.serve.query_probes < 1:
+            raise ConfigError("serve.query_probes must be ≥ 1")
         if self.serve.allocation not in ("per-code", "global"):
             raise ConfigError(f"serve.allocation must be per-code or global, not {self.serve.allocation!r}")
         if not 0 < self.serve.stored_fraction <= 1:

@@ -53,8 +53,8 @@ def _evaluate_backend(run: Run, evalset, backend: str, alias, export_dir, exclud
     from sparcode.eval.harness import evaluate_rankings
 
     model, device = run.load_model()
-    queries = served_queries(model, run, evalset, device)
     engine = open_serving_backend(backend, run.path, export_dir, alias, run.fingerprint())
+    queries = served_queries(model, run, evalset, device, engine.code_table)
     item_ids = run.dataset.item_ids
     excludes = [[item_ids[i] for i in seen] for seen in evalset.seen] if exclude else None
     hits = engine.batch_search(queries, max(ks), exclude_items=excludes)

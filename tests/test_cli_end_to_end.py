@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from sparcode.config import RunConfig
+
 from sparcode.cli import main
 
 TINY = {
@@ -116,7 +118,11 @@ def test_search_one_user_and_explain(trained):
             break
     assert 1 <= len(hits) <= 5, "no user got any hit"
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
-    assert sum(payload["query"].values()) == TINY["model"]["user_tokens"]
+    # Every token sends its query_probes nearest indexed codes (fewer when fewer are indexed).
+    indexed = json.loads((export / "manifest.json").read_text())["codes_with_postings"]
+    probes = min(RunConfig().serve.query_probes, indexed)
+    assert sum(payload["query"].values()) == TINY["model"]["user_tokens"] * probes
+    assert len(payload["query"]) <= TINY["model"]["user_tokens"] * probes
     seen = set(open(root / "data" / "sequences.txt").read().splitlines()[row].split()[1:])
     assert not seen & {h["item_id"] for h in hits}  # seen items are excluded by default
     explained = invoke("search", "--run", run, "--user", user, "--backend", "local", "--export", export, "--explain")

@@ -249,3 +249,38 @@ def test_global_allocation_stores_the_requested_fraction(tmp_path):
     codes = np.array([[a, b] for a in range(4) for b in range(4)])
     postings = build_postings(model, codes, torch.device("cpu"), None, 0.2, None, progress=False, allocation="global")
     assert postings.pairs / (len(codes) * model.n_items) == pytest.approx(0.2, abs=0.02)
+
+
+def test_code_table_nearest_to_orders_codes_by_distance_with_stable_ties():
+    from sparcode.codes_fallback import CodeTable
+
+    vectors = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [1.0, 0.0]], dtype=np.float32)
+    table = CodeTable(np.array(["c0000_0000", "c0001_0000", "c0000_0001", "c0001_0001"]), vectors,
+                      np.zeros((2, 2, 1), np.float32))
+    rows = table.nearest_to(np.array([[0.9, 0.1], [0.0, 1.9]], dtype=np.float32), 3)
+    # Rows 1 and 3 share a codeword: the earlier row wins the tie.
+    assert rows.tolist() == [[1, 3, 0], [2, 0, 1]]
+    assert table.nearest_to(np.zeros((1, 2), np.float32), 10).tolist() == [[0, 1, 3, 2]]
+
+
+def test_multi_probe_queries_send_each_tokens_nearest_indexed_codes(tmp_path):
+    from sparcode.encoder.serving import code_table, query_for, user_codes, user_queries
+
+    model = _tiny_sparcode(tmp_path)
+    codes = np.array([[a, b] for a in range(4) for b in range(4)])
+    table = code_table(model, codes)  # every code indexed: one probe is the token's own code
+    users, histories = np.arange(6), np.random.default_rng(1).integers(0, model.n_items, (6, 5))
+    device = torch.device("cpu")
+    one = user_queries(model, users, histories, device, table, probes=1)
+    assert one == [query_for(c) for c in user_codes(model, users, histories, device)]
+    three = user_queries(model, users, histories, device, table, probes=3)
+    with torch.no_grad():
+        tokens = model.pre_quantization_tokens(torch.as_tensor(users), torch.as_tensor(histories)).numpy()
+    for u in range(6):
+        expected: dict[str, float] = {}
+        for token in tokens[u]:
+            dists = ((table.vectors - token) ** 2).sum(1)
+            for row in np.argsort(dists, kind="stable")[:3]:
+                expected[table.terms[row]] = expected.get(table.terms[row], 0.0) + 1.0
+        assert three[u] == expected
+        assert set(one[u]) <= set(three[u])  # the token's own code is its nearest

