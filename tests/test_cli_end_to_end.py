@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from sparcode.config import RunConfig
-
 from sparcode.cli import main
+from sparcode.config import RunConfig
 
 TINY = {
     "model": {"dim": 16, "codebooks": 2, "codes": 8, "user_tokens": 2, "scorer_hidden": 8, "tokenizer": "dnn",
