@@ -1,9 +1,10 @@
 """Merge `sparcode bench` outputs measured in separate runs (e.g. 10k/100k with every path, 1M
 without ES kNN) into one bench.json / bench.md / plots; each row keeps the run it came from.
 
-    python scripts/merge_bench.py OUT_DIR RUN_DIR[:path,path] [RUN_DIR[:path,...] ...]
+    python scripts/merge_bench.py OUT_DIR RUN_DIR[:path,path][@items,items] [RUN_DIR... ...]
 
-`:path,path` keeps only those paths of a run (when two runs measured the same path and size).
+`:path,path` / `@items,items` keep only those paths / catalog sizes of a run (when two runs
+measured the same path and size).
 """
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ def main() -> None:
     args = parser.parse_args()
     rows, metas = [], []
     for spec in args.runs:
+        spec, _, sizes = spec.partition("@")
         run, _, keep = spec.partition(":")
         run, keep = Path(run), set(filter(None, keep.split(",")))
+        sizes = {int(n) for n in sizes.split(",") if n}
         meta = orjson.loads((run / "bench.meta.json").read_bytes())
         metas.append(meta)
         for row in orjson.loads((run / "bench.json").read_bytes()):
-            if not keep or row["path"] in keep:
+            if (not keep or row["path"] in keep) and (not sizes or row["items"] in sizes):
                 rows.append(row | {"run": meta["created"]})
     rows.sort(key=lambda r: (r["items"], r["run"]))
     # Settings and load average of the last run given are printed; every run's are kept in the meta.

@@ -92,9 +92,10 @@ def write_markdown(path: Path, rows: list[dict], meta: dict) -> None:
         lines += ["", "## Where the time goes (engine paths)", "",
                   "`node CPU` and `client CPU` are the CPU seconds the search node and the bench client spent "
                   "during the one-at-a-time loop, per query: what `took` and `client − took` shrink towards on a "
-                  "quiet machine. `took − node CPU` is time the request spent waiting (for a CPU on a shared "
-                  "machine, or in queues); `floor` is the client p50 of a trivial request measured just before "
-                  "the path's loop.", "",
+                  "quiet machine. Node CPU also covers work outside `took` (HTTP, request parsing, building the "
+                  "response), so `took − node CPU` above 0 is time the search waited (for a CPU on a shared "
+                  "machine, or in a queue) and below 0 means it did not wait; `floor` is the client p50 of a "
+                  "trivial request measured just before the path's loop.", "",
                   "| path | items | took p50 / p99 | node CPU / query | took − node CPU | client p50 | "
                   "client − took (p50) | client CPU / query | floor p50 |", "|---|---|---|---|---|---|---|---|---|"]
         for r in profiled:
