@@ -55,6 +55,37 @@ def invoke(*args):
     return result
 
 
+def served_through(trained, engine, engine_name: str, alias: str):
+    """Export the trained run and `reindex` it into a live node; yields (root, run, export, alias)
+    and drops the alias's indices afterwards. Module fixtures of the engine tests wrap it."""
+    from conftest import drop_alias_family
+
+    root, _, _, run = trained
+    export = root / f"export-{engine_name}"
+    assert invoke("export", run, "--out", export, "--quiet").exit_code == 0
+    drop_alias_family(engine, alias)
+    result = invoke("reindex", export, "--alias", alias, "--engine", engine_name)
+    assert result.exit_code == 0, result.output
+    yield root, run, export, alias
+    drop_alias_family(engine, alias)
+
+
+def assert_backends_match_model(indexed, tmp_path, backends):
+    """`evaluate --backend B` ranks every user as the served-exact model does, with equal metrics."""
+    root, run, export, alias = indexed
+    runs = {}
+    for backend in ("model", *backends):
+        path = tmp_path / f"{backend}.run"
+        result = invoke("evaluate", run, "--backend", backend, "--alias", alias, "--export", export, "--json",
+                        "--run-file", path)
+        assert result.exit_code == 0, result.output
+        runs[backend] = (json.loads(result.output), path.read_text().replace(f"-{backend}", ""))
+    for backend in backends:
+        assert runs[backend][1] == runs["model"][1], f"{backend} ranked lists differ from the model's"
+        for key in ("recall@50", "ndcg@10", "hr@20"):
+            assert runs[backend][0][key] == runs["model"][0][key]
+
+
 def test_train_writes_tensor_only_checkpoint(trained):
     import torch
 

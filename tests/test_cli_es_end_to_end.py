@@ -7,39 +7,18 @@ import json
 
 import pytest
 
-from test_cli_end_to_end import invoke, trained  # noqa: F401  (module-scoped fixture)
+from test_cli_end_to_end import assert_backends_match_model, invoke, served_through, trained  # noqa: F401
 
 pytestmark = pytest.mark.es
 
 
 @pytest.fixture(scope="module")
 def indexed(trained, es_engine):  # noqa: F811
-    root, _, _, run = trained
-    export = root / "export-es"
-    assert invoke("export", run, "--out", export, "--quiet").exit_code == 0
-    alias = "sparcode-test-e2e"
-    from conftest import drop_alias_family
-
-    drop_alias_family(es_engine, alias)
-    result = invoke("reindex", export, "--alias", alias, "--engine", "elasticsearch")
-    assert result.exit_code == 0, result.output
-    yield root, run, export, alias
-    drop_alias_family(es_engine, alias)
+    yield from served_through(trained, es_engine, "elasticsearch", "sparcode-test-e2e")
 
 
 def test_es_evaluation_equals_local_and_served(indexed, tmp_path):
-    root, run, export, alias = indexed
-    runs = {}
-    for backend in ("model", "local", "es"):
-        path = tmp_path / f"{backend}.run"
-        result = invoke("evaluate", run, "--backend", backend, "--alias", alias, "--export", export, "--json",
-                        "--run-file", path)
-        assert result.exit_code == 0, result.output
-        runs[backend] = (json.loads(result.output), path.read_text().replace(f"-{backend}", ""))
-    for backend in ("local", "es"):
-        assert runs[backend][1] == runs["model"][1], f"{backend} ranked lists differ from the model's"
-        for key in ("recall@50", "ndcg@10", "hr@20"):
-            assert runs[backend][0][key] == runs["model"][0][key]
+    assert_backends_match_model(indexed, tmp_path, ("local", "es"))
 
 
 def test_es_search_scores_equal_local_scores(indexed):

@@ -4,38 +4,18 @@ import json
 
 import pytest
 
-from test_cli_end_to_end import invoke, trained  # noqa: F401  (module-scoped fixture)
+from test_cli_end_to_end import assert_backends_match_model, invoke, served_through, trained  # noqa: F401
 
 pytestmark = pytest.mark.opensearch
 
 
 @pytest.fixture(scope="module")
 def indexed(trained, os_engine):  # noqa: F811
-    root, _, _, run = trained
-    export = root / "export-os"
-    assert invoke("export", run, "--out", export, "--quiet").exit_code == 0
-    alias = "sparcode-test-os-e2e"
-    from conftest import drop_alias_family
-
-    drop_alias_family(os_engine, alias)
-    result = invoke("reindex", export, "--alias", alias, "--engine", "opensearch")
-    assert result.exit_code == 0, result.output
-    yield root, run, export, alias
-    drop_alias_family(os_engine, alias)
+    yield from served_through(trained, os_engine, "opensearch", "sparcode-test-os-e2e")
 
 
 def test_opensearch_evaluation_equals_served_model(indexed, tmp_path):
-    root, run, export, alias = indexed
-    runs = {}
-    for backend in ("model", "opensearch"):
-        path = tmp_path / f"{backend}.run"
-        result = invoke("evaluate", run, "--backend", backend, "--alias", alias, "--export", export, "--json",
-                        "--run-file", path)
-        assert result.exit_code == 0, result.output
-        runs[backend] = (json.loads(result.output), path.read_text().replace(f"-{backend}", ""))
-    assert runs["opensearch"][1] == runs["model"][1], "OpenSearch ranked lists differ from the model's"
-    for key in ("recall@50", "ndcg@10", "hr@20"):
-        assert runs["opensearch"][0][key] == runs["model"][0][key]
+    assert_backends_match_model(indexed, tmp_path, ("opensearch",))
 
 
 def test_opensearch_search_equals_local_and_explains_rank_feature(indexed):
