@@ -16,6 +16,9 @@ class ConfigError(ValueError):
     pass
 
 
+DEAD_CODE_SHARE = 0.1  # a code used at a tenth of the uniform rate is dead
+
+
 @dataclass
 class ModelConfig:
     kind: str = "sparcode"
@@ -28,7 +31,12 @@ class ModelConfig:
     ema_decay: float = 0.99
     commit_weight: float = 0.25  # λ
     kmeans_iters: int = 10
-    dead_code_threshold: float = 2.0  # EMA cluster size below which a code is re-seeded
+    # EMA of a code's assignments per training step below which it is re-seeded from the batch.
+    # None = DEAD_CODE_SHARE of the uniform rate (batch x K_u / N), resolved by validate(). The
+    # library's usual absolute 2 sits above that rate at our batch shapes (0.5 per step for
+    # batch 128, K_u 1, N 256), so 92 % of codes were re-seeded every step and the codebook
+    # never settled.
+    dead_code_threshold: float | None = None
     scorer_hidden: int = 64
     # Bias inside ReLU(S + b) while training; the serving bias b̃ is chosen after training.
     train_bias: float = 0.0
@@ -125,6 +133,11 @@ class RunConfig:
             raise ConfigError("model.token_diversity must be ≥ 0")
         if self.model.dim % self.model.codebooks:
             raise ConfigError("model.dim must be divisible by model.codebooks")
+        if self.model.dead_code_threshold is None:
+            uniform_rate = self.train.batch_size * self.model.user_tokens / self.model.codes
+            self.model.dead_code_threshold = round(DEAD_CODE_SHARE * uniform_rate, 6)
+        if self.model.dead_code_threshold < 0:
+            raise ConfigError("model.dead_code_threshold must be ≥ 0 (0 turns re-seeding off)")
         if self.serve.query_probes < 1:
             raise ConfigError("serve.query_probes must be ≥ 1")
         if self.serve.allocation not in ("per-code", "global"):

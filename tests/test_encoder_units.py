@@ -65,6 +65,35 @@ def _trained_quantizer():
     return pq
 
 
+def _codewords_that_jump(threshold: float) -> int:
+    """Codewords that move > 0.5 over the last 50 of 300 steps of a stationary stream: 16
+    well-separated clusters, 8 vectors per step, so each of 16 codes is used 0.5 times per step."""
+    torch.manual_seed(0)
+    centres = torch.randn(16, 8) * 3
+    pq = ProductQuantizer(dim=8, codebooks=1, codes=16, decay=0.9, commit_weight=0.25, kmeans_iters=5,
+                          dead_code_threshold=threshold)
+    pq.train()
+    for step in range(300):
+        pq((centres[torch.randint(0, 16, (8,))] + 0.05 * torch.randn(8, 8))[:, None])
+        if step == 249:
+            before = pq.codebook.clone()
+    return int((pq.codebook - before).norm(dim=-1).gt(0.5).sum())
+
+
+def test_dead_code_threshold_follows_the_batch_shape():
+    from sparcode.presets import run_config
+
+    cfg = run_config("sparcode", "ml-1m", "multi-target")
+    uniform_rate = cfg.train.batch_size * cfg.model.user_tokens / cfg.model.codes
+    assert cfg.model.dead_code_threshold == pytest.approx(0.1 * uniform_rate)
+    explicit = RunConfig.from_dict({"model": {"dead_code_threshold": 2.0}}).validate()
+    assert explicit.model.dead_code_threshold == 2.0
+    # At 0.5 uses per code per step, an absolute threshold of 2 re-seeds nearly every code every
+    # step, so the codebook never settles; a tenth of the uniform rate lets it converge.
+    assert _codewords_that_jump(2.0) >= 12
+    assert _codewords_that_jump(0.1 * 8 / 16) == 0
+
+
 def test_quantizer_is_a_product_quantizer_round_trip():
     pq = _trained_quantizer()
     tokens = torch.randn(10, 4, 8)
@@ -143,7 +172,7 @@ def test_served_codes_are_the_codes_the_model_quantizes_to(tmp_path, tokenizer):
     dataset = load_dataset(tmp_path)
     split = make_split(dataset, "leave-one-out", seed=0, max_history=5)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(dim=16, codebooks=2, codes=8, user_tokens=3, scorer_hidden=8,
+    model = build_model(ModelConfig(dim=16, codebooks=2, codes=8, user_tokens=3, scorer_hidden=8, dead_code_threshold=2.0,
                                     tokenizer=tokenizer, kmeans_iters=2), dataset, 5)
     train = split.train
     users, histories = torch.as_tensor(train.users[:64]), torch.as_tensor(train.histories[:64])
@@ -181,7 +210,7 @@ def test_diversity_penalty_enters_the_training_loss_only(tmp_path):
     losses = {}
     for weight in (0.0, 2.0):
         torch.manual_seed(0)
-        cfg = ModelConfig(kind="all-to-all", dim=8, codebooks=2, codes=4, user_tokens=3, scorer_hidden=4,
+        cfg = ModelConfig(kind="all-to-all", dim=8, codebooks=2, codes=4, user_tokens=3, scorer_hidden=4, dead_code_threshold=2.0,
                           tokenizer="interests", token_diversity=weight, dropout=0.0)
         model = build_model(cfg, dataset, 5)
         model.train()
@@ -205,7 +234,7 @@ def _tiny_sparcode(tmp_path):
     (tmp_path / "sequences.txt").write_text("\n".join(lines) + "\n")
     dataset = load_dataset(tmp_path)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(dim=8, codebooks=2, codes=4, user_tokens=2, scorer_hidden=4, tokenizer="dnn",
+    model = build_model(ModelConfig(dim=8, codebooks=2, codes=4, user_tokens=2, scorer_hidden=4, dead_code_threshold=2.0, tokenizer="dnn",
                                     kmeans_iters=2), dataset, 5)
     model.train()
     model.user_tokens(torch.arange(32), torch.randint(0, dataset.n_items, (32, 5)))  # k-means init

@@ -47,6 +47,8 @@ class SparCode(_UserItemBase):
         self.user_norm = nn.LayerNorm(cfg.dim, elementwise_affine=False)
         self.item_norm = nn.LayerNorm(cfg.dim, elementwise_affine=False)
         self.bf16 = False
+        if quantize and cfg.dead_code_threshold is None:
+            raise ValueError("model.dead_code_threshold is unresolved: RunConfig.validate() sets it from the batch shape")
         self.quantizer = (
             ProductQuantizer(cfg.dim, cfg.codebooks, cfg.codes, cfg.ema_decay, cfg.commit_weight,
                              cfg.kmeans_iters, cfg.dead_code_threshold)
