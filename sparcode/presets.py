@@ -6,21 +6,21 @@ from pathlib import Path
 
 from sparcode.config import RunConfig
 
+# SparCode and its unindexed upper bound train identically; only quantization differs.
+# The scorer's cost per example is K_u x (batch + negatives) MLP evaluations. The K_u = 4
+# attention tokens collapsed onto one code per user anyway (cosine 0.99999), so one token buys
+# 4x the scorer per CPU-second, spent here on 256 shared negatives and 10 epochs of 0.4 of the
+# windows: on ml-1m, served R@50 0.361 after 17 min alone on 2 cores, against 0.334 in 31.5 min
+# for K_u = 4 with 64 negatives and 5 epochs (README). `interests` + token_diversity keeps
+# several tokens apart but served worse at 5 % stored (0.327).
+_ALL_TO_ALL = {
+    "model": {"tokenizer": "attention", "user_tokens": 1, "item_tokens": 1, "scorer_hidden": 32},
+    "train": {"batch_size": 128, "negatives": 256, "window_fraction": 0.4, "epochs": 10, "patience": 2},
+}
+
 _PRESETS: dict[str, dict] = {
-    # The scorer's cost per example is K_u x (batch + negatives) MLP evaluations. The K_u = 4
-    # attention tokens collapsed onto one code per user anyway (cosine 0.99999), so one token
-    # buys 4x the scorer per CPU-second; spent on 256 shared negatives and 10 epochs of 0.4 of
-    # the windows it served ml-1m R@50 0.349 in 29 min (shared CPU), against 0.334 in 31.5 min
-    # for K_u = 4 with 64 negatives and 5 epochs (README). `interests` + token_diversity keeps
-    # several tokens apart but served worse at 5 % stored (0.327).
-    "sparcode": {
-        "model": {"tokenizer": "attention", "user_tokens": 1, "item_tokens": 1, "scorer_hidden": 32},
-        "train": {"batch_size": 128, "negatives": 256, "window_fraction": 0.4, "epochs": 10, "patience": 2},
-    },
-    "all-to-all": {
-        "model": {"tokenizer": "attention", "user_tokens": 1, "item_tokens": 1, "scorer_hidden": 32},
-        "train": {"batch_size": 128, "negatives": 256, "window_fraction": 0.4, "epochs": 10, "patience": 2},
-    },
+    "sparcode": _ALL_TO_ALL,
+    "all-to-all": _ALL_TO_ALL,
     # The two-tower gets its strongest cheap setting: a full softmax over the catalog.
     "two-tower": {
         "model": {"tokenizer": "attention"},

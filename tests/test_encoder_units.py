@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparcode.config import ConfigError, RunConfig
+from sparcode.config import DEAD_CODE_SHARE, ConfigError, RunConfig
 from sparcode.encoder.quantizer import ProductQuantizer
 from sparcode.encoder.scorer import AllToAllScorer
 
@@ -85,13 +85,13 @@ def test_dead_code_threshold_follows_the_batch_shape():
 
     cfg = run_config("sparcode", "ml-1m", "multi-target")
     uniform_rate = cfg.train.batch_size * cfg.model.user_tokens / cfg.model.codes
-    assert cfg.model.dead_code_threshold == pytest.approx(0.1 * uniform_rate)
+    assert cfg.model.dead_code_threshold == pytest.approx(DEAD_CODE_SHARE * uniform_rate)
     explicit = RunConfig.from_dict({"model": {"dead_code_threshold": 2.0}}).validate()
     assert explicit.model.dead_code_threshold == 2.0
     # At 0.5 uses per code per step, an absolute threshold of 2 re-seeds nearly every code every
     # step, so the codebook never settles; a tenth of the uniform rate lets it converge.
     assert _codewords_that_jump(2.0) >= 12
-    assert _codewords_that_jump(0.1 * 8 / 16) == 0
+    assert _codewords_that_jump(DEAD_CODE_SHARE * 8 / 16) == 0
 
 
 def test_quantizer_is_a_product_quantizer_round_trip():
