@@ -267,8 +267,8 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
                **{f"valid_{k}": v for k, v in valid_metrics.items()},
                "seconds_per_step": float(np.mean(step_seconds[-done_steps:])),
                "eval_seconds": round(time.perf_counter() - t_eval, 1),
-               "train_seconds": round(train_seconds, 1),
-               "elapsed": round(elapsed_before + time.perf_counter() - started, 1)}
+               "train_seconds": round(train_seconds, 3),
+               "elapsed": round(elapsed_before + time.perf_counter() - started, 3)}
         with open(folder / HISTORY, "a") as fh:
             fh.write(json.dumps(row) + "\n")
         improved = valid > best
