@@ -61,6 +61,10 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 512
     lr: float = 1e-3
+    # constant, or cosine: lr decays over the planned epochs to lr × lr_floor (a fixed budget
+    # of steps ends at a small step size instead of wherever Adam's noise leaves it).
+    lr_schedule: str = "constant"
+    lr_floor: float = 0.05
     weight_decay: float = 0.0
     # Uniformly sampled negatives shared by the whole batch; in-batch positives are used as
     # further negatives with a logQ correction. 0 = full softmax over the catalog.
@@ -138,6 +142,10 @@ class RunConfig:
             self.model.dead_code_threshold = round(DEAD_CODE_SHARE * uniform_rate, 6)
         if self.model.dead_code_threshold < 0:
             raise ConfigError("model.dead_code_threshold must be ≥ 0 (0 turns re-seeding off)")
+        if self.train.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"train.lr_schedule must be constant or cosine, not {self.train.lr_schedule!r}")
+        if not 0 <= self.train.lr_floor <= 1:
+            raise ConfigError("train.lr_floor must be in [0, 1]")
         if self.serve.query_probes < 1:
             raise ConfigError("serve.query_probes must be ≥ 1")
         if self.serve.allocation not in ("per-code", "global"):

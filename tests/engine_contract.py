@@ -177,6 +177,17 @@ def test_interrupted_load_resumes_without_duplicates(engine, alias, export_dir):
     assert indexer.unfinished_index(engine, alias, export.fingerprint) is None
 
 
+def test_one_stream_or_several_index_the_same_documents(engine, alias, export_dir):
+    export = Export.open(export_dir)
+    stored = []
+    for streams in (1, 3):
+        result = indexer.build(engine, export, alias, streams=streams, chunk_size=50, delete_old=True, progress=False)
+        hits = engine.search(alias, {"size": 1000, "query": {"match_all": {}}})["hits"]["hits"]
+        assert result.docs == export.n_items == len(hits)
+        stored.append({h["_id"]: h["_source"] for h in hits})
+    assert stored[0] == stored[1]
+
+
 def test_index_refuses_an_existing_alias_and_reindex_keeps_field_type(engine, alias, export_dir):
     export = Export.open(export_dir)
     first = indexer.build(engine, export, alias, replace=False, progress=False)

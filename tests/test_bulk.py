@@ -43,3 +43,43 @@ def test_rewritten_lines_drop_nulls_and_empty_codes():
     assert item_id == "x" and orjson.loads(body) == {"item_id": "x", "ord": 3, "title": "t"}
     item_id, body = bulk.source_line(b'{"item_id":"y","ord":4,"codes":{"c0001_0002":1.5}}\r\n')
     assert body == b'{"item_id":"y","ord":4,"codes":{"c0001_0002":1.5}}'
+
+
+class _PushyEngine:
+    """Answers the parallel load with one 429 and one 400; records what is sent again."""
+
+    def __init__(self, push_back: str, refuse: str):
+        self.push_back, self.refuse, self.resent = push_back, refuse, []
+
+    def parallel_bulk(self, actions, *, index, chunk_size, threads, filter_path=None):
+        assert threads == 2
+        for action, _ in actions:
+            item_id = action["index"]["_id"]
+            if item_id in (self.push_back, self.refuse):
+                status = 429 if item_id == self.push_back else 400
+                yield False, {"index": {"_id": item_id, "status": status, "error": {"reason": f"HTTP {status}"}}}
+            else:
+                yield True, {"index": {"_id": item_id, "status": 201}}
+
+    def streaming_bulk(self, actions, *, index, chunk_size, max_retries, filter_path=None):
+        for action, body in actions:
+            self.resent.append(action["index"]["_id"])
+            yield True, {"index": {"_id": action["index"]["_id"], "status": 201}}
+
+
+def test_pushed_back_documents_are_sent_again_and_refusals_reported(tmp_path):
+    items = random_items(30, 20)
+    export = Export.open(write_export(tmp_path / "e", items))
+    engine = _PushyEngine(push_back=items[4]["item_id"], refuse=items[9]["item_id"])
+    try:
+        bulk.load(engine, export, "idx", chunk_size=7, progress=False)
+        raise AssertionError("a 400 must fail the load")
+    except bulk.BulkFailed as failed:
+        report = failed.report
+    # The 429 is retried (through the retrying single stream) and counts as indexed; the 400 is not.
+    assert engine.resent == [items[4]["item_id"]]
+    assert report.ok == 29 and report.failed == 1
+    assert report.failures == [(items[9]["item_id"], 400, "HTTP 400")]
+
+    engine = _PushyEngine(push_back=items[0]["item_id"], refuse="none")
+    assert bulk.load(engine, export, "idx", progress=False).ok == 30

@@ -130,6 +130,21 @@ def test_quantizer_straight_through_reaches_tokens():
     assert tokens.grad is not None and tokens.grad.abs().sum() > 0
 
 
+def test_cosine_schedule_starts_at_lr_and_ends_at_the_floor():
+    from sparcode.encoder.train import learning_rate
+
+    cfg = RunConfig.from_dict({"train": {"lr": 1e-3, "lr_schedule": "cosine", "lr_floor": 0.1}}).validate()
+    rates = [learning_rate(cfg, step, 100) for step in range(101)]
+    assert rates[0] == pytest.approx(1e-3) and rates[100] == pytest.approx(1e-4)
+    assert rates[50] == pytest.approx(0.55e-3)  # halfway down the cosine: floor + half the span
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    assert learning_rate(cfg, 500, 100) == pytest.approx(1e-4)  # past the plan: stays at the floor
+    constant = RunConfig.from_dict({"train": {"lr": 1e-3}}).validate()
+    assert learning_rate(constant, 77, 100) == 1e-3
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        RunConfig.from_dict({"train": {"lr_schedule": "linear"}}).validate()
+
+
 def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
     with pytest.raises(ConfigError, match="unknown key"):
         RunConfig.from_dict({"train": {"epochz": 3}})

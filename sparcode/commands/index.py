@@ -9,10 +9,13 @@ _FIELD_TYPES = click.Choice(["sparse_vector", "rank_features"])
 _ENGINE = click.option("--engine", type=click.Choice(ENGINES), default=None,
                        help="Search engine (URL from ELASTICSEARCH_URL / OPENSEARCH_URL). "
                             "Default: detected from the server at ELASTICSEARCH_URL, else OPENSEARCH_URL.")
+_STREAMS = click.option("--bulk-streams", "streams", type=click.IntRange(min=1), default=2, show_default=True,
+                        help="Bulk requests kept in flight; 1 sends them one after another (with 429 retries "
+                             "inline). More than the node's cores buys nothing.")
 
 
 def _run(export_dir: str, alias: str, *, engine: str | None, field_type: str | None, resume: bool,
-         delete_old: bool, replace: bool) -> None:
+         delete_old: bool, replace: bool, streams: int) -> None:
     from sparcode.pipeline.bulk import BulkFailed
     from sparcode.pipeline.connect import ConnectionProblem, connect
     from sparcode.pipeline.engine import EngineError, EngineUnavailable
@@ -29,10 +32,10 @@ def _run(export_dir: str, alias: str, *, engine: str | None, field_type: str | N
             if field_type is not None or resume or conn.name != "elasticsearch":
                 raise IndexProblem("a two-tower vector export indexes into Elasticsearch dense_vector only "
                                    "(no --field-type, --resume or OpenSearch)")
-            result = knn.build(conn, export_dir, alias, delete_old=delete_old, replace=replace)
+            result = knn.build(conn, export_dir, alias, delete_old=delete_old, replace=replace, streams=streams)
         else:
             result = build(conn, export, alias, field_type=field_type, resume=resume, delete_old=delete_old,
-                           replace=replace)
+                           replace=replace, streams=streams)
     except (ExportError, ConnectionProblem, IndexProblem, BulkFailed) as exc:
         raise click.ClickException(str(exc))
     except (EngineError, EngineUnavailable) as exc:
@@ -57,10 +60,11 @@ def _run(export_dir: str, alias: str, *, engine: str | None, field_type: str | N
                    "OpenSearch (Elasticsearch's rank_features needs the mapper-extras module).")
 @click.option("--resume", is_flag=True, help="Continue the newest unfinished load of this export.")
 @click.option("--delete-old", is_flag=True, help="Delete the index the alias pointed at before.")
-def command(export_dir, alias, engine, field_type, resume, delete_old):
+@_STREAMS
+def command(export_dir, alias, engine, field_type, resume, delete_old, streams):
     """Index EXPORT_DIR into a new versioned index and point ALIAS at it."""
     _run(export_dir, alias, engine=engine, field_type=field_type, resume=resume, delete_old=delete_old,
-         replace=False)
+         replace=False, streams=streams)
 
 
 @click.command("reindex")
@@ -68,6 +72,8 @@ def command(export_dir, alias, engine, field_type, resume, delete_old):
 @click.option("--alias", required=True, help="Alias to move onto the new index.")
 @_ENGINE
 @click.option("--delete-old", is_flag=True, help="Delete the index the alias pointed at before.")
-def reindex_command(export_dir, alias, engine, delete_old):
+@_STREAMS
+def reindex_command(export_dir, alias, engine, delete_old, streams):
     """Build a new versioned index from EXPORT_DIR and move ALIAS to it atomically (same field type)."""
-    _run(export_dir, alias, engine=engine, field_type=None, resume=False, delete_old=delete_old, replace=True)
+    _run(export_dir, alias, engine=engine, field_type=None, resume=False, delete_old=delete_old, replace=True,
+         streams=streams)

@@ -96,6 +96,15 @@ class SampledSoftmax:
         return F.cross_entropy(torch.cat([pos_logit.unsqueeze(1), logits], 1), torch.zeros_like(positives))
 
 
+def learning_rate(cfg, step: int, total_steps: int) -> float:
+    """The step's learning rate; a function of the global step alone, so --resume needs no state."""
+    t = cfg.train
+    if t.lr_schedule == "constant":
+        return t.lr
+    progress = min(step / max(total_steps, 1), 1.0)
+    return t.lr * (t.lr_floor + (1.0 - t.lr_floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
 def model_scores(model, evalset: EvalSet, device, batch_size: int = 64):
     """score_fn for the harness: full-catalog scores of the model as trained (no serving bias)."""
     model.eval()
@@ -160,6 +169,8 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
     n_examples = len(train_set)
     per_epoch = max(1, int(n_examples * cfg.train.window_fraction))
     batch_size = cfg.train.batch_size
+    steps_per_epoch = math.ceil(per_epoch / batch_size)
+    total_steps = steps_per_epoch * cfg.train.epochs
     model.train()
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
@@ -168,6 +179,8 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
         bar = tqdm(range(0, per_epoch, batch_size), desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=not progress, unit="batch", dynamic_ncols=True)
         for start in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, epoch * steps_per_epoch + steps, total_steps)
             rows = order[start:start + batch_size]
             users = torch.as_tensor(train_set.users[rows], device=device)
             hist = torch.as_tensor(train_set.histories[rows], device=device)

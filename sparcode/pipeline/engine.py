@@ -82,6 +82,12 @@ class Engine(ABC):
         they are: (ok, info) per document, 429s retried."""
 
     @abstractmethod
+    def _parallel_bulk(self, actions: Iterable[tuple[dict, bytes]], index: str, chunk_size: int,
+                       threads: int, filter_path: str | None) -> Iterator:
+        """The library's `helpers.parallel_bulk` over the same pairs: `threads` requests in
+        flight, (ok, info) per document, nothing retried."""
+
+    @abstractmethod
     def _forcemerge(self, index: str, timeout_s: float) -> None: ...
 
     # -- requests, written once -----------------------------------------------------------------
@@ -177,3 +183,8 @@ class Engine(ABC):
                        max_retries: int, filter_path: str | None = None) -> Iterator:
         with self._translate():
             yield from self._streaming_bulk(actions, index, chunk_size, max_retries, filter_path)
+
+    def parallel_bulk(self, actions: Iterable[tuple[dict, bytes]], *, index: str, chunk_size: int,
+                      threads: int, filter_path: str | None = None) -> Iterator:
+        with self._translate():
+            yield from self._parallel_bulk(actions, index, chunk_size, threads, filter_path)

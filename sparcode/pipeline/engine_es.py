@@ -86,6 +86,13 @@ class ElasticsearchEngine(Engine):
                               expand_action_callback=_as_is, index=index,
                               filter_path=filter_path)
 
+    def _parallel_bulk(self, actions, index, chunk_size, threads, filter_path):
+        from elasticsearch.helpers import parallel_bulk
+
+        return parallel_bulk(self.client, actions, thread_count=threads, queue_size=threads, chunk_size=chunk_size,
+                             raise_on_error=False, expand_action_callback=_as_is, index=index,
+                             filter_path=filter_path)
+
     def _forcemerge(self, index, timeout_s):
         self.client.options(request_timeout=timeout_s).indices.forcemerge(index=index, max_num_segments=1)
 

@@ -78,6 +78,14 @@ class OpenSearchEngine(Engine):
                               raise_on_error=False, yield_ok=True, expand_action_callback=_as_is, index=index,
                               filter_path=filter_path)
 
+    def _parallel_bulk(self, actions, index, chunk_size, threads, filter_path):
+        from opensearchpy.helpers import parallel_bulk
+
+        pairs = ((action, body.decode()) for action, body in actions)
+        return parallel_bulk(self.client, pairs, thread_count=threads, queue_size=threads, chunk_size=chunk_size,
+                             raise_on_error=False, expand_action_callback=_as_is, index=index,
+                             filter_path=filter_path)
+
     def _forcemerge(self, index, timeout_s):
         self.client.indices.forcemerge(index=index, max_num_segments=1, request_timeout=timeout_s)
 

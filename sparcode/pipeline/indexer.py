@@ -94,7 +94,7 @@ def unfinished_index(engine: Engine, alias: str, fingerprint: str) -> str | None
 
 def build(engine: Engine, export, alias: str, *, field_type: str | None = None, resume: bool = False,
           delete_old: bool = False, replace: bool = True, chunk_size: int = bulk.CHUNK_SIZE,
-          on_chunk: Callable[[int], None] | None = None, progress: bool | None = None) -> BuildResult:
+          streams: int = bulk.STREAMS, on_chunk: Callable[[int], None] | None = None, progress: bool | None = None) -> BuildResult:
     """Index `export` under a new (or, with `resume`, the unfinished) versioned index; move `alias`.
 
     `replace=False` refuses when `alias` already exists (`sparcode index`); `field_type=None`
@@ -127,7 +127,8 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
         _step(engine.set_refresh_interval)(name, "-1")
 
     with CpuMeter(engine) as meter:
-        _step(bulk.load)(engine, export, name, chunk_size=chunk_size, on_chunk=on_chunk, progress=progress)
+        _step(bulk.load)(engine, export, name, chunk_size=chunk_size, streams=streams, on_chunk=on_chunk,
+                         progress=progress)
     docs = _finalize(engine, name)
     if docs != export.n_items:
         raise IndexProblem(f"{name} holds {docs} documents, the export has {export.n_items}; "

@@ -91,7 +91,7 @@ class _VectorDocs:
 
 def build(engine: Engine, export_dir, alias: str, *, m: int = 16, ef_construction: int = 100,
           transform: str = mips.TRANSFORM, replace: bool = False, delete_old: bool = False,
-          progress: bool | None = None) -> BuildResult:
+          streams: int = bulk.STREAMS, progress: bool | None = None) -> BuildResult:
     """A new versioned dense_vector index of the export's vectors; `alias` moved onto it."""
     export = open_vector_export(export_dir)
     previous = engine.alias_holders(alias)
@@ -103,7 +103,7 @@ def build(engine: Engine, export_dir, alias: str, *, m: int = 16, ef_constructio
     name = versioned_name(alias, export.fingerprint)
     _create(engine, name, index_body(export, m=m, ef_construction=ef_construction, transform=transform), FIELD_TYPE)
     with CpuMeter(engine) as meter:
-        _step(bulk.load)(engine, _VectorDocs(export, transform), name, progress=progress)
+        _step(bulk.load)(engine, _VectorDocs(export, transform), name, streams=streams, progress=progress)
     docs = _finalize(engine, name)
     if docs != export.n_items:
         raise IndexProblem(f"{name} holds {docs} documents, the export has {export.n_items}; alias not moved")
