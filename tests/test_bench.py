@@ -118,3 +118,18 @@ def test_bench_quick_writes_the_contract(es_engine, tmp_path):
     assert by["es-knn"]["node_cpu_ms_per_query"] > 0 and by["es-knn"]["floor_p50_ms"] > 0
     if os.environ.get("OPENSEARCH_URL"):  # CI runs both nodes: the OpenSearch row must be there too
         assert by["sparcode-os"]["recall@50"] == 1.0 and by["sparcode-os"]["took_p50_ms"] is not None
+
+
+def test_capped_catalog_keeps_lists_short_as_it_grows(tmp_path):
+    shape = synthetic.SparcodeShape(codes_per_item=8, tokens_per_user=1, query_probes=4, posting_cap=20)
+    for items in (500, 5000):
+        out = synthetic.sparcode_catalog(tmp_path / f"cap{items}", shape, items, seed=0)
+        export = Export.open(out)
+        assert export.validate() == items and export.manifest["codes"] == shape.codes_at(items) == items * 8 // 20
+        lists = np.bincount([int(t[1:5]) * export.manifest["quantizer"]["N"] + int(t[6:])
+                             for it in export.items() for t in it["codes"]])
+        # Lists stay near the cap at both sizes (draws are uniform over codes: Poisson around it).
+        assert 17 <= lists[lists > 0].mean() <= 20 and lists.max() < 3 * 20
+        queries = synthetic.sparcode_queries(shape, 30, items=items)
+        assert all(sum(q.values()) == 4 for q in queries)
+        assert sum(len(h) > 0 for h in LocalBackend(out).batch_search(queries, 50)) == 30

@@ -58,10 +58,18 @@ def goals(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
     return [(name, detail if " — at " in detail else f"{detail} at {size:,} items", ok) for name, detail, ok in out]
 
 
+def _shape_note(shape: dict | None) -> str:
+    if not shape:
+        return ""
+    cap = shape.get("posting_cap")
+    lists = f"≈ {cap} postings per code at every size" if cap else "posting lists growing with the catalog"
+    return f" ({shape['codes_per_item']} codes per item, {shape['query_codes']} codes per query, {lists})"
+
+
 def write_markdown(path: Path, rows: list[dict], meta: dict) -> None:
     lines = ["# sparcode bench", "",
-             f"**Synthetic:** {meta['synthetic']}. SparCode shape from {meta['sparcode_shape_from']}; "
-             f"vector shape from {meta['vector_shape_from']}.", "",
+             f"**Synthetic:** {meta['synthetic']}. SparCode shape from {meta['sparcode_shape_from']}"
+             f"{_shape_note(meta.get('sparcode_shape'))}; vector shape from {meta['vector_shape_from']}.", "",
              f"{meta['queries']} queries per path, one at a time after {meta['warmup']} warm-up ones; QPS with "
              f"{meta['qps_threads']} client threads; k = {meta['k']}. hnswlib M {meta['hnsw']['m']}, "
              f"ef_construction {meta['hnsw']['ef_construction']}, ef {meta['hnsw']['ef']}; ES kNN m "

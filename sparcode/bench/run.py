@@ -57,7 +57,7 @@ def run_bench(config: BenchConfig, work: Path, conns: dict, log: Callable[[str],
         log(f"[{items:,} items] generating synthetic catalogs")
         sparse_dir = synthetic.sparcode_catalog(work / f"sparcode-{items}", config.sparcode_shape, items, config.seed)
         vector_dir = synthetic.vector_catalog(work / f"vectors-{items}", config.vector_shape, items, config.seed)
-        sparse_q = synthetic.sparcode_queries(config.sparcode_shape, config.queries, config.seed + 1)
+        sparse_q = synthetic.sparcode_queries(config.sparcode_shape, config.queries, config.seed + 1, items)
         vector_q = synthetic.vector_queries(config.vector_shape, config.queries, config.seed + 1)
         common = (config.warmup, config.threads)
 
@@ -105,6 +105,9 @@ def describe(config: BenchConfig, conns: dict) -> dict:
         "synthetic": "every row: catalogs and queries are generated (sparcode/bench/synthetic.py); "
                      "recall@50 is against the exact ranking of the same synthetic model",
         "sparcode_shape_from": config.sparcode_shape.source,
+        "sparcode_shape": {"codes_per_item": config.sparcode_shape.codes_per_item,
+                           "query_codes": config.sparcode_shape.query_codes,
+                           "posting_cap": config.sparcode_shape.posting_cap},
         "vector_shape_from": config.vector_shape.source,
         "queries": config.queries, "warmup": config.warmup, "qps_threads": config.threads, "k": paths.K,
         "hnsw": {"m": config.hnsw.m, "ef_construction": config.hnsw.ef_construction, "ef": config.ef,

@@ -8,7 +8,11 @@ item, 4-code queries; 64-d vectors):
 - SparCode: number of indexed codes, codes per item, how postings spread over codes (each
   code's share of all postings, so posting-list lengths grow with the catalog as they do at a
   fixed stored fraction), and the distribution of stored scores (their skew decides pruning).
-  Queries draw `tokens_per_user` codes with the same popularity.
+  Queries draw `tokens_per_user` × `query_probes` codes with the same popularity.
+- With `posting_cap` the catalog is instead shaped like an index built with a per-code cap
+  (`export --max-postings`): every list holds about `posting_cap` items whatever the catalog
+  size, so the number of codes grows with the catalog (items × codes per item / cap) and
+  queries draw their codes uniformly. What a query costs then stays flat as items grow.
 - Two-tower: dimension and the distribution of item-vector norms; directions are clustered
   around random centres (real embeddings are not uniform on the sphere, and uniform vectors
   are the worst case for a graph index).
@@ -39,6 +43,8 @@ class SparcodeShape:
     codes: int = 4096
     codes_per_item: int = 32
     tokens_per_user: int = 4
+    query_probes: int = 1  # indexed codes each token queries (serve.query_probes)
+    posting_cap: int | None = None
     zipf: float = 1.0  # used only when `popularity` is not measured
     popularity: list[float] = field(default_factory=list)  # share of postings per code, descending
     score_quantiles: list[float] = field(default_factory=list)  # 101 quantiles of stored scores
@@ -61,10 +67,24 @@ class SparcodeShape:
         codes = min(len(per_code), CODEBOOK * CODEBOOK)
         return cls(codes=codes, codes_per_item=max(1, round(per_code.sum() / export.n_items)),
                    tokens_per_user=int(export.manifest.get("tokens_per_user", 4)),
+                   query_probes=int(export.manifest.get("query_probes", 1)),
                    popularity=(per_code[:codes] / per_code[:codes].sum()).tolist(),
                    score_quantiles=np.quantile(values, np.linspace(0, 1, 101)).tolist(), source=str(path))
 
-    def probabilities(self) -> np.ndarray:
+    @property
+    def query_codes(self) -> int:
+        return self.tokens_per_user * self.query_probes
+
+    def codes_at(self, items: int) -> int:
+        """Indexed codes in a catalog of `items`: fixed, or growing with it under a posting cap."""
+        if self.posting_cap is None:
+            return self.codes
+        return max(self.codes_per_item, -(-items * self.codes_per_item // self.posting_cap))
+
+    def probabilities(self, items: int | None = None) -> np.ndarray:
+        if self.posting_cap is not None:
+            n = self.codes_at(items or 0)
+            return np.full(n, 1.0 / n)
         if self.popularity:
             p = np.asarray(self.popularity, dtype=np.float64)
         else:
@@ -119,14 +139,16 @@ def sparcode_catalog(path, shape: SparcodeShape, items: int, seed: int = 0) -> P
     rng = np.random.default_rng(seed)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    terms = np.asarray([code_to_term((j // CODEBOOK, j % CODEBOOK)) for j in range(shape.codes)])
-    cdf = np.cumsum(shape.probabilities())
+    n_codes = shape.codes_at(items)
+    book = codebook_size(n_codes)
+    terms = np.asarray([code_to_term((j // book, j % book)) for j in range(n_codes)])
+    cdf = np.cumsum(shape.probabilities(items))
     pairs = 0
-    per_code = np.zeros(shape.codes, dtype=np.int64)
+    per_code = np.zeros(n_codes, dtype=np.int64)
     with gzip.open(path / "items.jsonl.gz", "wb", compresslevel=1) as fh:
         for start in range(0, items, 50_000):
             n = min(50_000, items - start)
-            drawn = np.minimum(np.searchsorted(cdf, rng.random((n, shape.codes_per_item)) * cdf[-1]), shape.codes - 1)
+            drawn = np.minimum(np.searchsorted(cdf, rng.random((n, shape.codes_per_item)) * cdf[-1]), n_codes - 1)
             drawn.sort(axis=1)
             keep = np.ones_like(drawn, dtype=bool)
             keep[:, 1:] = drawn[:, 1:] != drawn[:, :-1]  # a popular code drawn twice is stored once
@@ -139,17 +161,18 @@ def sparcode_catalog(path, shape: SparcodeShape, items: int, seed: int = 0) -> P
                 pairs += len(codes)
                 lines.append(orjson.dumps({"item_id": f"s{start + row}", "ord": start + row, "codes": codes}))
             fh.write(b"\n".join(lines) + b"\n")
-    codebooks = rng.standard_normal((2, CODEBOOK, 8)).astype(np.float32)
-    vectors = np.stack([np.concatenate([codebooks[0, j // CODEBOOK], codebooks[1, j % CODEBOOK]])
-                        for j in range(shape.codes)])
+    codebooks = rng.standard_normal((2, book, 8)).astype(np.float32)
+    index = np.arange(n_codes)
+    vectors = np.concatenate([codebooks[0, index // book], codebooks[1, index % book]], axis=1)
     np.savez(path / "codes.npz", terms=terms, vectors=vectors, codebooks=codebooks)
     manifest = {
         "format": "sparcode-export/1", "kind": "sparcode", "fingerprint": fingerprint("sparcode", items, seed),
         "run": {"model": "sparcode", "dataset": "synthetic", "split": None, "seed": seed},
         "synthetic": {"shape": asdict(shape) | {"popularity": len(shape.popularity), "score_quantiles": len(shape.score_quantiles)}},
-        "quantizer": {"M": 2, "N": CODEBOOK, "dim": 16}, "tokens_per_user": shape.tokens_per_user, "bias": 0.0,
-        "max_postings": None, "items": items, "codes": shape.codes, "pairs": pairs,
-        "stored_fraction": pairs / max(shape.codes * items, 1),
+        "quantizer": {"M": 2, "N": book, "dim": 16}, "tokens_per_user": shape.tokens_per_user,
+        "query_probes": shape.query_probes, "bias": 0.0,
+        "max_postings": shape.posting_cap, "items": items, "codes": n_codes, "pairs": pairs,
+        "stored_fraction": pairs / max(n_codes * items, 1),
         "postings_per_code": {"mean": float(per_code.mean()), "p50": float(np.percentile(per_code, 50)),
                               "p99": float(np.percentile(per_code, 99)), "max": int(per_code.max())},
         "item_fields": {}, "files": {"items": ["items.jsonl.gz"], "codes": "codes.npz"},
@@ -158,15 +181,23 @@ def sparcode_catalog(path, shape: SparcodeShape, items: int, seed: int = 0) -> P
     return path
 
 
-def sparcode_queries(shape: SparcodeShape, n: int, seed: int = 1) -> list[dict[str, float]]:
+def codebook_size(codes: int) -> int:
+    """N per codebook for two codebooks spelling `codes` codes (at least the calibration's 64)."""
+    return max(CODEBOOK, int(np.ceil(np.sqrt(codes))))
+
+
+def sparcode_queries(shape: SparcodeShape, n: int, seed: int = 1, items: int = 0) -> list[dict[str, float]]:
+    """`n` queries of `shape.query_codes` codes each (repeats add up, as a user's tokens do)."""
     rng = np.random.default_rng(seed)
-    cdf = np.cumsum(shape.probabilities())
-    drawn = np.minimum(np.searchsorted(cdf, rng.random((n, shape.tokens_per_user)) * cdf[-1]), shape.codes - 1)
+    n_codes = shape.codes_at(items)
+    book = codebook_size(n_codes)
+    cdf = np.cumsum(shape.probabilities(items))
+    drawn = np.minimum(np.searchsorted(cdf, rng.random((n, shape.query_codes)) * cdf[-1]), n_codes - 1)
     queries = []
     for row in drawn:
         q: dict[str, float] = {}
         for j in row:
-            term = code_to_term((int(j) // CODEBOOK, int(j) % CODEBOOK))
+            term = code_to_term((int(j) // book, int(j) % book))
             q[term] = q.get(term, 0.0) + 1.0
         queries.append(q)
     return queries

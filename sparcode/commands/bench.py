@@ -38,8 +38,16 @@ def _sizes(ctx, param, value):
 @click.option("--paths", "path_names", default=None,
               help="Comma-separated paths to measure (default all: " + ",".join(PATHS) + "); "
                    "sparcode-local and exact always run, they are the recall references.")
+@click.option("--posting-cap", type=click.IntRange(min=1), default=None,
+              help="Shape SparCode catalogs like an index built with `export --max-postings N`: every code "
+                   "keeps ≈ N items at any size, so codes grow with the catalog.")
+@click.option("--codes-per-item", type=click.IntRange(min=1), default=None,
+              help="Codes each synthetic item carries (default: measured from --from-export, else 32).")
+@click.option("--query-probes", type=click.IntRange(min=1), default=None,
+              help="Codes each query token sends (default: the export's serve.query_probes, else 1).")
 @click.option("--force", is_flag=True, help="Replace an existing bench.json in --out.")
-def command(out_dir, sizes, quick, queries, url, from_export, from_vectors, path_names, force):
+def command(out_dir, sizes, quick, queries, url, from_export, from_vectors, path_names, posting_cap,
+            codes_per_item, query_probes, force):
     """Measure every retrieval path side by side on synthetic catalogs of each size."""
     import shutil
 
@@ -66,6 +74,10 @@ def command(out_dir, sizes, quick, queries, url, from_export, from_vectors, path
             config.paths = tuple(dict.fromkeys(chosen + ("sparcode-local", "exact")))
         if from_export is not None:
             config.sparcode_shape = synthetic.SparcodeShape.from_export(from_export)
+        shape = config.sparcode_shape
+        shape.posting_cap = posting_cap
+        shape.codes_per_item = codes_per_item or shape.codes_per_item
+        shape.query_probes = query_probes or shape.query_probes
         if from_vectors is not None:
             config.vector_shape = synthetic.VectorShape.from_export(from_vectors)
         conns = engines(url)

@@ -113,6 +113,7 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
             "run": {"model": run.kind, "dataset": run.config.dataset, "split": run.config.split, "seed": run.config.seed},
             "quantizer": {"M": run.config.model.codebooks, "N": run.config.model.codes, "dim": run.config.model.dim},
             "tokens_per_user": run.config.model.user_tokens,
+            "query_probes": run.config.serve.query_probes,
             "bias": postings.bias,
             "max_postings": max_postings,
             "allocation": allocation,
