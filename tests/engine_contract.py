@@ -15,6 +15,7 @@ from sparcode.pipeline.backends import BackendError, EngineBackend, LocalBackend
 from sparcode.pipeline.bulk import BulkFailed
 from sparcode.pipeline.export import Export, ExportError
 from sparcode.pipeline.mappings import load_template
+from sparcode.pipeline.query import hit_item
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +100,11 @@ def test_explain_is_the_body_sent_and_score_is_the_model_score(engine, built, ex
     for query in random_queries(export_dir, 5, seed=5):
         body = backend.explain(query, 5)
         hits = engine.search(alias, body)["hits"]["hits"]
-        assert [h["_id"] for h in hits] == [h.item_id for h in backend.search(query, 5)]
+        # Hits carry the item id as a doc value (no stored-field fetch); it is the document's _id.
+        assert all("_id" not in h for h in hits)
+        assert [hit_item(h) for h in hits] == [h.item_id for h in backend.search(query, 5)]
         # `_score` is printed as the shortest decimal of a float32: compare as float32.
-        scores = [(h["_id"], float(np.float32(h["_score"]))) for h in hits]
+        scores = [(hit_item(h), float(np.float32(h["_score"]))) for h in hits]
         assert scores == [(h.item_id, h.score) for h in local.search(query, 5)]
 
 

@@ -9,7 +9,7 @@ Q = {"c0001_0002": 2.0, "c0003_0004": 1.0}
 def test_sparse_vector_form_is_one_clause():
     body = dsl.search_body(Q, 10)
     assert body == {
-        "size": 10, "track_total_hits": False, "_source": False,
+        "size": 10, "track_total_hits": False, "stored_fields": "_none_", "docvalue_fields": ["item_id"],
         "query": {"sparse_vector": {"field": "codes", "query_vector": Q}},
         "sort": ["_score", {"ord": "asc"}],
     }

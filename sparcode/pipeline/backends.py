@@ -121,7 +121,7 @@ class EngineBackend:
                     reason = response["error"].get("reason", response["error"])
                     raise BackendError(f"search on {self.alias!r} failed: {reason}")
                 # Both engines print float32 scores in shortest form; round-trip to the exact float32 value.
-                results.append([Hit(h["_id"], float(np.float32(h["_score"]))) for h in response["hits"]["hits"]])
+                results.append([Hit(dsl.hit_item(h), float(np.float32(h["_score"]))) for h in response["hits"]["hits"]])
         return results
 
 

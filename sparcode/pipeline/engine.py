@@ -157,10 +157,12 @@ class Engine(ABC):
             stats = self._call(self.client.nodes.stats, node_id="_local", metric="process")
             node, = stats["nodes"].values()
             seconds = node["process"]["cpu"]["total_in_millis"] / 1000.0
-            pid = node["process"].get("id")
         except (EngineError, EngineUnavailable, KeyError, ValueError):
             return None
-        if pid is not None and urlsplit(self.url).hostname in ("127.0.0.1", "localhost", "::1"):
+        if urlsplit(self.url).hostname not in ("127.0.0.1", "localhost", "::1"):
+            return seconds
+        pid = self._node_pid()
+        if pid is not None:
             try:
                 with open(f"/proc/{int(pid)}/stat") as fh:
                     fields = fh.read().rsplit(")", 1)[1].split()
@@ -168,6 +170,15 @@ class Engine(ABC):
             except (OSError, ValueError, IndexError):
                 pass
         return seconds
+
+    def _node_pid(self) -> int | None:
+        # Node stats do not carry the pid; node info does (it never changes while the node runs).
+        try:
+            info = self._call(self.client.nodes.info, node_id="_local", metric="process")
+            node, = info["nodes"].values()
+            return int(node["process"]["id"])
+        except (EngineError, EngineUnavailable, KeyError, ValueError, TypeError):
+            return None
 
     def search(self, index: str, body: dict) -> dict:
         return self._call(self.client.search, index=index, body=body)

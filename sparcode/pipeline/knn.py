@@ -169,7 +169,7 @@ class KnnBackend:
         if clauses or must_not:
             # A knn filter is applied during the graph walk, so k allowed items still come back.
             knn["filter"] = {"bool": {"filter": clauses, "must_not": must_not}}
-        return {"knn": knn, "size": int(k), "_source": False, "track_total_hits": False}
+        return {"knn": knn, "size": int(k), "track_total_hits": False, **dsl.HIT_FIELDS}
 
     def search(self, query, k: int, filters=None, exclude_items=None) -> list[Hit]:
         return self.batch_search([query], k, filters, None if exclude_items is None else [exclude_items])[0]
@@ -190,5 +190,5 @@ class KnnBackend:
 
 
 def hits_of(response: dict, query_norm: float, radius: float | None) -> list[Hit]:
-    return [Hit(h["_id"], dot_from_score(float(h["_score"]), query_norm, radius))
+    return [Hit(dsl.hit_item(h), dot_from_score(float(h["_score"]), query_norm, radius))
             for h in response["hits"]["hits"]]

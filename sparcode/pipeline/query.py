@@ -23,6 +23,15 @@ FILTERABLE = ("keyword", "integer", "float")
 # (3416 items x 760 postings) 0.91 -> 0.98 ms/query. Worth it for exact, comparable rankings.
 # Both scoring forms measured the same, so the default is chosen on the grounds above.
 TIEBREAK_SORT = ["_score", {"ord": "asc"}]
+# Hits name their item by the `item_id` doc value instead of `_id`: `_id` is a stored field, and
+# reading it decompresses a block of stored documents per hit. On a 1M-item index (50 hits,
+# 8-code queries, 2 cores) that was most of a query: client p50 2.50 -> 1.08 ms, `took` 1 -> 0 ms.
+HIT_FIELDS = {"stored_fields": "_none_", "docvalue_fields": ["item_id"]}
+
+
+def hit_item(hit: Mapping) -> str:
+    """The item id of one hit of a body built with HIT_FIELDS."""
+    return hit["fields"]["item_id"][0]
 
 
 class QueryError(ValueError):
@@ -91,14 +100,14 @@ def scoring_query(query: Mapping[str, float], form: str = DEFAULT_FORM, field: s
 def search_body(query: Mapping[str, float], k: int, *, form: str = DEFAULT_FORM, field: str = "codes",
                 filters: Mapping[str, list] | None = None, exclude_items: Collection[str] | None = None,
                 tiebreak: bool = True) -> dict:
-    """The full `_search` body: top `k` by score, ties by `ord`, no total count, no source."""
+    """The full `_search` body: top `k` by score, ties by `ord`, no total count, no stored fields."""
     scoring = scoring_query(query, form, field)
     filter_clauses = [_filter_clause(name, values) for name, values in (filters or {}).items()]
     must_not = [{"ids": {"values": sorted(set(exclude_items))}}] if exclude_items else []
     if filter_clauses or must_not:
         # Filters and exclusions add no score, so the sum stays the model's score.
         scoring = {"bool": {"must": [scoring], "filter": filter_clauses, "must_not": must_not}}
-    body = {"size": int(k), "query": scoring, "track_total_hits": False, "_source": False}
+    body = {"size": int(k), "query": scoring, "track_total_hits": False, **HIT_FIELDS}
     if tiebreak:
         body["sort"] = list(TIEBREAK_SORT)
     return body
