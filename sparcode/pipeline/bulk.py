@@ -9,7 +9,7 @@ document as a dict and serializing it again capped a load at ≈ 5k docs/s, clie
 
 Two requests are kept in flight (`helpers.parallel_bulk`): with one, client and node take turns
 and the node indexes on one write thread; with two, the node indexes both on its two cores
-while the client prepares the next chunk (on 2 cores, 100k documents: 21k → 37k docs/s).
+while the client prepares the next chunk (on 2 cores, 100k documents: 21k → 34–38k docs/s).
 `parallel_bulk` does not retry, so documents the node pushes back (429) are sent again at the
 end through `streaming_bulk`, which retries them with backoff.
 """
