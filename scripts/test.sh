@@ -12,6 +12,9 @@ stop_nodes() {
 }
 trap stop_nodes EXIT
 
+# Any CI value but empty/0/false/no means CI (tests/conftest.py reads it the same way).
+case "${CI:-}" in ""|0|false|False|FALSE|no) in_ci=false ;; *) in_ci=true ;; esac
+
 # ensure_node ENGINE URL_VARIABLE PORT: use the URL if set, else a running node, else start one.
 ensure_node() {
   local engine=$1 var=$2 port=$3
@@ -21,12 +24,12 @@ ensure_node() {
   elif command -v java >/dev/null && command -v mvn >/dev/null; then
     if .venv/bin/sparcode es start --engine "$engine" --port "$port"; then
       started+=("$engine")
-    elif [ "${CI:-}" = "true" ]; then
-      echo "CI=true: could not start $engine" >&2
+    elif $in_ci; then
+      echo "CI=$CI: could not start $engine" >&2
       exit 1
     fi
-  elif [ "${CI:-}" = "true" ]; then
-    echo "CI=true: java and mvn are needed to start $engine (or set $var)" >&2
+  elif $in_ci; then
+    echo "CI=$CI: java and mvn are needed to start $engine (or set $var)" >&2
     exit 1
   fi
   export "$var=http://127.0.0.1:${port}"

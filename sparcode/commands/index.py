@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import click
 
+from sparcode.pipeline.bulk import STREAMS
 from sparcode.pipeline.local_node import ENGINES
 
 _FIELD_TYPES = click.Choice(["sparse_vector", "rank_features"])
 _ENGINE = click.option("--engine", type=click.Choice(ENGINES), default=None,
                        help="Search engine (URL from ELASTICSEARCH_URL / OPENSEARCH_URL). "
                             "Default: detected from the server at ELASTICSEARCH_URL, else OPENSEARCH_URL.")
-_STREAMS = click.option("--bulk-streams", "streams", type=click.IntRange(min=1), default=2, show_default=True,
+_STREAMS = click.option("--bulk-streams", "streams", type=click.IntRange(min=1), default=STREAMS, show_default=True,
                         help="Bulk requests kept in flight; 1 sends them one after another (with 429 retries "
                              "inline). More than the node's cores buys nothing.")
 

@@ -10,6 +10,7 @@ answered with an error) or `EngineUnavailable` (network trouble, worth retrying 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from abc import ABC, abstractmethod
 from typing import ClassVar, Iterable, Iterator
@@ -161,7 +162,7 @@ class Engine(ABC):
             return None
         if urlsplit(self.url).hostname not in ("127.0.0.1", "localhost", "::1"):
             return seconds
-        pid = self._node_pid()
+        pid = self._node_pid
         if pid is not None:
             try:
                 with open(f"/proc/{int(pid)}/stat") as fh:
@@ -171,8 +172,10 @@ class Engine(ABC):
                 pass
         return seconds
 
+    @functools.cached_property
     def _node_pid(self) -> int | None:
-        # Node stats do not carry the pid; node info does (it never changes while the node runs).
+        # Node stats do not carry the pid; node info does. Asked once: it never changes while
+        # the node runs, and this is read around every measured loop.
         try:
             info = self._call(self.client.nodes.info, node_id="_local", metric="process")
             node, = info["nodes"].values()

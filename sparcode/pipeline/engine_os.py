@@ -71,23 +71,25 @@ class OpenSearchEngine(Engine):
     def _streaming_bulk(self, actions, index, chunk_size, max_retries, filter_path):
         from opensearchpy.helpers import streaming_bulk
 
-        # opensearch-py's chunker measures bodies with str.encode, so raw bodies travel as str.
-        pairs = ((action, body.decode()) for action, body in actions)
         # opensearch-py retries exactly the 429s when max_retries > 0 (no retry_on_status knob).
-        return streaming_bulk(self.client, pairs, chunk_size=chunk_size, max_retries=max_retries,
+        return streaming_bulk(self.client, _as_text(actions), chunk_size=chunk_size, max_retries=max_retries,
                               raise_on_error=False, yield_ok=True, expand_action_callback=_as_is, index=index,
                               filter_path=filter_path)
 
     def _parallel_bulk(self, actions, index, chunk_size, threads, filter_path):
         from opensearchpy.helpers import parallel_bulk
 
-        pairs = ((action, body.decode()) for action, body in actions)
-        return parallel_bulk(self.client, pairs, thread_count=threads, queue_size=threads, chunk_size=chunk_size,
+        return parallel_bulk(self.client, _as_text(actions), thread_count=threads, queue_size=threads, chunk_size=chunk_size,
                              raise_on_error=False, expand_action_callback=_as_is, index=index,
                              filter_path=filter_path)
 
     def _forcemerge(self, index, timeout_s):
         self.client.indices.forcemerge(index=index, max_num_segments=1, request_timeout=timeout_s)
+
+
+def _as_text(actions):
+    # opensearch-py's chunker measures bodies with str.encode, so raw bodies travel as str.
+    return ((action, body.decode()) for action, body in actions)
 
 
 def _as_is(pair):
