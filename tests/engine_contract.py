@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import FINGERPRINT, drop_alias_family, random_items, random_queries, write_export
-from sparcode.pipeline import indexer
+from sparcode.featurefield import truncate
+from sparcode.pipeline import indexer, layout
 from sparcode.pipeline.backends import BackendError, EngineBackend, LocalBackend
 from sparcode.pipeline.bulk import BulkFailed
 from sparcode.pipeline.export import Export, ExportError
@@ -28,16 +29,28 @@ def built(engine, export_dir):
     drop_alias_family(engine, alias)
 
 
-def test_documents_are_the_export_lines_without_nulls(engine, built, export_dir):
-    """The raw-line bulk path stores what the export says: nulls and empty `codes` left out."""
+def test_documents_are_the_export_lines_without_nulls_or_codes(engine, built, export_dir):
+    """`_source` holds the export's attributes with nulls left out; `codes` are indexed, not stored."""
     alias, _ = built
     hits = engine.search(alias, {"size": 1000, "query": {"match_all": {}}})["hits"]["hits"]
     stored = {h["_id"]: h["_source"] for h in hits}
     items = list(Export.open(export_dir).items())
     assert len(stored) == len(items)
     for item in items:
-        expected = {k: v for k, v in item.items() if v is not None and not (k == "codes" and not v)}
+        expected = {k: v for k, v in item.items() if v is not None and k != "codes"}
         assert stored[item["item_id"]] == expected
+
+
+def test_every_stored_pair_is_indexed(engine, built, export_dir):
+    """An item queried with each of its own terms once scores the sum of its stored values."""
+    alias, _ = built
+    backend = EngineBackend.open(alias, export_dir, connection=engine)
+    items = [it for it in Export.open(export_dir).items() if it["codes"]][:12]
+    results = backend.batch_search([{t: 1.0 for t in it["codes"]} for it in items], 400)
+    for item, hits in zip(items, results):
+        score = {h.item_id: h.score for h in hits}[item["item_id"]]
+        want = np.float32(np.sum(truncate(list(item["codes"].values())), dtype=np.float64))
+        assert score == want
 
 
 def test_build_reports_node_and_client_cpu(built):
@@ -46,19 +59,25 @@ def test_build_reports_node_and_client_cpu(built):
     assert result.docs_per_cpu_second == result.docs / result.cpu_bulk
 
 
-def test_mapping_comes_from_the_shipped_file(engine, built):
+def test_mapping_comes_from_the_shipped_file(engine, built, export_dir):
     alias, result = built
     mapping = engine.mappings(alias)[result.index]
     shipped = load_template(engine.default_field_type)["mappings"]
     assert mapping["dynamic"] == shipped["dynamic"] == "strict"
+    assert mapping["_source"] == shipped["_source"] == {"excludes": ["codes"]}
     for name, spec in shipped["properties"].items():
-        assert mapping["properties"][name] == spec
-    assert mapping["properties"]["codes"] == {"type": engine.default_field_type}
+        if name != "codes":
+            assert mapping["properties"][name] == spec
+    # One feature map per first code (layout.py): c0003_0017 is key 0017 of codes.c0003.
+    groups = layout.groups(Export.open(export_dir).code_table().terms)
+    assert len(groups) > 1
+    assert mapping["properties"]["codes"] == {"properties": {g: {"type": engine.default_field_type} for g in groups}}
     assert mapping["properties"]["genres"] == {"type": "keyword"}
     assert mapping["properties"]["title"] == {"type": "text"}
     meta = mapping["_meta"]
     assert meta["fingerprint"] == FINGERPRINT and meta["complete"] is True
     assert meta["field_type"] == engine.default_field_type and meta["manifest"]["items"] == 400
+    assert meta["layout"] == layout.GROUPED
     settings = engine.client.indices.get_settings(index=result.index)[result.index]["settings"]["index"]
     assert settings["number_of_shards"] == "1" and settings["number_of_replicas"] == "0"
     assert "refresh_interval" not in settings  # restored to the default after loading
@@ -182,13 +201,16 @@ def test_interrupted_load_resumes_without_duplicates(engine, alias, export_dir):
 
 def test_one_stream_or_several_index_the_same_documents(engine, alias, export_dir):
     export = Export.open(export_dir)
-    stored = []
+    queries = random_queries(export_dir, 40, seed=8)
+    stored, found = [], []
     for streams in (1, 3):
         result = indexer.build(engine, export, alias, streams=streams, chunk_size=50, delete_old=True, progress=False)
         hits = engine.search(alias, {"size": 1000, "query": {"match_all": {}}})["hits"]["hits"]
         assert result.docs == export.n_items == len(hits)
         stored.append({h["_id"]: h["_source"] for h in hits})
-    assert stored[0] == stored[1]
+        found.append(EngineBackend.open(alias, export_dir, connection=engine).batch_search(queries, 400))
+    assert stored[0] == stored[1] and found[0] == found[1]
+    assert sum(map(len, found[0])) > 400
 
 
 def test_index_refuses_an_existing_alias_and_reindex_keeps_field_type(engine, alias, export_dir):

@@ -5,7 +5,7 @@ import gzip
 import orjson
 
 from conftest import random_items, write_export
-from sparcode.pipeline import bulk
+from sparcode.pipeline import bulk, layout
 from sparcode.pipeline.export import Export
 
 
@@ -43,6 +43,15 @@ def test_rewritten_lines_drop_nulls_and_empty_codes():
     assert item_id == "x" and orjson.loads(body) == {"item_id": "x", "ord": 3, "title": "t"}
     item_id, body = bulk.source_line(b'{"item_id":"y","ord":4,"codes":{"c0001_0002":1.5}}\r\n')
     assert body == b'{"item_id":"y","ord":4,"codes":{"c0001_0002":1.5}}'
+
+
+def test_grouped_lines_regroup_codes_by_first_code():
+    line = b'{"item_id":"y","ord":4,"codes":{"c0001_0002":1.5,"c0001_0007":0.5,"c0003_0002":2.0},"year":null}\n'
+    item_id, body = bulk.source_line(line, layout.GROUPED)
+    assert item_id == "y" and orjson.loads(body) == {
+        "item_id": "y", "ord": 4, "codes": {"c0001": {"0002": 1.5, "0007": 0.5}, "c0003": {"0002": 2.0}}}
+    _, body = bulk.source_line(b'{"item_id":"x","ord":3,"codes":{}}', layout.GROUPED)
+    assert orjson.loads(body) == {"item_id": "x", "ord": 3}
 
 
 class _PushyEngine:

@@ -34,3 +34,25 @@ def test_rank_features_without_mapper_extras_is_a_clear_refusal(engine, alias, e
     assert "has no rank_features field type (mapper-extras module missing" in message
     assert "--field-type sparse_vector" in message and "--engine opensearch" in message
     assert engine.matching(f"{alias}-*") == {}
+
+
+def _recovery_bytes(engine, index: str) -> int:
+    usage = engine.client.indices.disk_usage(index=index, run_expensive_tasks=True)[index]["fields"]
+    return usage.get("_recovery_source", {}).get("total_in_bytes", 0)
+
+
+def test_a_settled_build_keeps_no_recovery_copy_of_the_codes(engine, alias, export_dir):
+    """`codes` are out of `_source`; merged before the node releases the load's history, their
+    JSON survives as `_recovery_source` — merged after, it is gone (indexer.SETTLE_MIN_DOCS)."""
+    export = Export.open(export_dir)
+
+    def several_segments(_done: int):
+        engine.refresh(f"{alias}-*")  # a load this small would otherwise be one segment: no merge at all
+
+    def build(settle: bool) -> str:
+        return indexer.build(engine, export, alias, settle=settle, chunk_size=100, on_chunk=several_segments,
+                             delete_old=True, progress=False).index
+
+    assert _recovery_bytes(engine, build(settle=False)) > 0
+    settled = build(settle=True)
+    assert engine.history_released(settled) and _recovery_bytes(engine, settled) == 0

@@ -14,6 +14,7 @@ import numpy as np
 
 from sparcode.codes_fallback import CodeTable
 from sparcode.featurefield import truncate
+from sparcode.pipeline import layout
 from sparcode.pipeline import query as dsl
 from sparcode.pipeline.engine import Engine, EngineError
 from sparcode.pipeline.export import Export
@@ -86,7 +87,10 @@ class EngineBackend:
         props = mappings.get("properties", {})
         self.field_types = {k: v.get("type", "object") for k, v in props.items()
                             if k not in ("item_id", "ord", "codes")}
-        self.form = form or dsl.form_for(props.get("codes", {}).get("type", "sparse_vector"))
+        # Indices from before `layout` existed are flat, and their codes field names its type.
+        self.layout = meta.get("layout", layout.FLAT)
+        field_type = meta.get("field_type") or props.get("codes", {}).get("type", "sparse_vector")
+        self.form = form or dsl.form_for(field_type)
 
     @classmethod
     def open(cls, alias: str, export_dir=None, *, connection: Engine | None = None, engine: str | None = None,
@@ -104,7 +108,7 @@ class EngineBackend:
     def explain(self, query: Query, k: int, filters: Mapping[str, object] | None = None,
                 exclude_items: Collection[str] | None = None) -> dict:
         """The exact request body `search` sends."""
-        return dsl.search_body(_prepare(self.code_table, query), k, form=self.form,
+        return dsl.search_body(_prepare(self.code_table, query), k, form=self.form, layout=self.layout,
                                filters=dsl.coerce_filters(filters, self.field_types),
                                exclude_items=exclude_items, tiebreak=self.tiebreak)
 
@@ -133,6 +137,7 @@ class LocalBackend:
         self.fingerprint = export.fingerprint
         self.code_table = code_table if code_table is not None else export.code_table()
         self.field_types = export.item_fields
+        self.layout = layout.choose(self.code_table.terms)  # the layout an index of this export gets
         n = export.n_items
         self.item_ids: list[str] = [""] * n
         postings: dict[str, tuple[list[int], list[float]]] = {}
@@ -175,7 +180,7 @@ class LocalBackend:
 
     def explain(self, query: Query, k: int, filters=None, exclude_items=None) -> dict:
         """The engine body the same search would send (for comparison and debugging)."""
-        return dsl.search_body(_prepare(self.code_table, query), k,
+        return dsl.search_body(_prepare(self.code_table, query), k, layout=self.layout,
                                filters=dsl.coerce_filters(filters, self.field_types), exclude_items=exclude_items)
 
     def search(self, query: Query, k: int, filters=None, exclude_items=None) -> list[Hit]:

@@ -1,11 +1,12 @@
 """Stream an export's items into one index with explicit ids, so a retried or resumed load
 overwrites instead of duplicating.
 
-The export's lines are already the documents' JSON: each line is sent to the engine as it was
-read (a `(header, raw body)` pair the bulk helper passes through unserialized). Per document we
-only parse the line to learn its `_id` and to catch the two things the engines refuse — a null
-attribute and an empty `codes` object — and only those lines are re-serialized. Building every
-document as a dict and serializing it again capped a load at ≈ 5k docs/s, client-bound.
+Documents go to the bulk helper as `(header, raw body)` pairs it passes through unserialized.
+Per line we parse the export's JSON once (orjson) to learn its `_id`, to catch the two things
+the engines refuse — a null attribute and an empty `codes` object — and, for a grouped index
+(`layout`), to regroup `codes` by field; a flat index takes clean lines as they were read.
+Building every document as a Python dict through the client's serializer had capped a load at
+≈ 5k docs/s, client-bound.
 
 Two requests are kept in flight (`helpers.parallel_bulk`): with one, client and node take turns
 and the node indexes on one write thread; with two, the node indexes both on its two cores
@@ -20,6 +21,8 @@ from typing import Callable, Iterator
 
 import orjson
 from tqdm import tqdm
+
+from sparcode.pipeline import layout
 
 CHUNK_SIZE = 1000
 STREAMS = 2
@@ -47,22 +50,26 @@ class BulkReport:
         return "\n".join(lines)
 
 
-def source_line(line: bytes) -> tuple[str, bytes]:
+def source_line(line: bytes, term_layout: str = layout.FLAT) -> tuple[str, bytes]:
     """(item id, the document's JSON) for one export line, re-serialized only when it must be."""
     item = orjson.loads(line)
-    if item.get("codes") and None not in item.values():
+    codes = item.get("codes")
+    if term_layout == layout.FLAT and codes and None not in item.values():
         return item["item_id"], line.rstrip(b"\r\n")
     source = {k: v for k, v in item.items() if v is not None}
-    if not source.get("codes"):
+    if codes:
+        if term_layout == layout.GROUPED:
+            source["codes"] = layout.document_codes(codes)
+    else:
         # An empty object is not a valid sparse_vector/rank_features value; the item stays a document.
         source.pop("codes", None)
     return item["item_id"], orjson.dumps(source)
 
 
-def actions(export) -> Iterator[tuple[dict, bytes]]:
+def actions(export, term_layout: str = layout.FLAT) -> Iterator[tuple[dict, bytes]]:
     """Bulk `(action, source)` pairs; the target index travels in the request URL, not per line."""
     for line in export.lines():
-        item_id, source = source_line(line)
+        item_id, source = source_line(line, term_layout)
         yield {"index": {"_id": item_id}}, source
 
 
@@ -71,8 +78,8 @@ def actions(export) -> Iterator[tuple[dict, bytes]]:
 RESPONSE_FILTER = "errors,items.*._id,items.*.status,items.*.error"
 
 
-def load(engine, export, index: str, *, chunk_size: int = CHUNK_SIZE, max_retries: int = MAX_RETRIES,
-         streams: int = STREAMS, on_chunk: Callable[[int], None] | None = None,
+def load(engine, export, index: str, *, term_layout: str = layout.FLAT, chunk_size: int = CHUNK_SIZE,
+         max_retries: int = MAX_RETRIES, streams: int = STREAMS, on_chunk: Callable[[int], None] | None = None,
          progress: bool | None = None) -> BulkReport:
     """Index every item of `export` into `index`; raise BulkFailed listing rejected documents.
 
@@ -81,16 +88,16 @@ def load(engine, export, index: str, *, chunk_size: int = CHUNK_SIZE, max_retrie
     report = BulkReport()
     pushed_back: set[str] = set()
     if streams > 1:
-        results = engine.parallel_bulk(actions(export), index=index, chunk_size=chunk_size, threads=streams,
+        results = engine.parallel_bulk(actions(export, term_layout), index=index, chunk_size=chunk_size, threads=streams,
                                        filter_path=RESPONSE_FILTER)
     else:
-        results = engine.streaming_bulk(actions(export), index=index, chunk_size=chunk_size,
+        results = engine.streaming_bulk(actions(export, term_layout), index=index, chunk_size=chunk_size,
                                         max_retries=max_retries, filter_path=RESPONSE_FILTER)
     with tqdm(total=export.n_items, unit="doc", desc=f"bulk {index}",
               disable=None if progress is None else not progress) as bar:
         _count(results, report, pushed_back, chunk_size, bar, on_chunk)
         if pushed_back:
-            again = (pair for pair in actions(export) if pair[0]["index"]["_id"] in pushed_back)
+            again = (pair for pair in actions(export, term_layout) if pair[0]["index"]["_id"] in pushed_back)
             _count(engine.streaming_bulk(again, index=index, chunk_size=chunk_size, max_retries=max_retries,
                                          filter_path=RESPONSE_FILTER), report, None, chunk_size, None, None)
     if report.failed:

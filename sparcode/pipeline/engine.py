@@ -133,10 +133,30 @@ class Engine(ABC):
     def refresh(self, index: str) -> None:
         self._call(self.client.indices.refresh, index=index)
 
+    def flush(self, index: str) -> None:
+        self._call(self.client.indices.flush, index=index)
+
     def forcemerge(self, index: str, timeout_s: float) -> None:
         """Merge to one segment, waiting up to `timeout_s` (a large index takes minutes)."""
         with self._translate():
             self._forcemerge(index, timeout_s)
+
+    def history_released(self, index: str) -> bool:
+        """Whether every shard's retention leases have moved past its last operation.
+
+        Until they have, a merge keeps each document's `_recovery_source`: the full JSON of any
+        field left out of `_source`, as large as the `_source` it replaces. The node renews the
+        leases every 30 s on its own schedule; no request moves them sooner."""
+        stats = self._call(self.client.indices.stats, index=index, level="shards",
+                           filter_path="indices.*.shards.*.seq_no.max_seq_no,"
+                                       "indices.*.shards.*.retention_leases.leases.retaining_seq_no")
+        for copies in stats.get("indices", {}).get(index, {}).get("shards", {}).values():
+            for copy in copies:
+                last = copy.get("seq_no", {}).get("max_seq_no", -1)
+                leases = copy.get("retention_leases", {}).get("leases", [])
+                if any(lease["retaining_seq_no"] <= last for lease in leases):
+                    return False
+        return True
 
     def count(self, index: str) -> int:
         return int(self._call(self.client.count, index=index)["count"])

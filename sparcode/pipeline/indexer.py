@@ -14,10 +14,15 @@ from typing import Callable
 
 import tenacity
 
-from sparcode.pipeline import bulk, mappings
+from sparcode.pipeline import bulk, layout, mappings
 from sparcode.pipeline.engine import Engine, EngineError, EngineUnavailable, redact
 
 FORCE_MERGE_TIMEOUT_S = 3600
+# With `codes` out of `_source`, a merge keeps their JSON as `_recovery_source` until the
+# node's next history-lease renewal (every 30 s): a 200k-item index is 134 MB merged at once,
+# 47 MB merged after it. Worth the wait from this size on; below, the copy is a few MB.
+SETTLE_MIN_DOCS = 10_000
+SETTLE_TIMEOUT_S = 45
 
 
 class IndexProblem(RuntimeError):
@@ -94,12 +99,14 @@ def unfinished_index(engine: Engine, alias: str, fingerprint: str) -> str | None
 
 def build(engine: Engine, export, alias: str, *, field_type: str | None = None, resume: bool = False,
           delete_old: bool = False, replace: bool = True, chunk_size: int = bulk.CHUNK_SIZE,
-          streams: int = bulk.STREAMS, on_chunk: Callable[[int], None] | None = None, progress: bool | None = None) -> BuildResult:
+          streams: int = bulk.STREAMS, on_chunk: Callable[[int], None] | None = None, progress: bool | None = None,
+          settle: bool | None = None) -> BuildResult:
     """Index `export` under a new (or, with `resume`, the unfinished) versioned index; move `alias`.
 
     `replace=False` refuses when `alias` already exists (`sparcode index`); `field_type=None`
     keeps the field type of the index the alias points at, else the engine's default
-    (`sparse_vector` on Elasticsearch, `rank_features` on OpenSearch).
+    (`sparse_vector` on Elasticsearch, `rank_features` on OpenSearch). `settle` waits for the
+    node to release the load's history before merging (default: from SETTLE_MIN_DOCS items).
     """
     if alias != alias.lower() or not re.match(r"^[a-z0-9][a-z0-9_.-]*$", alias):
         raise IndexProblem(f"alias {alias!r}: use lowercase letters, digits, '-', '_' or '.'")
@@ -121,19 +128,22 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
 
     if name is None:
         name = versioned_name(alias, export.fingerprint)
-        _create(engine, name, mappings.index_body(export, field_type), field_type)
+        body = mappings.index_body(export, field_type)
+        term_layout = body["mappings"]["_meta"]["layout"]
+        _create(engine, name, body, field_type)
     else:
-        field_type = index_meta(engine, name).get("field_type", field_type)
+        meta = index_meta(engine, name)
+        field_type, term_layout = meta.get("field_type", field_type), meta.get("layout", layout.FLAT)
         _step(engine.set_refresh_interval)(name, "-1")
 
     with CpuMeter(engine) as meter:
-        _step(bulk.load)(engine, export, name, chunk_size=chunk_size, streams=streams, on_chunk=on_chunk,
-                         progress=progress)
-    docs = _finalize(engine, name)
+        _step(bulk.load)(engine, export, name, term_layout=term_layout, chunk_size=chunk_size, streams=streams,
+                         on_chunk=on_chunk, progress=progress)
+    docs = _finalize(engine, name, export.n_items >= SETTLE_MIN_DOCS if settle is None else settle)
     if docs != export.n_items:
         raise IndexProblem(f"{name} holds {docs} documents, the export has {export.n_items}; "
                            "alias not moved (run again with --resume)")
-    _step(engine.put_meta)(name, mappings.index_meta(export, field_type, complete=True))
+    _step(engine.put_meta)(name, mappings.index_meta(export, field_type, term_layout, complete=True))
     _swap(engine, alias, name, previous)
     deleted = []
     if delete_old:
@@ -162,12 +172,23 @@ def _create(engine: Engine, name: str, body: dict, field_type: str) -> None:
 
 
 @_step
-def _finalize(engine: Engine, name: str) -> int:
+def _finalize(engine: Engine, name: str, settle: bool) -> int:
     engine.set_refresh_interval(name, None)  # null restores the default
     engine.refresh(name)
+    if settle:
+        # A merge drops recovery copies older than both the leases and the last commit.
+        engine.flush(name)
+        _await_history_release(engine, name, SETTLE_TIMEOUT_S)
     # One segment: smaller, faster to search, and deleted copies from a resume are dropped.
     engine.forcemerge(name, FORCE_MERGE_TIMEOUT_S)
     return engine.count(name)
+
+
+def _await_history_release(engine: Engine, name: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    # On timeout we merge anyway: the index works, it is only larger until its next merge.
+    while not engine.history_released(name) and time.monotonic() < deadline:
+        time.sleep(1.0)
 
 
 @_step

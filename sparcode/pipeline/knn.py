@@ -27,7 +27,8 @@ from sparcode.pipeline import query as dsl
 from sparcode.pipeline.backends import BackendError, Hit, _per_query, index_mapping
 from sparcode.pipeline.engine import Engine
 from sparcode.pipeline.export import SUMMARY_KEYS
-from sparcode.pipeline.indexer import BuildResult, CpuMeter, IndexProblem, _create, _finalize, _step, _swap, versioned_name
+from sparcode.pipeline.indexer import (SETTLE_MIN_DOCS, BuildResult, CpuMeter, IndexProblem, _create, _finalize, _step,
+                                       _swap, versioned_name)
 from sparcode.pipeline.vectors import VectorSet, open_vector_export
 
 FIELD = "vector"
@@ -104,7 +105,7 @@ def build(engine: Engine, export_dir, alias: str, *, m: int = 16, ef_constructio
     _create(engine, name, index_body(export, m=m, ef_construction=ef_construction, transform=transform), FIELD_TYPE)
     with CpuMeter(engine) as meter:
         _step(bulk.load)(engine, _VectorDocs(export, transform), name, streams=streams, progress=progress)
-    docs = _finalize(engine, name)
+    docs = _finalize(engine, name, export.n_items >= SETTLE_MIN_DOCS)
     if docs != export.n_items:
         raise IndexProblem(f"{name} holds {docs} documents, the export has {export.n_items}; alias not moved")
     _step(engine.put_meta)(name, index_meta(export, m, ef_construction, transform, complete=True))

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from typing import Collection, Iterable, Mapping
 
+from sparcode.pipeline.layout import FLAT, by_field
+
 FORMS = ("sparse_vector", "term", "rank_feature")
 DEFAULT_FORM = "sparse_vector"
 FILTERABLE = ("keyword", "integer", "float")
@@ -83,25 +85,29 @@ def parse_filter(text: str) -> tuple[str, str]:
     return name.strip(), value
 
 
-def scoring_query(query: Mapping[str, float], form: str = DEFAULT_FORM, field: str = "codes") -> dict:
+def scoring_query(query: Mapping[str, float], form: str = DEFAULT_FORM, layout: str = FLAT) -> dict:
+    """Σ count × stored value over the query's terms, addressed as the index `layout` stores them."""
     if form not in FORMS:
         raise QueryError(f"query form {form!r}: expected one of {FORMS}")
-    if not query:
-        return {"match_none": {}}
+    fields = by_field(query, layout)
     if form == "sparse_vector":
-        return {"sparse_vector": {"field": field, "query_vector": dict(query)}}
-    if form == "term":
-        clauses = [{"term": {field: {"value": t, "boost": c}}} for t, c in query.items()]
+        clauses = [{"sparse_vector": {"field": f, "query_vector": keys}} for f, keys in fields.items()]
+    elif form == "term":
+        clauses = [{"term": {f: {"value": key, "boost": c}}} for f, keys in fields.items() for key, c in keys.items()]
     else:
-        clauses = [{"rank_feature": {"field": f"{field}.{t}", "linear": {}, "boost": c}} for t, c in query.items()]
-    return {"bool": {"should": clauses}}
+        clauses = [{"rank_feature": {"field": f"{f}.{key}", "linear": {}, "boost": c}}
+                   for f, keys in fields.items() for key, c in keys.items()]
+    if not clauses:
+        return {"match_none": {}}
+    # A bool of one clause scores the same; the bare clause keeps the simplest query readable.
+    return clauses[0] if len(clauses) == 1 and form == "sparse_vector" else {"bool": {"should": clauses}}
 
 
-def search_body(query: Mapping[str, float], k: int, *, form: str = DEFAULT_FORM, field: str = "codes",
+def search_body(query: Mapping[str, float], k: int, *, form: str = DEFAULT_FORM, layout: str = FLAT,
                 filters: Mapping[str, list] | None = None, exclude_items: Collection[str] | None = None,
                 tiebreak: bool = True) -> dict:
     """The full `_search` body: top `k` by score, ties by `ord`, no total count, no stored fields."""
-    scoring = scoring_query(query, form, field)
+    scoring = scoring_query(query, form, layout)
     filter_clauses = [_filter_clause(name, values) for name, values in (filters or {}).items()]
     must_not = [{"ids": {"values": sorted(set(exclude_items))}}] if exclude_items else []
     if filter_clauses or must_not:
