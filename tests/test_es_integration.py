@@ -41,6 +41,7 @@ def _recovery_bytes(engine, index: str) -> int:
     return usage.get("_recovery_source", {}).get("total_in_bytes", 0)
 
 
+@pytest.mark.filterwarnings("ignore:This API is in technical preview")  # _disk_usage, the only per-field size
 def test_a_settled_build_keeps_no_recovery_copy_of_the_codes(engine, alias, export_dir):
     """`codes` are out of `_source`; merged before the node releases the load's history, their
     JSON survives as `_recovery_source` — merged after, it is gone (indexer.SETTLE_MIN_DOCS)."""

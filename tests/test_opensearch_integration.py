@@ -19,7 +19,8 @@ def test_the_query_is_rank_feature_linear(engine, built, export_dir):
     backend = EngineBackend.open(alias, export_dir, connection=engine)
     assert backend.form == "rank_feature"
     should = backend.explain({"c0001_0002": 2.0}, 3)["query"]["bool"]["should"]
-    assert should == [{"rank_feature": {"field": "codes.c0001_0002", "linear": {}, "boost": 2.0}}]
+    # Grouped layout: term c0001_0002 is feature 0002 of the rank_features field codes.c0001.
+    assert should == [{"rank_feature": {"field": "codes.c0001.0002", "linear": {}, "boost": 2.0}}]
 
 
 def test_sparse_vector_is_refused_before_any_request(engine, alias, export_dir):

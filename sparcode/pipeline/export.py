@@ -74,7 +74,15 @@ class Export:
         return {k: self.manifest[k] for k in SUMMARY_KEYS if k in self.manifest}
 
     def code_table(self) -> CodeTable:
-        return CodeTable.load(self.path / self.manifest["files"].get("codes", "codes.npz"))
+        return CodeTable.load(self._codes_path)
+
+    def indexed_terms(self) -> list[str]:
+        """The pseudo-terms items carry; none for an export without a code table (semantic IDs)."""
+        return self.code_table().terms if self._codes_path.is_file() else []
+
+    @property
+    def _codes_path(self) -> Path:
+        return self.path / self.manifest["files"].get("codes", "codes.npz")
 
     def lines(self) -> Iterator[bytes]:
         """Raw JSON lines of every items file, in manifest order."""

@@ -34,7 +34,7 @@ def index_body(export, field_type: str = "sparse_vector", *, shards: int = 1, re
         if name in _CORE:
             raise ValueError(f"item field {name!r} clashes with a reserved field")
         props[name] = {"type": kind}
-    terms = export.code_table().terms
+    terms = export.indexed_terms()
     term_layout = layout.choose(terms)
     if term_layout == layout.GROUPED:
         groups = layout.groups(terms)
