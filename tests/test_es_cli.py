@@ -1,6 +1,9 @@
 """The `sparcode es|index|reindex` commands through click's CliRunner."""
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 from conftest import run_cli
@@ -22,6 +25,19 @@ def test_es_start_without_java_is_one_clear_line(tmp_path, monkeypatch, engine_n
     assert result.exit_code != 0
     assert "java not found" in result.output and java_var in result.output
     assert "Traceback" not in result.output
+
+
+def test_es_start_on_another_port_leaves_the_running_node_alone(tmp_path, monkeypatch):
+    home = tmp_path / "node"
+    (home / "run").mkdir(parents=True)
+    # A live pid (this test's own) and the port it was started on, as `es start` records them.
+    (home / "run" / "node.pid").write_text(str(os.getpid()))
+    (home / "node.json").write_text(json.dumps({"port": 9298, "heap": "1g"}))
+    monkeypatch.setenv("SPARCODE_ES_HOME", str(home))
+    result = run("es", "start", "--port", "9299")
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "already runs on port 9298" in result.output and "SPARCODE_ES_HOME" in result.output
+    assert (home / "run" / "node.pid").read_text() == str(os.getpid())
 
 
 @pytest.mark.parametrize("engine_name,home_var", [("elasticsearch", "SPARCODE_ES_HOME"),

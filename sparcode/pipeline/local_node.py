@@ -135,8 +135,17 @@ class LocalNode:
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> float:
         """Start the node (fetching/unpacking it first if needed); return seconds to healthy."""
-        if self.running_pid() is not None and self.healthy():
-            return 0.0
+        pid = self.running_pid()
+        if pid is not None:
+            running_port = LocalNode.from_state(self.spec, self.home).port
+            if running_port != self.port:
+                # Starting anyway would drop the running node's pid file (leaving it unstoppable
+                # by `es stop`) and then fail on its data-directory lock.
+                raise LocalNodeError(f"{self.spec.name} from {self.home} already runs on port {running_port} "
+                                     f"(pid {pid}); stop it first (sparcode es stop) or set "
+                                     f"{self.spec.home_var} to another directory for a second node")
+            if self.healthy():
+                return 0.0
         java_home = _java_home(self.spec.java_home_var)
         self._ensure_unpacked()
         user = _ensure_user()
