@@ -225,6 +225,20 @@ def test_index_refuses_an_existing_alias_and_reindex_keeps_field_type(engine, al
     assert engine.exists(first.index)  # kept without --delete-old
 
 
+def test_more_groups_than_the_default_field_limit(engine, alias, tmp_path):
+    """1,100 first codes -> 1,100 feature-map fields, past the engines' default limit of 1,000."""
+    items = [{"item_id": f"i{i:04d}", "ord": i, "codes": {f"c{i:04d}_0001": 1.0, f"c{i + 1:04d}_0002": 2.5}}
+             for i in range(1100)]
+    export_path = write_export(tmp_path / "wide", items, N=1200)
+    result = indexer.build(engine, Export.open(export_path), alias, progress=False)
+    mapping = engine.mappings(alias)[result.index]
+    assert len(mapping["properties"]["codes"]["properties"]) == 1101
+    backend = EngineBackend.open(alias, export_path, connection=engine)
+    query = {"c0500_0001": 1.0, "c0500_0002": 2.0, "c1100_0002": 1.0}
+    assert backend.search(query, 5) == LocalBackend(export_path).search(query, 5)
+    assert [h.item_id for h in backend.search(query, 5)] == ["i0499", "i1099", "i0500"]
+
+
 def test_rejected_documents_are_reported_and_the_alias_stays(engine, alias, tmp_path):
     items = random_items(60, 20)
     for i in (3, 41):

@@ -16,9 +16,15 @@ ENGINE = "elasticsearch"
 pytestmark = pytest.mark.es
 
 
-def test_term_form_scores_equal_local(engine, built, export_dir):
+def test_a_grouped_index_is_queried_by_term(engine, built, export_dir):
     alias, _ = built
-    backend = EngineBackend.open(alias, export_dir, connection=engine, form="term")
+    assert EngineBackend.open(alias, export_dir, connection=engine).form == "term"
+
+
+@pytest.mark.parametrize("form", ["term", "sparse_vector"])
+def test_every_form_scores_equal_local(engine, built, export_dir, form):
+    alias, _ = built
+    backend = EngineBackend.open(alias, export_dir, connection=engine, form=form)
     queries = random_queries(export_dir, 40, seed=9)
     assert backend.batch_search(queries, 15) == LocalBackend(export_dir).batch_search(queries, 15)
 

@@ -29,6 +29,8 @@ def test_rank_feature_form_is_linear_per_term():
     assert should[0] == {"rank_feature": {"field": "codes.c0001_0002", "linear": {}, "boost": 2.0}}
     assert dsl.form_for("rank_features") == "rank_feature"
     assert dsl.form_for("sparse_vector") == "sparse_vector"
+    assert dsl.form_for("sparse_vector", "grouped") == "term"  # one clause per group field costs more
+    assert dsl.form_for("rank_features", "grouped") == "rank_feature"
 
 
 def test_filters_and_exclusions_wrap_the_scoring_query_without_scoring():

@@ -90,7 +90,7 @@ class EngineBackend:
         # Indices from before `layout` existed are flat, and their codes field names its type.
         self.layout = meta.get("layout", layout.FLAT)
         field_type = meta.get("field_type") or props.get("codes", {}).get("type", "sparse_vector")
-        self.form = form or dsl.form_for(field_type)
+        self.form = form or dsl.form_for(field_type, self.layout)
 
     @classmethod
     def open(cls, alias: str, export_dir=None, *, connection: Engine | None = None, engine: str | None = None,
@@ -180,8 +180,9 @@ class LocalBackend:
 
     def explain(self, query: Query, k: int, filters=None, exclude_items=None) -> dict:
         """The engine body the same search would send (for comparison and debugging)."""
-        return dsl.search_body(_prepare(self.code_table, query), k, layout=self.layout,
-                               filters=dsl.coerce_filters(filters, self.field_types), exclude_items=exclude_items)
+        return dsl.search_body(_prepare(self.code_table, query), k, form=dsl.form_for("sparse_vector", self.layout),
+                               layout=self.layout, filters=dsl.coerce_filters(filters, self.field_types),
+                               exclude_items=exclude_items)
 
     def search(self, query: Query, k: int, filters=None, exclude_items=None) -> list[Hit]:
         scores, mask = self.scores(_prepare(self.code_table, query))
