@@ -14,6 +14,7 @@ from typing import Collection, Sequence
 
 from sparcode.pipeline.backends import MSEARCH_BATCH, BackendError, index_mapping
 from sparcode.pipeline.engine import Engine
+from sparcode.pipeline.query import HIT_FIELDS, hit_item
 from sparcode.sid_terms import COLD_FIELD, FIELD, prefix_term
 
 KIND = "tiger-semantic-ids"
@@ -51,8 +52,9 @@ def prefix_body(semantic_ids: Sequence[Sequence[int]], depths: Sequence[int], k:
         query["bool"]["filter"] = [{"term": {COLD_FIELD: 1}}]
     if exclude_items:
         query["bool"]["must_not"] = [{"ids": {"values": sorted(str(i) for i in exclude_items)}}]
-    return {"size": k, "query": query, "sort": [{"_score": "desc"}, {"ord": "asc"}], "_source": False,
-            "track_total_hits": False}
+    # Items named by their doc value, not the stored `_id` (query.HIT_FIELDS says why).
+    return {"size": k, "query": query, "sort": [{"_score": "desc"}, {"ord": "asc"}], "track_total_hits": False,
+            **HIT_FIELDS}
 
 
 class SidPrefixBackend:
@@ -85,5 +87,5 @@ class SidPrefixBackend:
                 if "error" in response:
                     reason = response["error"].get("reason", response["error"])
                     raise BackendError(f"prefix search on {self.alias!r} failed: {reason}")
-                results.append([SidHit(h["_id"], int(h["sort"][1])) for h in response["hits"]["hits"]])
+                results.append([SidHit(hit_item(h), int(h["sort"][1])) for h in response["hits"]["hits"]])
         return results
