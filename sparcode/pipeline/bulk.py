@@ -87,11 +87,12 @@ def load(engine, export, index: str, *, term_layout: str = layout.FLAT, chunk_si
     """
     report = BulkReport()
     pushed_back: set[str] = set()
+    documents = actions(export, term_layout)
     if streams > 1:
-        results = engine.parallel_bulk(actions(export, term_layout), index=index, chunk_size=chunk_size, threads=streams,
+        results = engine.parallel_bulk(documents, index=index, chunk_size=chunk_size, threads=streams,
                                        filter_path=RESPONSE_FILTER)
     else:
-        results = engine.streaming_bulk(actions(export, term_layout), index=index, chunk_size=chunk_size,
+        results = engine.streaming_bulk(documents, index=index, chunk_size=chunk_size,
                                         max_retries=max_retries, filter_path=RESPONSE_FILTER)
     with tqdm(total=export.n_items, unit="doc", desc=f"bulk {index}",
               disable=None if progress is None else not progress) as bar:
