@@ -9,6 +9,7 @@ or `alias` sets `ENGINE = "elasticsearch"` or `"opensearch"`.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import os
 import uuid
@@ -60,7 +61,7 @@ def write_export(path: Path, items: list[dict], *, M: int = 2, N: int = 16, sub_
 def random_items(n_items: int = 400, n_terms: int = 60, *, M: int = 2, N: int = 16, seed: int = 0) -> list[dict]:
     """Items with random truncated scores; some share their codes exactly, some have none."""
     rng = np.random.default_rng(seed)
-    all_codes = [(a, b) for a in range(N) for b in range(N)]
+    all_codes = list(itertools.product(range(N), repeat=M))
     picked = rng.choice(len(all_codes), size=n_terms, replace=False)
     terms = sorted(code_to_term(all_codes[i]) for i in picked)
     items = []

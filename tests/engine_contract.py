@@ -176,6 +176,32 @@ def test_alias_swap_loses_no_query(engine, alias, export_dir, tmp_path):
     assert len(result.deleted) == 1 and not engine.exists(result.deleted[0])
 
 
+def test_a_backend_follows_its_alias_to_another_layout(engine, alias, export_dir, tmp_path):
+    """A reindex may move the alias to an index whose codes are laid out differently; a backend
+    opened before keeps answering, with the new index's query form, not an empty list."""
+    flat = write_export(tmp_path / "flat", random_items(300, M=1, N=64, seed=3), M=1, N=64, fingerprint="ef" * 32)
+    indexer.build(engine, Export.open(flat), alias, progress=False)
+    backend = EngineBackend(engine, alias)
+    assert backend.layout == layout.FLAT
+    indexer.build(engine, Export.open(export_dir), alias, delete_old=True, progress=False)
+    local = LocalBackend(export_dir)
+    for query in random_queries(export_dir, 5, seed=4, unindexed=False):
+        assert backend.search(query, 10) == local.search(query, 10)
+    assert backend.layout == layout.GROUPED and backend.fingerprint == FINGERPRINT
+
+
+def test_a_backend_refuses_the_model_its_alias_moved_to(engine, alias, export_dir, tmp_path):
+    """Queries spelled in one model's codes must not be scored against another model's index."""
+    first = indexer.build(engine, Export.open(export_dir), alias, progress=False)
+    backend = EngineBackend.open(alias, export_dir, connection=engine)
+    query = random_queries(export_dir, 1, seed=5, unindexed=False)[0]
+    assert backend.search(query, 5)
+    other = write_export(tmp_path / "other", random_items(300, seed=8), fingerprint="cd" * 32)
+    indexer.build(engine, Export.open(other), alias, progress=False)
+    with pytest.raises(BackendError, match=f"moved from {first.index} to .*serves model cdcdcdcd"):
+        backend.search(query, 5)
+
+
 class Interrupt(Exception):
     pass
 

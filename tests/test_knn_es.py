@@ -63,6 +63,20 @@ def test_knn_refuses_other_model(engine, alias, vector_export):
         knn.KnnBackend(engine, alias, expected_fingerprint="ef" * 32)
 
 
+def test_knn_backend_refuses_the_model_its_alias_moved_to(engine, alias, vector_export, tmp_path):
+    knn.build(engine, vector_export, alias, progress=False)
+    backend = knn.KnnBackend.open(alias, vector_export, connection=engine)
+    query = np.ones(16, dtype=np.float32)
+    assert len(backend.search(query, 5)) == 5
+    vectors = np.random.default_rng(3).standard_normal((300, 16))
+    knn.build(engine, write_vector_export(tmp_path / "other", vectors, fingerprint="ef" * 32), alias, replace=True,
+              progress=False)
+    from sparcode.pipeline.backends import BackendError
+
+    with pytest.raises(BackendError, match="moved from .*serves model efefefef"):
+        backend.search(query, 5)
+
+
 def test_cli_two_tower_es_knn(trained, es_engine, tmp_path):  # noqa: F811
     root, data, cfg, _ = trained
     run = root / "run-tt-knn"

@@ -8,7 +8,7 @@ scores by smaller `ord`, so their rankings are identical and either can stand in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Collection, Mapping, Protocol, Sequence
+from typing import Callable, Collection, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -26,8 +26,8 @@ MSEARCH_BATCH = 100
 class BackendError(RuntimeError):
     """The backend cannot serve (missing alias, fingerprint mismatch); one line."""
 
-def index_mapping(engine: Engine, alias: str) -> dict:
-    """The mapping (with `_meta`) of the one index `alias` names; a clear error otherwise."""
+def resolve(engine: Engine, alias: str) -> tuple[str, dict]:
+    """(name, mapping) of the one index `alias` names now; a clear error otherwise."""
     try:
         mapping = engine.mappings(alias)
     except EngineError as exc:
@@ -36,8 +36,64 @@ def index_mapping(engine: Engine, alias: str) -> dict:
         raise BackendError(f"no index or alias {alias!r} on this {engine.label}") from None
     if len(mapping) != 1:
         raise BackendError(f"{alias!r} points at {len(mapping)} indices; expected one")
-    return next(iter(mapping.values()))
+    return next(iter(mapping.items()))
 
+
+class ServedIndex:
+    """The index an alias named when a backend read its mapping, and whether it still does.
+
+    Backends build their requests from that mapping (fingerprint, layout, query form, vector
+    transform). `sparcode reindex` may move the alias to an index of another model or layout
+    while a backend lives; its queries would then match nothing or the wrong codes, silently.
+    `msearch` notices the move from its own answers — a hit from another index, or an error or
+    empty answer while the alias now names another index (one extra request, only then) —
+    lets the backend re-read (refusing a model it was not opened for) and asks once more."""
+
+    def __init__(self, engine: Engine, alias: str):
+        self.engine, self.alias = engine, alias
+        self.name, self.mapping = resolve(engine, alias)
+
+    @property
+    def meta(self) -> dict:
+        return self.mapping.get("_meta", {})
+
+    def _moved(self, responses: list[dict]) -> bool:
+        if any(h.get("_index", self.name) != self.name for r in responses for h in r.get("hits", {}).get("hits", ())):
+            return True
+        if any("error" in r or not r["hits"]["hits"] for r in responses):
+            return resolve(self.engine, self.alias)[0] != self.name
+        return False
+
+    def msearch(self, bodies: Callable[[], list[dict]], reread: Callable[[], None], what: str) -> list[dict]:
+        """Run `bodies()` in batches; if the alias moved, `reread()` and run the rebuilt bodies again."""
+        for attempt in range(2):
+            built = bodies()
+            responses: list[dict] = []
+            for start in range(0, len(built), MSEARCH_BATCH):
+                responses += self.engine.msearch(self.alias, built[start:start + MSEARCH_BATCH])
+            if attempt == 0 and self._moved(responses):
+                before = self.name
+                self.name, self.mapping = resolve(self.engine, self.alias)
+                try:
+                    reread()
+                except BackendError as exc:
+                    raise BackendError(f"{self.alias!r} moved from {before} to {self.name}: {exc}") from None
+                continue
+            for response in responses:
+                if "error" in response:
+                    reason = response["error"].get("reason", response["error"])
+                    raise BackendError(f"{what} on {self.alias!r} failed: {reason}")
+            return responses
+        raise AssertionError("unreachable")
+
+
+def check_fingerprint(served: ServedIndex, expected: str | None, what: str = "model", hint: str =
+                      "reindex the export or pick its alias") -> str | None:
+    """The served index's fingerprint; BackendError when `expected` is given and differs."""
+    found = served.meta.get("fingerprint")
+    if expected is not None and found != expected:
+        raise BackendError(f"{served.alias!r} serves {what} {str(found)[:12]}…, expected {expected[:12]}… ({hint})")
+    return found
 
 
 @dataclass(frozen=True)
@@ -78,19 +134,19 @@ class EngineBackend:
     def __init__(self, engine: Engine, alias: str, *, code_table: CodeTable | None = None,
                  expected_fingerprint: str | None = None, form: str | None = None, tiebreak: bool = True):
         self.engine, self.alias, self.code_table, self.tiebreak = engine, alias, code_table, tiebreak
-        mappings = index_mapping(engine, alias)
-        meta = mappings.get("_meta", {})
-        self.fingerprint = meta.get("fingerprint")
-        if expected_fingerprint is not None and self.fingerprint != expected_fingerprint:
-            raise BackendError(f"{alias!r} serves model {str(self.fingerprint)[:12]}…, expected "
-                               f"{expected_fingerprint[:12]}… (reindex the export or pick its alias)")
-        props = mappings.get("properties", {})
+        self.expected_fingerprint, self.requested_form = expected_fingerprint, form
+        self.served = ServedIndex(engine, alias)
+        self._read_mapping()
+
+    def _read_mapping(self) -> None:
+        self.fingerprint = check_fingerprint(self.served, self.expected_fingerprint)
+        props = self.served.mapping.get("properties", {})
         self.field_types = {k: v.get("type", "object") for k, v in props.items()
                             if k not in ("item_id", "ord", "codes")}
         # Indices from before `layout` existed are flat, and their codes field names its type.
-        self.layout = meta.get("layout", layout.FLAT)
-        field_type = meta.get("field_type") or props.get("codes", {}).get("type", "sparse_vector")
-        self.form = form or dsl.form_for(field_type, self.layout)
+        self.layout = self.served.meta.get("layout", layout.FLAT)
+        field_type = self.served.meta.get("field_type") or props.get("codes", {}).get("type", "sparse_vector")
+        self.form = self.requested_form or dsl.form_for(field_type, self.layout)
 
     @classmethod
     def open(cls, alias: str, export_dir=None, *, connection: Engine | None = None, engine: str | None = None,
@@ -117,16 +173,11 @@ class EngineBackend:
 
     def batch_search(self, queries: Sequence[Query], k: int, filters=None, exclude_items=None) -> list[list[Hit]]:
         excludes = _per_query(exclude_items, len(queries))
-        bodies = [self.explain(q, k, filters, ex) for q, ex in zip(queries, excludes)]
-        results: list[list[Hit]] = []
-        for start in range(0, len(bodies), MSEARCH_BATCH):
-            for response in self.engine.msearch(self.alias, bodies[start:start + MSEARCH_BATCH]):
-                if "error" in response:
-                    reason = response["error"].get("reason", response["error"])
-                    raise BackendError(f"search on {self.alias!r} failed: {reason}")
-                # Both engines print float32 scores in shortest form; round-trip to the exact float32 value.
-                results.append([Hit(dsl.hit_item(h), float(np.float32(h["_score"]))) for h in response["hits"]["hits"]])
-        return results
+        responses = self.served.msearch(lambda: [self.explain(q, k, filters, ex) for q, ex in zip(queries, excludes)],
+                                        self._read_mapping, "search")
+        # Both engines print float32 scores in shortest form; round-trip to the exact float32 value.
+        return [[Hit(dsl.hit_item(h), float(np.float32(h["_score"]))) for h in response["hits"]["hits"]]
+                for response in responses]
 
 
 class LocalBackend:

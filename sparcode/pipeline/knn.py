@@ -24,7 +24,7 @@ import orjson
 
 from sparcode.pipeline import bulk, mips
 from sparcode.pipeline import query as dsl
-from sparcode.pipeline.backends import BackendError, Hit, _per_query, index_mapping
+from sparcode.pipeline.backends import BackendError, Hit, ServedIndex, _per_query, check_fingerprint
 from sparcode.pipeline.engine import Engine
 from sparcode.pipeline.export import SUMMARY_KEYS
 from sparcode.pipeline.indexer import (SETTLE_MIN_DOCS, BuildResult, CpuMeter, IndexProblem, _create, _finalize, _step,
@@ -132,19 +132,20 @@ class KnnBackend:
     def __init__(self, engine: Engine, alias: str, *, dim: int | None = None, num_candidates: int = 100,
                  expected_fingerprint: str | None = None, field_types: dict | None = None):
         self.engine, self.alias, self.num_candidates = engine, alias, int(num_candidates)
-        mappings = index_mapping(engine, alias)
-        props = mappings.get("properties", {})
+        self.expected_fingerprint, self.requested_field_types = expected_fingerprint, field_types
+        self.served = ServedIndex(engine, alias)
+        self._read_mapping()
+
+    def _read_mapping(self) -> None:
+        props = self.served.mapping.get("properties", {})
         if props.get(FIELD, {}).get("type") != FIELD_TYPE:
-            raise BackendError(f"{alias!r} has no {FIELD_TYPE} field {FIELD!r}: index a two-tower vector export")
-        self.fingerprint = mappings.get("_meta", {}).get("fingerprint")
-        if expected_fingerprint is not None and self.fingerprint != expected_fingerprint:
-            raise BackendError(f"{alias!r} serves model {str(self.fingerprint)[:12]}…, expected "
-                               f"{expected_fingerprint[:12]}… (reindex the export or pick its alias)")
-        hnsw = mappings.get("_meta", {}).get("hnsw", {})
+            raise BackendError(f"{self.alias!r} has no {FIELD_TYPE} field {FIELD!r}: index a two-tower vector export")
+        self.fingerprint = check_fingerprint(self.served, self.expected_fingerprint)
+        hnsw = self.served.meta.get("hnsw", {})
         # Indices built before the transform existed have no `transform`: raw max_inner_product.
         self.radius = float(hnsw["radius"]) if hnsw.get("transform") == mips.TRANSFORM else None
         self.dim = int(props[FIELD]["dims"]) - (self.radius is not None)
-        self.field_types = field_types if field_types is not None else {
+        self.field_types = self.requested_field_types if self.requested_field_types is not None else {
             k: v.get("type", "object") for k, v in props.items() if k not in ("item_id", "ord", FIELD)}
 
     @classmethod
@@ -177,17 +178,10 @@ class KnnBackend:
 
     def batch_search(self, queries: Sequence, k: int, filters=None, exclude_items=None) -> list[list[Hit]]:
         excludes = _per_query(exclude_items, len(queries))
-        bodies = [self.explain(q, k, filters, ex) for q, ex in zip(queries, excludes)]
         norms = [float(np.linalg.norm(np.asarray(q, dtype=np.float64))) for q in queries]
-        results: list[list[Hit]] = []
-        for start in range(0, len(bodies), 100):
-            responses = self.engine.msearch(self.alias, bodies[start:start + 100])
-            for response, norm in zip(responses, norms[start:start + 100]):
-                if "error" in response:
-                    reason = response["error"].get("reason", response["error"])
-                    raise BackendError(f"knn search on {self.alias!r} failed: {reason}")
-                results.append(hits_of(response, norm, self.radius))
-        return results
+        responses = self.served.msearch(lambda: [self.explain(q, k, filters, ex) for q, ex in zip(queries, excludes)],
+                                        self._read_mapping, "knn search")
+        return [hits_of(response, norm, self.radius) for response, norm in zip(responses, norms)]
 
 
 def hits_of(response: dict, query_norm: float, radius: float | None) -> list[Hit]:

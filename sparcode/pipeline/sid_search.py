@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Collection, Sequence
 
-from sparcode.pipeline.backends import MSEARCH_BATCH, BackendError, index_mapping
+from sparcode.pipeline.backends import BackendError, ServedIndex, check_fingerprint
 from sparcode.pipeline.engine import Engine
 from sparcode.pipeline.query import HIT_FIELDS, hit_item
 from sparcode.sid_terms import COLD_FIELD, FIELD, prefix_term
@@ -61,16 +61,18 @@ class SidPrefixBackend:
     """Prefix lookups on `alias`, refusing an index built from other semantic IDs."""
 
     def __init__(self, engine: Engine, alias: str, *, expected_fingerprint: str | None = None):
-        self.engine, self.alias = engine, alias
+        self.engine, self.alias, self.expected_fingerprint = engine, alias, expected_fingerprint
         self.last_bodies: list[dict] = []
-        meta = index_mapping(engine, alias).get("_meta", {})
-        if meta.get("manifest", {}).get("kind") != KIND:
-            raise BackendError(f"{alias!r} does not hold semantic IDs (kind {meta.get('manifest', {}).get('kind')!r}); "
+        self.served = ServedIndex(engine, alias)
+        self._read_mapping()
+
+    def _read_mapping(self) -> None:
+        kind = self.served.meta.get("manifest", {}).get("kind")
+        if kind != KIND:
+            raise BackendError(f"{self.alias!r} does not hold semantic IDs (kind {kind!r}); "
                                "index a TIGER run's export (`sparcode export RUN_DIR --out DIR`)")
-        self.fingerprint = meta.get("fingerprint")
-        if expected_fingerprint is not None and self.fingerprint != expected_fingerprint:
-            raise BackendError(f"{alias!r} serves semantic IDs {str(self.fingerprint)[:12]}…, the run has "
-                               f"{expected_fingerprint[:12]}… (export and reindex the run)")
+        self.fingerprint = check_fingerprint(self.served, self.expected_fingerprint, "semantic IDs",
+                                             "export and reindex the run")
 
     def search(self, semantic_ids, depths, k: int, *, only_cold: bool = True, exclude_items=None) -> list[SidHit]:
         return self.batch_search([semantic_ids], depths, k, only_cold=only_cold,
@@ -81,11 +83,5 @@ class SidPrefixBackend:
         excludes = exclude_items if exclude_items is not None else [None] * len(batch)
         bodies = [prefix_body(ids, depths, k, only_cold=only_cold, exclude_items=ex) for ids, ex in zip(batch, excludes)]
         self.last_bodies = bodies  # what `search --explain` prints: the exact requests sent
-        results: list[list[SidHit]] = []
-        for start in range(0, len(bodies), MSEARCH_BATCH):
-            for response in self.engine.msearch(self.alias, bodies[start:start + MSEARCH_BATCH]):
-                if "error" in response:
-                    reason = response["error"].get("reason", response["error"])
-                    raise BackendError(f"prefix search on {self.alias!r} failed: {reason}")
-                results.append([SidHit(hit_item(h), int(h["sort"][1])) for h in response["hits"]["hits"]])
-        return results
+        responses = self.served.msearch(lambda: bodies, self._read_mapping, "prefix search")
+        return [[SidHit(hit_item(h), int(h["sort"][1])) for h in response["hits"]["hits"]] for response in responses]
