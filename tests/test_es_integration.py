@@ -56,10 +56,16 @@ def test_a_settled_build_keeps_no_recovery_copy_of_the_codes(engine, alias, expo
     def several_segments(_done: int):
         engine.refresh(f"{alias}-*")  # a load this small would otherwise be one segment: no merge at all
 
+    said: list[str] = []
+
     def build(settle: bool) -> str:
+        said.clear()
         return indexer.build(engine, export, alias, settle=settle, chunk_size=100, on_chunk=several_segments,
-                             delete_old=True, progress=False).index
+                             delete_old=True, progress=False, status=said.append).index
 
     assert _recovery_bytes(engine, build(settle=False)) > 0
+    assert not any("history" in line for line in said) and said[-1].startswith("merged in")
     settled = build(settle=True)
     assert engine.history_released(settled) and _recovery_bytes(engine, settled) == 0
+    assert [line.split()[0] for line in said] == ["waiting", "history", "merging", "merged"]
+    assert said[1].startswith("history released after")

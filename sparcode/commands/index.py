@@ -15,6 +15,11 @@ _STREAMS = click.option("--bulk-streams", "streams", type=click.IntRange(min=1),
                              "inline). More than the node's cores buys nothing.")
 
 
+def _status(line: str) -> None:
+    # stderr, like the progress bar: stdout keeps only the result lines.
+    click.echo(line, err=True)
+
+
 def _run(export_dir: str, alias: str, *, engine: str | None, field_type: str | None, resume: bool,
          delete_old: bool, replace: bool, streams: int) -> None:
     from sparcode.pipeline.bulk import BulkFailed
@@ -33,10 +38,11 @@ def _run(export_dir: str, alias: str, *, engine: str | None, field_type: str | N
             if field_type is not None or resume or conn.name != "elasticsearch":
                 raise IndexProblem("a two-tower vector export indexes into Elasticsearch dense_vector only "
                                    "(no --field-type, --resume or OpenSearch)")
-            result = knn.build(conn, export_dir, alias, delete_old=delete_old, replace=replace, streams=streams)
+            result = knn.build(conn, export_dir, alias, delete_old=delete_old, replace=replace, streams=streams,
+                               status=_status)
         else:
             result = build(conn, export, alias, field_type=field_type, resume=resume, delete_old=delete_old,
-                           replace=replace, streams=streams)
+                           replace=replace, streams=streams, status=_status)
     except (ExportError, ConnectionProblem, IndexProblem, BulkFailed) as exc:
         raise click.ClickException(str(exc))
     except (EngineError, EngineUnavailable) as exc:

@@ -100,13 +100,14 @@ def unfinished_index(engine: Engine, alias: str, fingerprint: str) -> str | None
 def build(engine: Engine, export, alias: str, *, field_type: str | None = None, resume: bool = False,
           delete_old: bool = False, replace: bool = True, chunk_size: int = bulk.CHUNK_SIZE,
           streams: int = bulk.STREAMS, on_chunk: Callable[[int], None] | None = None, progress: bool | None = None,
-          settle: bool | None = None) -> BuildResult:
+          settle: bool | None = None, status: Callable[[str], None] | None = None) -> BuildResult:
     """Index `export` under a new (or, with `resume`, the unfinished) versioned index; move `alias`.
 
     `replace=False` refuses when `alias` already exists (`sparcode index`); `field_type=None`
     keeps the field type of the index the alias points at, else the engine's default
     (`sparse_vector` on Elasticsearch, `rank_features` on OpenSearch). `settle` waits for the
     node to release the load's history before merging (default: from SETTLE_MIN_DOCS items).
+    `status(line)` hears what the build waits for after the load (the settle wait, the merge).
     """
     if alias != alias.lower() or not re.match(r"^[a-z0-9][a-z0-9_.-]*$", alias):
         raise IndexProblem(f"alias {alias!r}: use lowercase letters, digits, '-', '_' or '.'")
@@ -139,7 +140,7 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
     with CpuMeter(engine) as meter:
         _step(bulk.load)(engine, export, name, term_layout=term_layout, chunk_size=chunk_size, streams=streams,
                          on_chunk=on_chunk, progress=progress)
-    docs = _finalize(engine, name, export.n_items >= SETTLE_MIN_DOCS if settle is None else settle)
+    docs = _finalize(engine, name, export.n_items >= SETTLE_MIN_DOCS if settle is None else settle, status)
     if docs != export.n_items:
         raise IndexProblem(f"{name} holds {docs} documents, the export has {export.n_items}; "
                            "alias not moved (run again with --resume)")
@@ -172,23 +173,35 @@ def _create(engine: Engine, name: str, body: dict, field_type: str) -> None:
 
 
 @_step
-def _finalize(engine: Engine, name: str, settle: bool) -> int:
+def _finalize(engine: Engine, name: str, settle: bool, status: Callable[[str], None] | None = None) -> int:
+    say = status or (lambda _line: None)
     engine.set_refresh_interval(name, None)  # null restores the default
     engine.refresh(name)
     if settle:
         # A merge drops recovery copies older than both the leases and the last commit.
         engine.flush(name)
-        _await_history_release(engine, name, SETTLE_TIMEOUT_S)
+        say(f"waiting up to {SETTLE_TIMEOUT_S} s for the node to release the load's history, "
+            "so the merge can drop its recovery copy of the codes")
+        waited = _await_history_release(engine, name, SETTLE_TIMEOUT_S)
+        say(f"history released after {waited:.0f} s" if waited is not None
+            else "history not released in time; merging anyway (the index stays larger until its next merge)")
     # One segment: smaller, faster to search, and deleted copies from a resume are dropped.
+    say(f"merging {name} into one segment")
+    started = time.monotonic()
     engine.forcemerge(name, FORCE_MERGE_TIMEOUT_S)
+    say(f"merged in {time.monotonic() - started:.0f} s")
     return engine.count(name)
 
 
-def _await_history_release(engine: Engine, name: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
+def _await_history_release(engine: Engine, name: str, timeout_s: float) -> float | None:
+    """Seconds until the node released the history, or None at the timeout."""
+    started = time.monotonic()
     # On timeout we merge anyway: the index works, it is only larger until its next merge.
-    while not engine.history_released(name) and time.monotonic() < deadline:
+    while not engine.history_released(name):
+        if time.monotonic() - started >= timeout_s:
+            return None
         time.sleep(1.0)
+    return time.monotonic() - started
 
 
 @_step

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import json
 from importlib import resources
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import orjson
@@ -92,8 +92,10 @@ class _VectorDocs:
 
 def build(engine: Engine, export_dir, alias: str, *, m: int = 16, ef_construction: int = 100,
           transform: str = mips.TRANSFORM, replace: bool = False, delete_old: bool = False,
-          streams: int = bulk.STREAMS, progress: bool | None = None) -> BuildResult:
-    """A new versioned dense_vector index of the export's vectors; `alias` moved onto it."""
+          streams: int = bulk.STREAMS, progress: bool | None = None,
+          status: Callable[[str], None] | None = None) -> BuildResult:
+    """A new versioned dense_vector index of the export's vectors; `alias` moved onto it.
+    `status(line)` hears what the build waits for after the load (the HNSW graph is built by the merge)."""
     export = open_vector_export(export_dir)
     previous = engine.alias_holders(alias)
     if engine.exists(alias) and not previous:
@@ -105,7 +107,7 @@ def build(engine: Engine, export_dir, alias: str, *, m: int = 16, ef_constructio
     _create(engine, name, index_body(export, m=m, ef_construction=ef_construction, transform=transform), FIELD_TYPE)
     with CpuMeter(engine) as meter:
         _step(bulk.load)(engine, _VectorDocs(export, transform), name, streams=streams, progress=progress)
-    docs = _finalize(engine, name, export.n_items >= SETTLE_MIN_DOCS)
+    docs = _finalize(engine, name, export.n_items >= SETTLE_MIN_DOCS, status)
     if docs != export.n_items:
         raise IndexProblem(f"{name} holds {docs} documents, the export has {export.n_items}; alias not moved")
     _step(engine.put_meta)(name, index_meta(export, m, ef_construction, transform, complete=True))
