@@ -3,8 +3,8 @@ discovered from the environment (`ELASTICSEARCH_URL`, `OPENSEARCH_URL`; default 
 `sparcode es start [--engine opensearch]` runs).
 
 A test needing a node fails under CI=true when none answers, so CI can never go green by
-skipping; on a developer machine it skips and says how to start one. A module using `engine`
-or `alias` sets `ENGINE = "elasticsearch"` or `"opensearch"`.
+skipping (under CI=true any skip is reported as a failure); on a developer machine it skips and
+says how to start one. A module using `engine` or `alias` sets `ENGINE = "elasticsearch"` or `"opensearch"`.
 """
 from __future__ import annotations
 
@@ -104,6 +104,10 @@ def export_dir(tmp_path_factory) -> Path:
     return write_export(tmp_path_factory.mktemp("export"), random_items())
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
 def live_engine(name: str):
     """A checked engine at <ENGINE>_URL; fail under CI=true when there is none, else skip."""
     from sparcode.pipeline.connect import ConnectionProblem, connect
@@ -112,9 +116,20 @@ def live_engine(name: str):
         return connect(engine=name)
     except ConnectionProblem as exc:
         problem = str(exc)
-    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+    if in_ci():
         pytest.fail(f"CI=true and no usable {name}: {problem}", pytrace=False)
     pytest.skip(f"no {name}: {problem}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI=true no test may skip, whatever skipped it (a marker, a plugin, a helper):
+    a skip there is reported as a failure naming its reason."""
+    outcome = yield
+    report = outcome.get_result()
+    if in_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome, report.longrepr = "failed", f"skipped under CI=true: {reason}"
 
 
 @pytest.fixture(scope="session")
