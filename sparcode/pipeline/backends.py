@@ -74,24 +74,25 @@ class ServedIndex:
 
     def msearch(self, bodies: Callable[[], list[dict]], reread: Callable[[], None], what: str) -> list[dict]:
         """Run `bodies()` in batches; if the alias moved, `reread()` and run the rebuilt bodies again."""
-        for attempt in range(2):
-            built = bodies()
-            responses: list[dict] = []
-            for start in range(0, len(built), MSEARCH_BATCH):
-                responses += self.engine.msearch(self.alias, built[start:start + MSEARCH_BATCH])
-            before = self.name
-            if attempt == 0 and self._moved(responses):
-                try:
-                    reread()
-                except BackendError as exc:
-                    raise BackendError(f"{self.alias!r} moved from {before} to {self.name}: {exc}") from None
-                continue
-            for response in responses:
-                if "error" in response:
-                    reason = response["error"].get("reason", response["error"])
-                    raise BackendError(f"{what} on {self.alias!r} failed: {reason}")
-            return responses
-        raise AssertionError("unreachable")
+        before = self.name
+        responses = self._send(bodies())
+        if self._moved(responses):
+            try:
+                reread()
+            except BackendError as exc:
+                raise BackendError(f"{self.alias!r} moved from {before} to {self.name}: {exc}") from None
+            responses = self._send(bodies())
+        for response in responses:
+            if "error" in response:
+                reason = response["error"].get("reason", response["error"])
+                raise BackendError(f"{what} on {self.alias!r} failed: {reason}")
+        return responses
+
+    def _send(self, bodies: list[dict]) -> list[dict]:
+        responses: list[dict] = []
+        for start in range(0, len(bodies), MSEARCH_BATCH):
+            responses += self.engine.msearch(self.alias, bodies[start:start + MSEARCH_BATCH])
+        return responses
 
 
 def check_fingerprint(served: ServedIndex, expected: str | None, what: str = "model", hint: str =
