@@ -8,6 +8,7 @@ says how to start one. A module using `engine` or `alias` sets `ENGINE = "elasti
 """
 from __future__ import annotations
 
+import faulthandler
 import gzip
 import itertools
 import json
@@ -119,6 +120,16 @@ def live_engine(name: str):
     if in_ci():
         pytest.fail(f"CI=true and no usable {name}: {problem}", pytrace=False)
     pytest.skip(f"no {name}: {problem}")
+
+
+def pytest_unconfigure(config):
+    # Once the run is over the interpreter should exit at once. If a thread left behind keeps it
+    # alive (CI once hung there after every test had passed), print every thread's stack
+    # and exit non-zero instead of hanging until CI's time runs out.
+    faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True)
+
+
+EXIT_GRACE_S = 120
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -212,8 +212,14 @@ def test_interrupted_load_resumes_without_duplicates(engine, alias, export_dir):
     def crash(done: int):
         raise Interrupt(done)
 
+    def pool_threads():
+        return {t for t in threading.enumerate() if t.name.endswith(("(worker)", "(_handle_tasks)"))}
+
+    before = pool_threads()
     with pytest.raises(Interrupt):
         indexer.build(engine, export, alias, chunk_size=100, on_chunk=crash, progress=False)
+    # A pool left behind can hang the interpreter at exit (it did once, in CI, after all tests passed).
+    assert pool_threads() <= before
     assert engine.alias_holders(alias) == []
     partial = indexer.unfinished_index(engine, alias, export.fingerprint)
     assert partial is not None

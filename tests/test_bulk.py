@@ -92,3 +92,36 @@ def test_pushed_back_documents_are_sent_again_and_refusals_reported(tmp_path):
 
     engine = _PushyEngine(push_back=items[0]["item_id"], refuse="none")
     assert bulk.load(engine, export, "idx", progress=False).ok == 30
+
+
+class _PooledEngine:
+    """Stands for the pooled helper: reads ahead of what it has answered, and shuts its pool down
+    only when its generator is closed."""
+
+    def __init__(self):
+        self.read, self.closed = 0, False
+
+    def parallel_bulk(self, actions, *, index, chunk_size, threads, filter_path=None):
+        try:
+            for action, _ in actions:
+                self.read += 1
+                yield True, {"index": {"_id": action["index"]["_id"], "status": 201}}
+        finally:
+            self.closed = True
+            self.read += sum(1 for _ in actions)  # what a pool left running would go on sending
+
+
+def test_an_abandoned_load_closes_the_helper_and_stops_its_input(tmp_path):
+    export = Export.open(write_export(tmp_path / "e", random_items(50, 20)))
+    engine = _PooledEngine()
+
+    def interrupt(done: int):
+        raise KeyboardInterrupt
+
+    try:
+        bulk.load(engine, export, "idx", chunk_size=10, on_chunk=interrupt, progress=False)
+        raise AssertionError("the interrupt must propagate")
+    except KeyboardInterrupt:
+        pass
+    assert engine.closed, "left to the garbage collector, the pool's threads outlive the load"
+    assert engine.read == 10, "the pool kept reading the export after the load was abandoned"

@@ -13,11 +13,18 @@ and the node indexes on one write thread; with two, the node indexes both on its
 while the client prepares the next chunk (on 2 cores, 100k documents: 21k → 34–38k docs/s).
 `parallel_bulk` does not retry, so documents the node pushes back (429) are sent again at the
 end through `streaming_bulk`, which retries them with backoff.
+
+A load abandoned half-way (a raised `on_chunk`, a rejected chunk, Ctrl-C) must not leave the
+helper's thread pool behind: its generator only shuts the pool down when closed, and one left to
+the garbage collector can be closed at interpreter exit, where joining the pool's threads hangs
+the process. So the input stops at the next document and the generator is closed on the spot.
 """
 from __future__ import annotations
 
+import threading
+from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import orjson
 from tqdm import tqdm
@@ -73,6 +80,13 @@ def actions(export, term_layout: str = layout.FLAT) -> Iterator[tuple[dict, byte
         yield {"index": {"_id": item_id}}, source
 
 
+def _until(stop: threading.Event, pairs: Iterable[tuple[dict, bytes]]) -> Iterator[tuple[dict, bytes]]:
+    for pair in pairs:
+        if stop.is_set():
+            return
+        yield pair
+
+
 # Each response item keeps only what the failure report reads; the rest of a bulk answer
 # (index name, version, shard counts, seq_no per document) was most of the client's parse work.
 RESPONSE_FILTER = "errors,items.*._id,items.*.status,items.*.error"
@@ -87,7 +101,8 @@ def load(engine, export, index: str, *, term_layout: str = layout.FLAT, chunk_si
     """
     report = BulkReport()
     pushed_back: set[str] = set()
-    documents = actions(export, term_layout)
+    abandoned = threading.Event()
+    documents = _until(abandoned, actions(export, term_layout))
     if streams > 1:
         results = engine.parallel_bulk(documents, index=index, chunk_size=chunk_size, threads=streams,
                                        filter_path=RESPONSE_FILTER)
@@ -95,8 +110,12 @@ def load(engine, export, index: str, *, term_layout: str = layout.FLAT, chunk_si
         results = engine.streaming_bulk(documents, index=index, chunk_size=chunk_size,
                                         max_retries=max_retries, filter_path=RESPONSE_FILTER)
     with tqdm(total=export.n_items, unit="doc", desc=f"bulk {index}",
-              disable=None if progress is None else not progress) as bar:
-        _count(results, report, pushed_back, chunk_size, bar, on_chunk)
+              disable=None if progress is None else not progress) as bar, closing(results):
+        try:
+            _count(results, report, pushed_back, chunk_size, bar, on_chunk)
+        except BaseException:
+            abandoned.set()  # before `closing` joins the pool: it then waits for in-flight chunks only
+            raise
         if pushed_back:
             again = (pair for pair in actions(export, term_layout) if pair[0]["index"]["_id"] in pushed_back)
             _count(engine.streaming_bulk(again, index=index, chunk_size=chunk_size, max_retries=max_retries,
