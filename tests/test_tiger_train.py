@@ -142,3 +142,25 @@ def test_run_config_tiger_section_overrides_and_rejects_unknown_keys():
     assert cfg.max_minutes == 30 and cfg.rqvae.codes == 64 and cfg.rqvae.levels == 3
     with pytest.raises(ConfigError, match="nope"):
         TigerConfig.from_run_config(RunConfig.from_dict({"tiger": {"nope": 1}}))
+
+
+def test_learning_rate_schedules():
+    from sparcode.generative.train_tiger import _lr_factor
+
+    # Warm-up is linear in both; open-ended runs then decay as 1/sqrt(step), as before.
+    assert _lr_factor(0, 10) == pytest.approx(0.1) and _lr_factor(9, 10) == 1.0
+    assert _lr_factor(39, 10) == pytest.approx(0.5)
+    # A step budget decays linearly from the end of warm-up to 0 at the last step.
+    assert _lr_factor(4, 10, 110) == pytest.approx(0.5)
+    assert _lr_factor(10, 10, 110) == pytest.approx(1.0)
+    assert _lr_factor(60, 10, 110) == pytest.approx(0.5)
+    assert _lr_factor(109, 10, 110) == pytest.approx(0.01) and _lr_factor(110, 10, 110) == 0.0
+
+
+def test_a_step_budget_ends_training_at_that_step(tmp_path):
+    dataset = toy_dataset()
+    split = make_split(dataset, "leave-one-out", max_history=5)
+    write_toy_ids(tmp_path, dataset)
+    summary = train_tiger(tmp_path, dataset, split, toy_config(epochs=50, patience=50, total_steps=7),
+                          log=lambda *_: None, device="cpu")
+    assert summary["steps"] == 7 and summary["epochs"] < 50

@@ -30,6 +30,9 @@ class TigerConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 300
+    # 0: open-ended, inverse-square-root decay after warm-up, ended by patience or max_minutes.
+    # N: a fixed step budget; the rate falls linearly to 0 at step N, where training ends.
+    total_steps: int = 0
     grad_clip: float = 1.0
     patience: int = 3
     eval_users: int = 2000  # validation users per epoch (0 = all); R@10 picks the best epoch

@@ -177,11 +177,16 @@ def load_tiger(run_dir: Path, dataset, device=None) -> Tiger:
 
 # --- training ---------------------------------------------------------------------------------
 
-def _lr_factor(step: int, warmup: int) -> float:
-    # Linear warm-up, then inverse square root (T5/TIGER): no total step count needed, which
-    # suits early stopping.
+def _lr_factor(step: int, warmup: int, total_steps: int = 0) -> float:
+    """Linear warm-up, then inverse square root (T5/TIGER) when the run is open-ended; with a
+    known step budget, linear decay to 0 at `total_steps` instead, which spends the budget
+    better than a rate that is still high when the steps run out."""
     warmup = max(1, warmup)
-    return min((step + 1) / warmup, math.sqrt(warmup / max(step + 1, warmup)))
+    if step + 1 < warmup:
+        return (step + 1) / warmup
+    if total_steps > warmup:
+        return max(0.0, (total_steps - step) / (total_steps - warmup))
+    return math.sqrt(warmup / (step + 1))
 
 
 def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None = None, log=print,
@@ -239,12 +244,12 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout: resumable without saving RNG state
         order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
         total = 0.0
-        out_of_time = False
+        budget_spent = False
         for s in range(steps_per_epoch):
             t0 = time.perf_counter()
             rows = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
             for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * _lr_factor(step, cfg.warmup_steps)
+                group["lr"] = cfg.lr * _lr_factor(step, cfg.warmup_steps, cfg.total_steps)
             loss = model(tiger.batch(histories[rows], users[rows], positives[rows]))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -254,7 +259,10 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
             step += 1
             step_seconds.append(time.perf_counter() - t0)
             if cfg.max_minutes and time.perf_counter() - started > cfg.max_minutes * 60:
-                out_of_time = True
+                budget_spent = True
+                break
+            if cfg.total_steps and step >= cfg.total_steps:
+                budget_spent = True
                 break
         epoch += 1
         done_steps = s + 1
@@ -282,7 +290,7 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
         _save_tensors({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                        "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "best": best,
                        "bad_epochs": bad_epochs}, state_path)
-        if bad_epochs >= cfg.patience or out_of_time:
+        if bad_epochs >= cfg.patience or budget_spent:
             break
     (folder / "finished").write_text("")
     return {
