@@ -102,6 +102,9 @@ def test_bench_quick_writes_the_contract(es_engine, tmp_path):
     out = tmp_path / "bench"
     result = invoke("bench", "--out", out, "--quick")
     assert result.exit_code == 0, result.output
+    # Each engine build says what it waits for after its load, as `sparcode index` does.
+    assert "    merging sparcode-bench-sparcode-es-" in result.output
+    assert "    merging sparcode-bench-knn-" in result.output
     rows = json.loads((out / "bench.json").read_text())
     assert {r["path"] for r in rows} >= {"sparcode-es", "sparcode-local", "hnswlib", "es-knn", "exact"}
     for row in rows:

@@ -6,6 +6,7 @@ Each `run_*` returns the fields of the CLI contract (docs/bench.md) that belong 
 from __future__ import annotations
 
 import time
+from typing import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,14 +89,16 @@ def _drop_family(engine, alias: str) -> None:
         engine.delete_indices(sorted(names))
 
 
-def run_sparcode_es(engine, export_dir: Path, alias: str, queries, warmup: int, threads: int) -> Measured:
-    """SparCode as term lookups on a search engine (sparse_vector on ES, rank_features on OpenSearch)."""
+def run_sparcode_es(engine, export_dir: Path, alias: str, queries, warmup: int, threads: int,
+                    status: Callable[[str], None] | None = None) -> Measured:
+    """SparCode as term lookups on a search engine (sparse_vector on ES, rank_features on OpenSearch).
+    `status` hears what the build waits for after the load, as in `sparcode index`."""
     from sparcode.pipeline.indexer import build
 
     export = Export.open(export_dir)
     _drop_family(engine, alias)
     started = time.perf_counter()
-    built = build(engine, export, alias, progress=False)
+    built = build(engine, export, alias, progress=False, status=status)
     build_s = time.perf_counter() - started
     backend = EngineBackend.open(alias, export_dir, connection=engine)
     bodies = {id(q): backend.explain(q, K) for q in queries}
@@ -145,13 +148,14 @@ def run_hnswlib(vectors, export_dir: Path, params, ef: int, queries, warmup: int
 
 
 def run_es_knn(engine, export_dir: Path, alias: str, m: int, ef_construction: int, num_candidates: int,
-               queries, warmup: int, threads: int, transform: str = "none") -> Measured:
+               queries, warmup: int, threads: int, transform: str = "none",
+               status: Callable[[str], None] | None = None) -> Measured:
     from sparcode.pipeline import knn
 
     _drop_family(engine, alias)
     started = time.perf_counter()
     built = knn.build(engine, export_dir, alias, m=m, ef_construction=ef_construction, transform=transform,
-                      progress=False)
+                      progress=False, status=status)
     build_s = time.perf_counter() - started
     backend = knn.KnnBackend(engine, alias, num_candidates=num_candidates)
     bodies = {id(q): backend.explain(q, K) for q in queries}

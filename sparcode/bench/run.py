@@ -61,6 +61,9 @@ def run_bench(config: BenchConfig, work: Path, conns: dict, log: Callable[[str],
         vector_q = synthetic.vector_queries(config.vector_shape, config.queries, config.seed + 1)
         common = (config.warmup, config.threads)
 
+        def status(line: str) -> None:  # a 1M build waits minutes after its load; say for what
+            log(f"    {line}")
+
         def add(name: str, measured: paths.Measured, truth):
             # Engine rows carry the floor measured next to their own latency loop.
             row = {"path": name, "items": items, "synthetic": True, "floor_p50_ms": None,
@@ -77,7 +80,7 @@ def run_bench(config: BenchConfig, work: Path, conns: dict, log: Callable[[str],
             if name in conns and label in config.paths:
                 log(f"  {label}")
                 measured = paths.run_sparcode_es(conns[name], sparse_dir, f"sparcode-bench-{label}-{items}",
-                                                 sparse_q, *common)
+                                                 sparse_q, *common, status=status)
                 add(label, measured, local.hits)
 
         vectors = VectorSet.load(vector_dir)
@@ -92,7 +95,7 @@ def run_bench(config: BenchConfig, work: Path, conns: dict, log: Callable[[str],
             log("  es-knn")
             knn = paths.run_es_knn(conns["es"], vector_dir, f"sparcode-bench-knn-{items}", config.hnsw.m,
                                    config.hnsw.ef_construction, config.num_candidates, vector_q, *common,
-                                   transform=config.hnsw.transform)
+                                   transform=config.hnsw.transform, status=status)
             add("es-knn", knn, exact.hits)
         shutil.rmtree(sparse_dir, ignore_errors=True)
         shutil.rmtree(vector_dir, ignore_errors=True)
