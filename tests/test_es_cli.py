@@ -88,3 +88,13 @@ def test_a_server_of_another_major_is_refused():
     with pytest.raises(ConnectionProblem, match=r"version 9\.1\.0; sparcode needs 8\.x"):
         ElasticsearchEngine(fake("9.1.0"), "https://u:pw@es.example:9200").check()
     assert ElasticsearchEngine(fake("8.19.8"), "http://x").check() == "8.19.8"
+
+
+def test_index_help_states_the_settle_rule_the_indexer_applies():
+    # The help is plain text; this keeps it from drifting from the constants the build uses.
+    from sparcode.commands.index import command, reindex_command
+    from sparcode.pipeline.indexer import SETTLE_MIN_DOCS, SETTLE_TIMEOUT_S
+
+    for cmd in (command, reindex_command):
+        assert f"{SETTLE_MIN_DOCS:,} items" in cmd.help
+        assert f"up to {SETTLE_TIMEOUT_S} s" in cmd.help
