@@ -32,6 +32,8 @@ class TigerConfig:
     warmup_steps: int = 300
     # 0: open-ended, inverse-square-root decay after warm-up, ended by patience or max_minutes.
     # N: a fixed step budget; the rate falls linearly to 0 at step N, where training ends.
+    # `epochs` and `patience` then do not apply (ending early would cut the decay short);
+    # validation still picks the best epoch, and max_minutes still stops the run.
     total_steps: int = 0
     grad_clip: float = 1.0
     patience: int = 3

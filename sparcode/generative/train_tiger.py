@@ -239,7 +239,7 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
     step_seconds: list[float] = []
     log(f"TIGER: {n} windows ({int((~keep).sum())} with a cold positive dropped), {steps_per_epoch} steps/epoch, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters on {device}")
-    while epoch < cfg.epochs:
+    while (step < cfg.total_steps) if cfg.total_steps else (epoch < cfg.epochs):
         model.train()
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout: resumable without saving RNG state
         order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
@@ -290,7 +290,7 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
         _save_tensors({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                        "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "best": best,
                        "bad_epochs": bad_epochs}, state_path)
-        if bad_epochs >= cfg.patience or budget_spent:
+        if budget_spent or (bad_epochs >= cfg.patience and not cfg.total_steps):
             break
     (folder / "finished").write_text("")
     return {
