@@ -171,6 +171,6 @@ def test_a_step_budget_outlasts_epochs_and_patience(tmp_path):
     dataset = toy_dataset()
     split = make_split(dataset, "leave-one-out", max_history=5)
     write_toy_ids(tmp_path, dataset)
-    summary = train_tiger(tmp_path, dataset, split, toy_config(epochs=1, patience=1, total_steps=9, lr=0.0, steps_per_epoch=2),
-                          log=lambda *_: None, device="cpu")
+    config = toy_config(epochs=1, patience=1, total_steps=9, lr=0.0, steps_per_epoch=2)
+    summary = train_tiger(tmp_path, dataset, split, config, log=lambda *_: None, device="cpu")
     assert summary["steps"] == 9 and summary["epochs"] == 5
