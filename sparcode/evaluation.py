@@ -14,9 +14,13 @@ from sparcode.encoder.runs import Run, RunError, open_run
 
 def evaluate_run(run_dir: Path, backend: str = "model", alias: str | None = None, export_dir: Path | None = None,
                  exclude_seen: bool | None = None, part: str = "test", ks=(5, 10, 20, 50), ef: int | None = None,
-                 num_candidates: int | None = None):
+                 num_candidates: int | None = None, sample_users: int = 0, sample_seed: int = 0):
+    """→ (metrics, rankings, run, evalset); ``sample_users`` > 0 scores a seeded random subset of
+    that many users (a quick check of a slow model), recorded in the metrics."""
     run = open_run(run_dir)
     evalset = run.split.test if part == "test" else run.split.valid
+    population = len(evalset)
+    evalset = evalset.sample(sample_users, sample_seed)
     exclude = run.split.exclude_seen_default if exclude_seen is None else exclude_seen
     if run.kind == "tiger":
         from sparcode.generative.train_tiger import evaluate_tiger
@@ -44,7 +48,9 @@ def evaluate_run(run_dir: Path, backend: str = "model", alias: str | None = None
 
         metrics, rankings = evaluate_model_scores(run, evalset, exclude)
     metrics.update({"exclude_seen": exclude, "backend": backend, "model": run.kind, "dataset": run.config.dataset})
-    return metrics, rankings, run
+    if len(evalset) < population:
+        metrics.update({"sampled_from": population, "sample_seed": sample_seed})
+    return metrics, rankings, run, evalset
 
 
 def _evaluate_backend(run: Run, evalset, backend: str, alias, export_dir, exclude: bool, ks):

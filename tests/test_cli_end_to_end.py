@@ -164,6 +164,25 @@ def test_search_one_user_and_explain(trained):
     assert all(int(h["item_id"][1:]) // 10 == 1 for h in json.loads(filtered.output)["hits"])
 
 
+def test_a_sampled_evaluation_ranks_its_users_as_the_full_one_does(trained):
+    root, _, _, run = trained
+    full_run, sample_run = root / "full.run", root / "sample.run"
+    full = invoke("evaluate", run, "--json", "--run-file", full_run)
+    sample = invoke("evaluate", run, "--json", "--sample-users", 20, "--sample-seed", 3, "--run-file", sample_run)
+    assert sample.exit_code == 0, sample.output
+    metrics = json.loads(sample.output)
+    assert (metrics["users"], metrics["sampled_from"], metrics["sample_seed"]) == (20, 80, 3)
+    assert "sampled_from" not in json.loads(full.output)
+    lines = sample_run.read_text().splitlines()
+    assert len({line.split()[0] for line in lines}) == 20
+    assert set(lines) <= set(full_run.read_text().splitlines())
+    again = invoke("evaluate", run, "--json", "--sample-users", 20, "--sample-seed", 3)
+    assert json.loads(again.output) == metrics
+    other = invoke("evaluate", run, "--json", "--sample-users", 20, "--sample-seed", 4, "--run-file", root / "other.run")
+    assert other.exit_code == 0
+    assert (root / "other.run").read_text() != sample_run.read_text()
+
+
 @pytest.mark.parametrize("kind", ["two-tower", "all-to-all"])
 def test_baselines_train_and_evaluate(trained, kind):
     root, data, cfg, _ = trained

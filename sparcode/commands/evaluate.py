@@ -24,18 +24,23 @@ KS = (5, 10, 20, 50)
 @click.option("--exclude-seen/--keep-seen", default=None,
               help="Default: exclude for multi-target, keep for leave-one-out (the TIGER protocol).")
 @click.option("--users", "part", type=click.Choice(["test", "valid"]), default="test", show_default=True)
+@click.option("--sample-users", type=click.IntRange(min=1), default=None,
+              help="Score a seeded random sample of this many users instead of all (a quick check of a slow model; "
+                   "the metrics record the population and seed).")
+@click.option("--sample-seed", type=int, default=0, show_default=True, help="Seed of --sample-users.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--run-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a TREC run file.")
 @click.option("--qrels", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write TREC qrels.")
-def command(run_dir, backend, alias, export_dir, exclude_seen, part, as_json, run_file, qrels, ef, num_candidates):
+def command(run_dir, backend, alias, export_dir, exclude_seen, part, sample_users, sample_seed, as_json, run_file, qrels,
+            ef, num_candidates):
     """Recall, NDCG and HitRate at 5/10/20/50 over full-catalog rankings."""
     with user_errors():
         from sparcode.evaluation import evaluate_run
 
-        metrics, rankings, run = evaluate_run(run_dir, backend=backend, alias=alias, export_dir=export_dir,
-                                              exclude_seen=exclude_seen, part=part, ks=KS, ef=ef,
-                                              num_candidates=num_candidates)
-        evalset = run.split.test if part == "test" else run.split.valid
+        metrics, rankings, run, evalset = evaluate_run(run_dir, backend=backend, alias=alias, export_dir=export_dir,
+                                                       exclude_seen=exclude_seen, part=part, ks=KS, ef=ef,
+                                                       num_candidates=num_candidates, sample_users=sample_users or 0,
+                                                       sample_seed=sample_seed)
         if run_file is not None or qrels is not None:
             from sparcode.eval.trec import write_qrels, write_run
 
@@ -46,7 +51,8 @@ def command(run_dir, backend, alias, export_dir, exclude_seen, part, as_json, ru
     if as_json:
         click.echo(json.dumps(metrics, sort_keys=True, default=float))
         return
-    click.echo(f"{run.kind} on {run.config.dataset} ({run.config.split}), {metrics['users']} {part} users, "
+    sampled = f" (a sample of {metrics['sampled_from']}, seed {sample_seed})" if "sampled_from" in metrics else ""
+    click.echo(f"{run.kind} on {run.config.dataset} ({run.config.split}), {metrics['users']} {part} users{sampled}, "
                f"backend {backend}, seen items {'excluded' if metrics['exclude_seen'] else 'kept'}")
     click.echo("   K   recall    ndcg      hr")
     for k in KS:

@@ -65,6 +65,19 @@ class EvalSet:
     def __len__(self) -> int:
         return len(self.users)
 
+    def sample(self, limit: int, seed: int) -> "EvalSet":
+        """A seeded random subset of ``limit`` users (all of them when ``limit`` is 0 or too large)."""
+        rows = sample_rows(len(self), limit, seed)
+        return EvalSet(self.users[rows], self.histories[rows], [self.seen[r] for r in rows],
+                       [self.targets[r] for r in rows])
+
+
+def sample_rows(n: int, limit: int, seed: int) -> np.ndarray:
+    """Sorted row indices of a seeded sample of ``limit`` of ``n`` rows; every row when ``limit`` is 0 or ≥ n."""
+    if not limit or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, 7]).choice(n, size=limit, replace=False))
+
 
 @dataclass
 class TrainExamples:

@@ -302,9 +302,9 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
 
 
 def _eval_rows(n: int, limit: int, seed: int) -> np.ndarray:
-    if not limit or limit >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng([seed, 7]).choice(n, size=limit, replace=False))
+    from sparcode.data.dataset import sample_rows
+
+    return sample_rows(n, limit, seed)
 
 
 def _validate(tiger: Tiger, evalset, rows: np.ndarray) -> dict[str, float]:
