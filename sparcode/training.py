@@ -26,7 +26,7 @@ def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: boo
     elif kind == "tiger":
         from sparcode.generative.train_tiger import train_tiger
 
-        summary = train_tiger(run_dir, dataset, split, cfg)
+        summary = train_tiger(run_dir, dataset, split, cfg, progress=progress)
     else:
         from sparcode.encoder.train import train
 

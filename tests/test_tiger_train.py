@@ -174,3 +174,19 @@ def test_a_step_budget_outlasts_epochs_and_patience(tmp_path):
     config = toy_config(epochs=1, patience=1, total_steps=9, lr=0.0, steps_per_epoch=2)
     summary = train_tiger(tmp_path, dataset, split, config, log=lambda *_: None, device="cpu")
     assert summary["steps"] == 9 and summary["epochs"] == 5
+
+
+def test_a_step_budget_that_outlasts_max_minutes_is_announced_after_the_first_epoch():
+    from sparcode.generative.train_tiger import _warn_if_budget_outlasts_time
+
+    said = []
+    config = TigerConfig(total_steps=7500, max_minutes=100, warmup_steps=300)
+    # 483 steps in 483 s: 1 s/step, so 100 min reach step 6,000 of 7,500.
+    _warn_if_budget_outlasts_time(config, step=483, elapsed=483.0, steps_run=483, log=said.append)
+    assert len(said) == 1
+    assert "needs about 125 min" in said[0] and "near step 6,000" in said[0] and "at 21% of its peak" in said[0]
+    fits = TigerConfig(total_steps=6000, max_minutes=100, warmup_steps=300)
+    _warn_if_budget_outlasts_time(fits, step=483, elapsed=483.0, steps_run=483, log=said.append)
+    open_ended = TigerConfig(total_steps=0, max_minutes=100)
+    _warn_if_budget_outlasts_time(open_ended, step=483, elapsed=483.0, steps_run=483, log=said.append)
+    assert len(said) == 1

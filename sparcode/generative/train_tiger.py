@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from sparcode.generative.beam import ColdIndex, beam_search
 from sparcode.generative.config import TigerConfig
@@ -177,6 +178,23 @@ def load_tiger(run_dir: Path, dataset, device=None) -> Tiger:
 
 # --- training ---------------------------------------------------------------------------------
 
+def _warn_if_budget_outlasts_time(cfg: TigerConfig, step: int, elapsed: float, steps_run: int, log) -> None:
+    """After the first epoch: say so when ``max_minutes`` will stop a step budget before its end,
+    which leaves the learning rate mid-decay (the user may prefer a smaller ``total_steps``)."""
+    if not (cfg.total_steps and cfg.max_minutes and steps_run):
+        return
+    per_step = elapsed / steps_run  # validation included, as max_minutes counts it
+    remaining = cfg.max_minutes * 60 - elapsed
+    reachable = step + max(0, int(remaining / per_step))
+    if reachable >= cfg.total_steps:
+        return
+    needed = elapsed + (cfg.total_steps - step) * per_step
+    log(f"warning: at {per_step * 1000:.0f} ms/step the {cfg.total_steps:,}-step budget needs about "
+        f"{needed / 60:.0f} min, more than tiger.max_minutes = {cfg.max_minutes:g}; training will stop near step "
+        f"{reachable:,} with the learning rate at {_lr_factor(reachable, cfg.warmup_steps, cfg.total_steps):.0%} "
+        f"of its peak. A total_steps of about {reachable:,} would finish the decay in time.")
+
+
 def _lr_factor(step: int, warmup: int, total_steps: int = 0) -> float:
     """Linear warm-up, then inverse square root (T5/TIGER) when the run is open-ended; with a
     known step budget, linear decay to 0 at `total_steps` instead, which spends the budget
@@ -190,7 +208,7 @@ def _lr_factor(step: int, warmup: int, total_steps: int = 0) -> float:
 
 
 def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None = None, log=print,
-                device=None) -> dict:
+                device=None, progress: bool = False) -> dict:
     """Fit TIGER on ``split.train`` windows; validation R@10 picks the best epoch.
 
     ``config``: TigerConfig, dict of its keys, or a RunConfig (shared keys mapped). With
@@ -245,7 +263,9 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
         order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
         total = 0.0
         budget_spent = False
-        for s in range(steps_per_epoch):
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}", unit="step", disable=not progress,
+                   dynamic_ncols=True, leave=False)
+        for s in bar:
             t0 = time.perf_counter()
             rows = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
             for group in optimizer.param_groups:
@@ -258,14 +278,19 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
             total += loss.item()
             step += 1
             step_seconds.append(time.perf_counter() - t0)
+            if s % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", step=step)
             if cfg.max_minutes and time.perf_counter() - started > cfg.max_minutes * 60:
                 budget_spent = True
                 break
             if cfg.total_steps and step >= cfg.total_steps:
                 budget_spent = True
                 break
+        bar.close()
         epoch += 1
         done_steps = s + 1
+        if len(step_seconds) == done_steps and not budget_spent:
+            _warn_if_budget_outlasts_time(cfg, step, time.perf_counter() - started, len(step_seconds), log)
         t_eval = time.perf_counter()
         valid_metrics = _validate(tiger, split.valid, valid_rows)
         valid = valid_metrics["recall@10"]
