@@ -183,7 +183,7 @@ def _warn_if_budget_outlasts_time(cfg: TigerConfig, step: int, elapsed: float, s
     which leaves the learning rate mid-decay (the user may prefer a smaller ``total_steps``)."""
     if not (cfg.total_steps and cfg.max_minutes and steps_run):
         return
-    per_step = elapsed / steps_run  # validation included, as max_minutes counts it
+    per_step = elapsed / steps_run  # the first validation included: max_minutes counts wall time
     remaining = cfg.max_minutes * 60 - elapsed
     reachable = step + max(0, int(remaining / per_step))
     if reachable >= cfg.total_steps:
@@ -289,10 +289,10 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
         bar.close()
         epoch += 1
         done_steps = s + 1
-        if len(step_seconds) == done_steps and not budget_spent:
-            _warn_if_budget_outlasts_time(cfg, step, time.perf_counter() - started, len(step_seconds), log)
         t_eval = time.perf_counter()
         valid_metrics = _validate(tiger, split.valid, valid_rows)
+        if len(step_seconds) == done_steps and not budget_spent:
+            _warn_if_budget_outlasts_time(cfg, step, time.perf_counter() - started, len(step_seconds), log)
         valid = valid_metrics["recall@10"]
         train_seconds += float(np.sum(step_seconds[-done_steps:]))
         # elapsed/train_seconds continue across --resume, so a curve against time stays one curve.
