@@ -190,3 +190,24 @@ def test_a_step_budget_that_outlasts_max_minutes_is_announced_after_the_first_ep
     open_ended = TigerConfig(total_steps=0, max_minutes=100)
     _warn_if_budget_outlasts_time(open_ended, step=483, elapsed=483.0, steps_run=483, log=said.append)
     assert len(said) == 1
+
+
+def test_the_checkpoint_is_picked_on_the_configured_validation_metric(tmp_path):
+    from sparcode.generative.train_tiger import validation_metrics
+
+    dataset = toy_dataset()
+    split = make_split(dataset, "leave-one-out", max_history=5)
+    write_toy_ids(tmp_path, dataset)
+    said = []
+    config = toy_config(epochs=6, patience=6, select_on="ndcg@5", steps_per_epoch=2)
+    summary = train_tiger(tmp_path, dataset, split, config, log=said.append, device="cpu")
+    rows = [json.loads(line) for line in (tmp_path / "tiger" / "history.jsonl").read_text().splitlines()]
+    best = max(r["valid_ndcg@5"] for r in rows)
+    chosen = next(r for r in rows if r["valid_ndcg@5"] == best)
+    assert summary["select_on"] == "ndcg@5" and summary["best_epoch"] == chosen["epoch"]
+    assert summary["best_valid_recall@10"] == chosen["valid_recall@10"]
+    # The saved weights are that epoch's: re-evaluated on the same users they give its numbers.
+    assert validation_metrics(tmp_path, dataset, split, device="cpu")["ndcg@5"] == pytest.approx(best)
+    assert sum("* (ndcg@5)" in line for line in said) >= 1
+    with pytest.raises(ValueError, match="select_on"):
+        TigerConfig(select_on="mrr")

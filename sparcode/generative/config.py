@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass, field, fields
 from sparcode.generative.rqvae import RQVAEConfig
 
 
+SELECTABLE = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")  # what each epoch's validation measures
+
+
 @dataclass
 class TigerConfig:
     dataset: str = "beauty"
@@ -37,7 +40,9 @@ class TigerConfig:
     total_steps: int = 0
     grad_clip: float = 1.0
     patience: int = 3
-    eval_users: int = 2000  # validation users per epoch (0 = all); R@10 picks the best epoch
+    eval_users: int = 2000  # validation users per epoch (0 = all)
+    # The validation metric that picks the best epoch (and, open-ended, drives patience).
+    select_on: str = "recall@10"
     max_minutes: float = 0.0  # stop training after this wall time (0 = no limit)
     steps_per_epoch: int = 0  # 0 = one pass over all windows
     # retrieval
@@ -46,6 +51,10 @@ class TigerConfig:
     cold_slots: float = 0.1  # ε: share of the top-K that prefix-matched cold items may take
     cold_prefix_depth: int = 3  # match cold items on (c0, c1, c2); falls back to (c0, c1)
     rqvae: RQVAEConfig = field(default_factory=RQVAEConfig)
+
+    def __post_init__(self):
+        if self.select_on not in SELECTABLE:
+            raise ValueError(f"tiger.select_on must be one of {', '.join(SELECTABLE)}, not {self.select_on!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

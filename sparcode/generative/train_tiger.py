@@ -209,7 +209,7 @@ def _lr_factor(step: int, warmup: int, total_steps: int = 0) -> float:
 
 def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None = None, log=print,
                 device=None, progress: bool = False) -> dict:
-    """Fit TIGER on ``split.train`` windows; validation R@10 picks the best epoch.
+    """Fit TIGER on ``split.train`` windows; validation ``tiger.select_on`` (R@10) picks the best epoch.
 
     ``config``: TigerConfig, dict of its keys, or a RunConfig (shared keys mapped). With
     ``resume=None`` an unfinished run in RUN_DIR continues from its last epoch."""
@@ -247,7 +247,7 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         epoch, step, best, bad_epochs = int(state["epoch"]), int(state["step"]), float(state["best"]), int(state["bad_epochs"])
-        log(f"resuming TIGER at epoch {epoch + 1} (best valid recall@10 {best:.4f})")
+        log(f"resuming TIGER at epoch {epoch + 1} (best valid {cfg.select_on} {best:.4f})")
     elif (folder / HISTORY).exists():
         (folder / HISTORY).unlink()
 
@@ -293,7 +293,7 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
         valid_metrics = _validate(tiger, split.valid, valid_rows)
         if len(step_seconds) == done_steps and not budget_spent:
             _warn_if_budget_outlasts_time(cfg, step, time.perf_counter() - started, len(step_seconds), log)
-        valid = valid_metrics["recall@10"]
+        valid = valid_metrics[cfg.select_on]
         train_seconds += float(np.sum(step_seconds[-done_steps:]))
         # elapsed/train_seconds continue across --resume, so a curve against time stays one curve.
         row = {"epoch": epoch, "loss": total / done_steps, "steps": done_steps, "step": step,
@@ -310,7 +310,9 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
             _save_tensors({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / WEIGHTS)
         else:
             bad_epochs += 1
-        log(f"epoch {epoch}: loss {row['loss']:.4f}, valid R@10 {valid:.4f}{' *' if improved else ''}, "
+        log(f"epoch {epoch}: loss {row['loss']:.4f}, valid R@5 {valid_metrics['recall@5']:.4f} "
+            f"R@10 {valid_metrics['recall@10']:.4f} N@10 {valid_metrics['ndcg@10']:.4f}"
+            f"{f' * ({cfg.select_on})' if improved else ''}, "
             f"{row['seconds_per_step'] * 1000:.0f} ms/step, eval {row['eval_seconds']}s")
         _save_tensors({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                        "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "best": best,
@@ -318,10 +320,13 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
         if budget_spent or (bad_epochs >= cfg.patience and not cfg.total_steps):
             break
     (folder / "finished").write_text("")
+    rows = [json.loads(line) for line in (folder / HISTORY).read_text().splitlines()]
+    chosen = max(rows, key=lambda r: r[f"valid_{cfg.select_on}"])  # the first of ties, as `valid > best` keeps
     return {
         "train_seconds": round(time.perf_counter() - started, 1), "epochs": epoch, "steps": step,
         "steps_per_epoch": steps_per_epoch, "seconds_per_step": float(np.mean(step_seconds)) if step_seconds else None,
-        "best_valid_recall@10": best, "collision_rate": meta["collisions"]["collision_rate"],
+        "select_on": cfg.select_on, "best_epoch": chosen["epoch"],
+        "best_valid_recall@10": chosen["valid_recall@10"], "collision_rate": meta["collisions"]["collision_rate"],
         "codebook_usage": meta["codebook_usage"], "cold_items": int(len(tiger.cold)),
     }
 
