@@ -67,6 +67,8 @@ class EvalSet:
 
     def sample(self, limit: int, seed: int) -> "EvalSet":
         """A seeded random subset of ``limit`` users (all of them when ``limit`` is 0 or too large)."""
+        if not limit or limit >= len(self):
+            return self
         rows = sample_rows(len(self), limit, seed)
         return EvalSet(self.users[rows], self.histories[rows], [self.seen[r] for r in rows],
                        [self.targets[r] for r in rows])

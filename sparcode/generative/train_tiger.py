@@ -28,8 +28,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from sparcode.data.dataset import sample_rows
 from sparcode.generative.beam import ColdIndex, beam_search
 from sparcode.generative.config import TigerConfig
+from sparcode.generative.curves import read_history
 from sparcode.generative.rqvae import RQVAE, RQVAEConfig, fit_rqvae, usage
 from sparcode.generative.semantic_ids import (PrefixTrie, add_dedup_token, collision_stats, load_ids, save_ids,
                                               vocab_sizes)
@@ -251,7 +253,7 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
     elif (folder / HISTORY).exists():
         (folder / HISTORY).unlink()
 
-    valid_rows = _eval_rows(len(split.valid), cfg.eval_users, cfg.seed)
+    valid_rows = sample_rows(len(split.valid), cfg.eval_users, cfg.seed)
     elapsed_before, train_seconds = _time_so_far(folder / HISTORY) if resume else (0.0, 0.0)
     started = time.perf_counter()
     step_seconds: list[float] = []
@@ -275,11 +277,12 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
-            total += loss.item()
+            step_loss = loss.item()
+            total += step_loss
             step += 1
             step_seconds.append(time.perf_counter() - t0)
             if s % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", step=step)
+                bar.set_postfix(loss=f"{step_loss:.3f}", step=step)
             if cfg.max_minutes and time.perf_counter() - started > cfg.max_minutes * 60:
                 budget_spent = True
                 break
@@ -320,8 +323,7 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
         if budget_spent or (bad_epochs >= cfg.patience and not cfg.total_steps):
             break
     (folder / "finished").write_text("")
-    rows = [json.loads(line) for line in (folder / HISTORY).read_text().splitlines()]
-    chosen = max(rows, key=lambda r: r[f"valid_{cfg.select_on}"])  # the first of ties, as `valid > best` keeps
+    chosen = max(read_history(folder / HISTORY), key=lambda r: r[f"valid_{cfg.select_on}"])  # the first of ties, as `valid > best` keeps
     return {
         "train_seconds": round(time.perf_counter() - started, 1), "epochs": epoch, "steps": step,
         "steps_per_epoch": steps_per_epoch, "seconds_per_step": float(np.mean(step_seconds)) if step_seconds else None,
@@ -329,12 +331,6 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
         "best_valid_recall@10": chosen["valid_recall@10"], "collision_rate": meta["collisions"]["collision_rate"],
         "codebook_usage": meta["codebook_usage"], "cold_items": int(len(tiger.cold)),
     }
-
-
-def _eval_rows(n: int, limit: int, seed: int) -> np.ndarray:
-    from sparcode.data.dataset import sample_rows
-
-    return sample_rows(n, limit, seed)
 
 
 def _validate(tiger: Tiger, evalset, rows: np.ndarray) -> dict[str, float]:
@@ -351,7 +347,7 @@ def _validate(tiger: Tiger, evalset, rows: np.ndarray) -> dict[str, float]:
 def validation_metrics(run_dir: Path, dataset, split, device=None) -> dict[str, float]:
     """The best checkpoint's R@5/N@5/R@10/N@10 on the validation users training selected it with."""
     tiger = load_tiger(run_dir, dataset, device)
-    return _validate(tiger, split.valid, _eval_rows(len(split.valid), tiger.cfg.eval_users, tiger.cfg.seed))
+    return _validate(tiger, split.valid, sample_rows(len(split.valid), tiger.cfg.eval_users, tiger.cfg.seed))
 
 
 def _time_so_far(history: Path) -> tuple[float, float]:
@@ -407,7 +403,7 @@ def evaluate_tiger(run_dir: Path, dataset, split, evalset=None, exclude_seen: bo
     evalset = split.test if evalset is None else evalset
     exclude = split.exclude_seen_default if exclude_seen is None else exclude_seen
     tiger = load_tiger(run_dir, dataset, device)
-    rows = _eval_rows(len(evalset), max_users, seed)
+    rows = sample_rows(len(evalset), max_users, seed)
     k_max = max(ks)
     beam = max(beam_size or tiger.cfg.beam_size, k_max, 10)
     seen = [evalset.seen[r] for r in rows]
