@@ -42,7 +42,7 @@ def evaluate_run(run_dir: Path, backend: str = "model", alias: str | None = None
     elif run.kind == "ease":
         from sparcode.encoder.ease_run import evaluate_ease
 
-        metrics, rankings = evaluate_ease(run, evalset, exclude, ks)
+        metrics, rankings = evaluate_ease(run, evalset, exclude, ks, part)
     else:
         from sparcode.encoder.evaluation import evaluate_model_scores
 

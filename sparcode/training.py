@@ -22,7 +22,7 @@ def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: boo
     if kind == "ease":
         from sparcode.encoder.ease_run import train_ease
 
-        summary = train_ease(run_dir, cfg, dataset, split)
+        summary = train_ease(run_dir, cfg, dataset, split, progress=progress)
     elif kind == "tiger":
         from sparcode.generative.train_tiger import train_tiger
 

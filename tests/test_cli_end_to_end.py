@@ -194,6 +194,23 @@ def test_baselines_train_and_evaluate(trained, kind):
     assert metrics["users"] == 80 and 0 <= metrics["recall@10"] <= 1
 
 
+def test_ease_is_scored_each_way_at_the_lambda_chosen_for_it(trained):
+    root, data, _, _ = trained
+    run, cfg = root / "run-ease", root / "ease.json"
+    cfg.write_text(json.dumps({"model": {"ease_lambda": [1, 30, 1000], "ease_fold_in": True}}))
+    result = invoke("train", "--model", "ease", "--dataset", data, "--split", "leave-one-out", "--out", run,
+                    "--config", cfg, "--quiet")
+    assert result.exit_code == 0, result.output
+    info = json.loads((run / "ease" / "ease.json").read_text())
+    assert info["fold_in"] and set(info["info"]["lambda_by_mode"]) == {"keep_seen", "exclude_seen"}
+    for flags in ([], ["--exclude-seen"], ["--users", "valid"]):
+        result = invoke("evaluate", run, "--json", *flags)
+        assert result.exit_code == 0, result.output
+        metrics = json.loads(result.output)
+        assert metrics["users"] == 80 and metrics["exclude_seen"] == (flags == ["--exclude-seen"])
+        assert 0 < metrics["recall@10"] <= 1
+
+
 def test_user_errors_are_one_clear_line(trained, tmp_path):
     root, data, cfg, run = trained
     unknown = invoke("search", "--run", run, "--user", "nobody", "--backend", "local", "--export", root / "export")

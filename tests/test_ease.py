@@ -1,13 +1,16 @@
 """EASE against its closed form on a hand-sized matrix, and on data where the answer is obvious."""
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 import torch
 
 from sparcode.data.dataset import Dataset
 from sparcode.data.splits import make_split
-from sparcode.encoder.ease import EaseModel, ease_weights, fit_ease, gram_matrix, training_rows
+from sparcode.encoder.ease import MODE, EaseModel, ease_weights, fit_at, fit_ease, gram_matrix, training_rows
+from sparcode.encoder.ease_run import EASE_DIR, evaluate_ease
 
 
 def test_closed_form_by_numpy():
@@ -71,3 +74,54 @@ def test_training_rows_per_protocol():
     assert [len(r) for r in training_rows(ds, loo, "test", fold_in=True)] == [len(s) - 1 for s in ds.sequences]
     with pytest.raises(ValueError):
         training_rows(ds, type(loo)("random", 0, 20, loo.train, loo.valid, loo.test, loo.train_users))
+
+
+def test_lambda_is_chosen_for_each_way_of_scoring(caplog):
+    ds = pairs_dataset()
+    split = make_split(ds, "leave-one-out", seed=0)
+    with caplog.at_level("WARNING"):
+        model = fit_ease(ds, split, lambdas=(0.1, 3.0, 100.0), history=None)
+    table, chosen = model.info["selection"], model.info["lambda_by_mode"]
+    assert [r["lambda"] for r in table] == [0.1, 3.0, 100.0]
+    for mode in MODE.values():
+        assert table[[r["lambda"] for r in table].index(chosen[mode])][mode] == max(r[mode] for r in table)
+    # Leave-one-out keeps seen items by default, so the stored B is that way's choice.
+    assert model.lam == chosen["keep_seen"]
+    edges = [m for m in MODE.values() if chosen[m] in (0.1, 100.0)]
+    assert len([r for r in caplog.records if "edge of the grid" in r.message]) == len(edges)
+
+
+def _ease_run(tmp_path, ds, split, model):
+    model.save(tmp_path / EASE_DIR)
+    return types.SimpleNamespace(path=tmp_path, dataset=ds, split=split)
+
+
+def test_the_other_way_of_scoring_is_refitted_at_its_own_lambda(tmp_path):
+    ds = pairs_dataset()
+    split = make_split(ds, "leave-one-out", seed=0)
+    model = fit_ease(ds, split, lambdas=(1.0, 10.0), history=None)
+    model.info["lambda_by_mode"] = {"keep_seen": model.lam, "exclude_seen": 37.0}
+    run = _ease_run(tmp_path, ds, split, model)
+    metrics, kept = evaluate_ease(run, split.test, exclude_seen=False)
+    assert metrics["lambda"] == model.lam and not metrics["refitted"]
+    assert all(np.array_equal(a, b) for a, b in zip(kept, model.evaluate(split.test, False, return_rankings=True)[1]))
+    metrics, excluded = evaluate_ease(run, split.test, exclude_seen=True)
+    assert metrics["lambda"] == 37.0 and metrics["refitted"]
+    expected_metrics, expected = fit_at(ds, split, 37.0, None, False, "test").evaluate(split.test, True,
+                                                                                        return_rankings=True)
+    assert all(metrics[k] == v for k, v in expected_metrics.items())
+    assert all(np.array_equal(a, b) for a, b in zip(excluded, expected))
+
+
+def test_a_folded_in_model_never_scores_the_validation_users_it_saw(tmp_path):
+    ds = pairs_dataset()
+    split = make_split(ds, "leave-one-out", seed=0)
+    model = fit_ease(ds, split, lambdas=(1.0,), history=None, fold_in=True)
+    assert model.info["refit_for_test"] and model.fold_in
+    # The stored B was fitted on seq[:-1], which holds every validation target.
+    assert torch.equal(model.B, fit_at(ds, split, 1.0, None, True, "test").B)
+    run = _ease_run(tmp_path, ds, split, model)
+    metrics, _ = evaluate_ease(run, split.valid, exclude_seen=False, part="valid")
+    assert metrics.pop("refitted") and metrics.pop("lambda") == 1.0
+    assert metrics == fit_at(ds, split, 1.0, None, True, "valid").evaluate(split.valid, False)
+    assert metrics != model.evaluate(split.valid, False)

@@ -58,7 +58,7 @@ def command(run_dir, backend, alias, export_dir, exclude_seen, part, sample_user
     for k in KS:
         if f"recall@{k}" in metrics:
             click.echo(f"{k:>4}  {metrics[f'recall@{k}']:.4f}  {metrics[f'ndcg@{k}']:.4f}  {metrics[f'hr@{k}']:.4f}")
-    for key in ("stored_fraction", "codes", "pairs", "codes_used", "bias", "query_terms_without_postings",
-                "ann_recall@50", "ann_recall@10"):
+    for key in ("lambda", "refitted", "stored_fraction", "codes", "pairs", "codes_used", "bias",
+                "query_terms_without_postings", "ann_recall@50", "ann_recall@10"):
         if key in metrics:
             click.echo(f"{key}: {metrics[key]}")
