@@ -94,6 +94,22 @@ def test_dead_code_threshold_follows_the_batch_shape():
     assert _codewords_that_jump(DEAD_CODE_SHARE * 8 / 16) == 0
 
 
+def test_presets_layer_model_then_dataset_then_config_file_then_flags(tmp_path):
+    from sparcode.presets import run_config
+
+    assert run_config("sparcode", "ml-1m", "multi-target").train.epochs == 10
+    beauty = run_config("sparcode", "beauty", "leave-one-out")
+    assert (beauty.train.epochs, beauty.train.patience, beauty.train.select_metric) == (20, 3, "recall@10")
+    # The unindexed upper bound trains as SparCode does on every dataset.
+    assert run_config("all-to-all", "beauty", "leave-one-out").train == beauty.train
+    assert run_config("all-to-all", "ml-1m", "multi-target").train.epochs == 10
+    override = tmp_path / "override.json"
+    override.write_text('{"train": {"epochs": 5}}')
+    from_file = run_config("sparcode", "beauty", "leave-one-out", override)
+    assert (from_file.train.epochs, from_file.train.patience) == (5, 3)
+    assert run_config("sparcode", "beauty", "leave-one-out", override, epochs=7).train.epochs == 7
+
+
 def test_quantizer_is_a_product_quantizer_round_trip():
     pq = _trained_quantizer()
     tokens = torch.randn(10, 4, 8)
