@@ -125,3 +125,34 @@ def test_an_abandoned_load_closes_the_helper_and_stops_its_input(tmp_path):
         pass
     assert engine.closed, "left to the garbage collector, the pool's threads outlive the load"
     assert engine.read == 10, "the pool kept reading the export after the load was abandoned"
+
+
+def test_bulk_requests_stay_under_the_byte_cap_however_large_the_documents(monkeypatch):
+    """A node refuses a request that takes its in-flight indexing bytes past 10 % of its heap;
+    Beauty's 4-codebook documents (~50 kB) made 1,000-document chunks of 52 MB. Requests must be
+    cut by bytes as well as by count, and every document must still arrive once."""
+    from types import SimpleNamespace
+
+    from elasticsearch import Elasticsearch
+
+    from sparcode.pipeline.engine import MAX_CHUNK_BYTES
+    from sparcode.pipeline.engine_es import ElasticsearchEngine
+
+    sizes, sent = [], []
+
+    def bulk_request(self, *, operations, **_):
+        sizes.append(sum(len(line) + 1 for line in operations))
+        ids = [orjson.loads(line)["index"]["_id"] for line in operations[::2]]
+        sent.extend(ids)
+        return SimpleNamespace(body={"errors": False, "items": [{"index": {"_id": i, "status": 201}} for i in ids]})
+
+    monkeypatch.setattr(Elasticsearch, "bulk", bulk_request)
+    engine = ElasticsearchEngine(Elasticsearch("http://127.0.0.1:9"), "http://127.0.0.1:9")
+    body = orjson.dumps({"codes": {f"c{i:04d}_0001_0002_0003": 1.5 for i in range(25_000)}})  # ~0.8 MB
+    docs = [({"index": {"_id": str(n)}}, body) for n in range(40)]
+    for stream in (engine.parallel_bulk(iter(docs), index="i", chunk_size=1000, threads=2),
+                   engine.streaming_bulk(iter(docs), index="i", chunk_size=1000, max_retries=0)):
+        sizes.clear(), sent.clear()
+        assert all(ok for ok, _ in stream)
+        assert sorted(sent, key=int) == [str(n) for n in range(40)]
+        assert len(sizes) > 1 and max(sizes) <= MAX_CHUNK_BYTES

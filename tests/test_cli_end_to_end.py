@@ -274,3 +274,27 @@ def test_search_by_history_equals_search_by_user_without_profiles(trained):
     assert unknown.exit_code == 1 and "unknown item 'nope'" in unknown.output
     both = invoke("search", "--run", run, "--history", "i1", "--user", "u1", "--backend", "local", "--export", export)
     assert both.exit_code == 2 and "exactly one of" in both.output
+
+
+def test_four_codebooks_spell_four_part_terms_and_serve_as_evaluated(trained, tmp_path):
+    """Beauty's preset quantizes with M = 4: the terms, the export and the embedded backend must
+    carry any M, ranking every user exactly as the served-exact evaluation does."""
+    _, data, _, _ = trained
+    cfg = tmp_path / "m4.json"
+    cfg.write_text(json.dumps({**TINY, "model": {**TINY["model"], "codebooks": 4}}))
+    run, export = tmp_path / "run", tmp_path / "export"
+    result = invoke("train", "--model", "sparcode", "--dataset", data, "--split", "leave-one-out", "--out", run,
+                    "--config", cfg, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert invoke("export", run, "--out", export, "--quiet").exit_code == 0
+    with np.load(export / "codes.npz") as npz:
+        terms = npz["terms"].tolist()
+        assert npz["codebooks"].shape[0] == 4
+    assert terms and all(len(term.split("_")) == 4 for term in terms)
+    lists = {}
+    for backend in ("model", "local"):
+        path = tmp_path / f"{backend}.run"
+        result = invoke("evaluate", run, "--backend", backend, "--export", export, "--json", "--run-file", path)
+        assert result.exit_code == 0, result.output
+        lists[backend] = path.read_text().replace(f"-{backend}", "")
+    assert lists["local"] == lists["model"]

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import contextlib
 
-from sparcode.pipeline.engine import (ConnectionProblem, Engine, EngineError, EngineUnavailable, WrongEngine,
-                                      error_reason, redact)
+from sparcode.pipeline.engine import (MAX_CHUNK_BYTES, ConnectionProblem, Engine, EngineError, EngineUnavailable,
+                                      WrongEngine, error_reason, redact)
 
 SUPPORTED_MAJOR = 8
 # The 8.x client sends and receives the compatibility-mode type, plain JSON elsewhere.
@@ -82,6 +82,7 @@ class ElasticsearchEngine(Engine):
 
         # The pairs are already (action, body); the JSON serializer passes bytes bodies through.
         return streaming_bulk(self.client, actions, chunk_size=chunk_size, max_retries=max_retries,
+                              max_chunk_bytes=MAX_CHUNK_BYTES,
                               retry_on_status=(429,), raise_on_error=False, yield_ok=True,
                               expand_action_callback=_as_is, index=index,
                               filter_path=filter_path)
@@ -90,6 +91,7 @@ class ElasticsearchEngine(Engine):
         from elasticsearch.helpers import parallel_bulk
 
         return parallel_bulk(self.client, actions, thread_count=threads, queue_size=threads, chunk_size=chunk_size,
+                             max_chunk_bytes=MAX_CHUNK_BYTES,
                              raise_on_error=False, expand_action_callback=_as_is, index=index,
                              filter_path=filter_path)
 

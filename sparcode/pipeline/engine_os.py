@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 
-from sparcode.pipeline.engine import (ConnectionProblem, Engine, EngineError, EngineUnavailable, WrongEngine,
-                                      error_reason, redact)
+from sparcode.pipeline.engine import (MAX_CHUNK_BYTES, ConnectionProblem, Engine, EngineError, EngineUnavailable,
+                                      WrongEngine, error_reason, redact)
 
 SUPPORTED_MAJOR = 2
 
@@ -73,6 +73,7 @@ class OpenSearchEngine(Engine):
 
         # opensearch-py retries exactly the 429s when max_retries > 0 (no retry_on_status knob).
         return streaming_bulk(self.client, _as_text(actions), chunk_size=chunk_size, max_retries=max_retries,
+                              max_chunk_bytes=MAX_CHUNK_BYTES,
                               raise_on_error=False, yield_ok=True, expand_action_callback=_as_is, index=index,
                               filter_path=filter_path)
 
@@ -80,6 +81,7 @@ class OpenSearchEngine(Engine):
         from opensearchpy.helpers import parallel_bulk
 
         return parallel_bulk(self.client, _as_text(actions), thread_count=threads, queue_size=threads, chunk_size=chunk_size,
+                             max_chunk_bytes=MAX_CHUNK_BYTES,
                              raise_on_error=False, expand_action_callback=_as_is, index=index,
                              filter_path=filter_path)
 
