@@ -21,31 +21,25 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from sparcode.encoder.evaluation import evaluate_sparcode_served
 from sparcode.encoder.runs import open_run
+from sparcode.encoder.train import model_scores
 from sparcode.eval.harness import evaluate_scores
 
 REPORTED = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "recall@50", "ndcg@50")
 
 
-def dense_scores(model, evalset, device, quantized: bool, batch_size: int = 64):
-    item_tokens = model.item_tokens()
+class Unquantized:
+    """The model with its user tokens left unquantized: what its scorer does on continuous input."""
 
-    @torch.no_grad()
-    def score(rows: np.ndarray) -> np.ndarray:
-        out = []
-        for start in range(0, len(rows), batch_size):
-            part = rows[start:start + batch_size]
-            users = torch.as_tensor(evalset.users[part], device=device)
-            hist = torch.as_tensor(evalset.histories[part], device=device)
-            tokens = model.encode_users(users, hist) if quantized else model.pre_quantization_tokens(users, hist)
-            out.append(model.score_all(tokens, item_tokens).float().cpu().numpy())
-        return np.concatenate(out)
+    def __init__(self, model):
+        self.model = model
 
-    return score
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def encode_users(self, users, histories):
+        return self.model.pre_quantization_tokens(users, histories)
 
 
 def main() -> None:
@@ -74,8 +68,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    for stage, quantized in (("unquantized", False), ("quantized", True)):
-        metrics = evaluate_scores(dense_scores(model, evalset, device, quantized), evalset, run.dataset.n_items,
+    for stage, scored in (("unquantized", Unquantized(model)), ("quantized", model)):
+        metrics = evaluate_scores(model_scores(scored, evalset, device), evalset, run.dataset.n_items,
                                   exclude_seen=exclude)
         record(stage, metrics)
 

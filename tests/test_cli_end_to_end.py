@@ -298,3 +298,26 @@ def test_four_codebooks_spell_four_part_terms_and_serve_as_evaluated(trained, tm
         assert result.exit_code == 0, result.output
         lists[backend] = path.read_text().replace(f"-{backend}", "")
     assert lists["local"] == lists["model"]
+
+
+def test_serving_sweep_rows_are_what_evaluate_prints(trained, tmp_path):
+    """scripts/serving_sweep.py re-serves one model under other settings in memory; its row for
+    the run's own settings must be the number `sparcode evaluate` gives, or its table means nothing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, _, _, run = trained
+    config = json.loads((run / "config.json").read_text())["serve"]
+    out = tmp_path / "sweep.json"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "serving_sweep.py"
+    subprocess.run([sys.executable, str(script), str(run), "--fractions", str(config["stored_fraction"]),
+                    "--probes", f"1,{config['query_probes']}", "--out", str(out)], check=True, capture_output=True)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["stage"] for r in rows] == ["unquantized", "quantized", "served", "served"]
+    served = json.loads(invoke("evaluate", run, "--json").output)
+    own = rows[-1]
+    assert own["probes"] == config["query_probes"]
+    for key in ("recall@5", "ndcg@10", "recall@50"):
+        assert own[key] == round(served[key], 4), key
+    assert own["pairs"] == served["pairs"]
