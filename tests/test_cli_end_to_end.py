@@ -277,8 +277,9 @@ def test_search_by_history_equals_search_by_user_without_profiles(trained):
 
 
 def test_four_codebooks_spell_four_part_terms_and_serve_as_evaluated(trained, tmp_path):
-    """Beauty's preset quantizes with M = 4: the terms, the export and the embedded backend must
-    carry any M, ranking every user exactly as the served-exact evaluation does."""
+    """Beauty's preset quantizes with M = 8 (M = 4 here, what a 16-dim token allows): the terms,
+    the export and the embedded backend must carry any M, ranking every user exactly as the
+    served-exact evaluation does."""
     _, data, _, _ = trained
     cfg = tmp_path / "m4.json"
     cfg.write_text(json.dumps({**TINY, "model": {**TINY["model"], "codebooks": 4}}))

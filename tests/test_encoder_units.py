@@ -101,7 +101,7 @@ def test_presets_layer_model_then_dataset_then_config_file_then_flags(tmp_path):
     beauty = run_config("sparcode", "beauty", "leave-one-out")
     assert (beauty.train.epochs, beauty.train.patience, beauty.train.select_metric) == (20, 3, "recall@10")
     ml1m = run_config("sparcode", "ml-1m", "multi-target")
-    assert (beauty.model.codebooks, beauty.serve.stored_fraction) == (4, 0.01)
+    assert (beauty.model.codebooks, beauty.serve.stored_fraction) == (8, 0.005)
     assert (ml1m.model.codebooks, ml1m.serve.stored_fraction) == (2, 0.05)
     # The unindexed upper bound trains as SparCode does on every dataset.
     assert run_config("all-to-all", "beauty", "leave-one-out").train == beauty.train
