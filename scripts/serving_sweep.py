@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from sparcode.encoder.evaluation import evaluate_sparcode_served
+from sparcode.encoder.evaluation import evaluate_sparcode_served, load_for_serving
 from sparcode.encoder.runs import open_run
 from sparcode.encoder.train import model_scores
 from sparcode.eval.harness import evaluate_scores
@@ -56,8 +56,8 @@ def main() -> None:
     run = open_run(args.run)
     evalset = run.split.test if args.users == "test" else run.split.valid
     exclude = args.exclude_seen or run.split.exclude_seen_default
-    model, device = run.load_model()
-    model.eval()
+    loaded = load_for_serving(run)  # the training windows' codes are encoded once, not per setting
+    model, device, _ = loaded
     rows = []
 
     def record(stage: str, metrics: dict, **settings) -> None:
@@ -80,7 +80,7 @@ def main() -> None:
                 run.config.serve = dataclasses.replace(base, allocation=allocation, stored_fraction=fraction,
                                                        query_probes=probes)
                 started = time.perf_counter()
-                metrics, _ = evaluate_sparcode_served(run, evalset, exclude)
+                metrics, _ = evaluate_sparcode_served(run, evalset, exclude, loaded=loaded)
                 record("served", metrics, allocation=allocation, fraction=fraction, probes=probes,
                        seconds=round(time.perf_counter() - started, 1))
     args.out.write_text(json.dumps({"run": str(args.run), "users": args.users, "exclude_seen": exclude,

@@ -97,10 +97,10 @@ def test_dead_code_threshold_follows_the_batch_shape():
 def test_presets_layer_model_then_dataset_then_config_file_then_flags(tmp_path):
     from sparcode.presets import run_config
 
-    assert run_config("sparcode", "ml-1m", "multi-target").train.epochs == 10
+    ml1m = run_config("sparcode", "ml-1m", "multi-target")
+    assert ml1m.train.epochs == 10
     beauty = run_config("sparcode", "beauty", "leave-one-out")
     assert (beauty.train.epochs, beauty.train.patience, beauty.train.select_metric) == (20, 3, "recall@10")
-    ml1m = run_config("sparcode", "ml-1m", "multi-target")
     assert (beauty.model.codebooks, beauty.serve.stored_fraction) == (8, 0.005)
     assert (ml1m.model.codebooks, ml1m.serve.stored_fraction) == (2, 0.05)
     # The unindexed upper bound trains as SparCode does on every dataset.

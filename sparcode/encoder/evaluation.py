@@ -19,9 +19,16 @@ def served_queries(model, run: Run, evalset, device, table: CodeTable) -> list[d
     return user_queries(model, evalset.users, evalset.histories, device, table, run.config.serve.query_probes)
 
 
-def evaluate_sparcode_served(run: Run, evalset, exclude_seen: bool, progress: bool = False) -> tuple[dict, list]:
+def load_for_serving(run: Run) -> tuple:
+    """(model, device, indexed codes): what serving a run needs before any serve setting applies."""
     model, device = run.load_model()
-    codes = indexed_codes(model, run, device)
+    return model, device, indexed_codes(model, run, device)
+
+
+def evaluate_sparcode_served(run: Run, evalset, exclude_seen: bool, progress: bool = False,
+                             loaded: tuple | None = None) -> tuple[dict, list]:
+    """`loaded` = `load_for_serving(run)`, for a caller that serves one model several ways."""
+    model, device, codes = loaded or load_for_serving(run)
     serve = run.config.serve
     postings = build_postings(model, codes, device, serve.bias, serve.stored_fraction, serve.max_postings,
                               progress=progress, allocation=serve.allocation)
