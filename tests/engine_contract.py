@@ -11,7 +11,7 @@ import pytest
 
 from conftest import FINGERPRINT, drop_alias_family, random_items, random_queries, write_export
 from sparcode.featurefield import truncate
-from sparcode.pipeline import indexer, layout
+from sparcode.pipeline import bulk, indexer, layout
 from sparcode.pipeline.backends import BackendError, EngineBackend, LocalBackend
 from sparcode.pipeline.bulk import BulkFailed
 from sparcode.pipeline.export import Export, ExportError
@@ -276,13 +276,39 @@ def test_rejected_documents_are_reported_and_the_alias_stays(engine, alias, tmp_
     for i in (3, 41):
         items[i]["year"] = "not a year"  # passes our checks, refused by the integer mapping
     export = Export.open(write_export(tmp_path / "rejects", items))
-    with pytest.raises(BulkFailed) as info:
+    with pytest.raises(indexer.IncompleteLoad) as info:
         indexer.build(engine, export, alias, progress=False)
-    report = info.value.report
+    report = info.value.__cause__.report
     assert report.failed == 2 and report.ok == 58
     assert [f[0] for f in report.failures] == ["i0003", "i0041"]
     assert "2 of 60 documents failed" in str(info.value) and "HTTP 400" in str(info.value)
     assert engine.alias_holders(alias) == []
+
+
+def _refuse_after_first_chunk(done: int):
+    raise BulkFailed(bulk.BulkReport(ok=done, failed=1, failures=[("i0100", 429, "es_rejected_execution_exception")]))
+
+
+def test_a_failed_load_names_its_partial_index_and_delete_old_clears_leftovers(engine, alias, export_dir, tmp_path):
+    export = Export.open(export_dir)
+    served = indexer.build(engine, export, alias, progress=False)
+    with pytest.raises(indexer.IncompleteLoad, match="`--resume` continues it") as info:
+        indexer.build(engine, export, alias, chunk_size=100, streams=1, on_chunk=_refuse_after_first_chunk,
+                      progress=False)
+    partial = info.value.index
+    assert partial in str(info.value) and "HTTP 429" in str(info.value)
+    engine.refresh(partial)  # a load holds refreshes off until it completes
+    assert engine.alias_holders(alias) == [served.index] and 0 < engine.count(partial) < export.n_items
+    # Another export's failed load: not this export's to resume, but a leftover all the same.
+    other = Export.open(write_export(tmp_path / "other", random_items(300, seed=8), fingerprint="cd" * 32))
+    with pytest.raises(indexer.IncompleteLoad) as other_info:
+        indexer.build(engine, other, alias, chunk_size=100, on_chunk=_refuse_after_first_chunk, progress=False)
+    assert indexer.unfinished_indices(engine, alias) == sorted([partial, other_info.value.index], reverse=True)
+
+    result = indexer.build(engine, export, alias, resume=True, delete_old=True, progress=False)
+    assert result.resumed and result.index == partial and engine.count(alias) == export.n_items
+    assert sorted(result.deleted) == sorted([served.index, other_info.value.index])
+    assert sorted(engine.matching(f"{alias}-*")) == [partial] and indexer.unfinished_indices(engine, alias) == []
 
 
 def check_cli_index_then_reindex(engine, alias, export_dir, run, env: dict, *engine_args: str):
@@ -299,9 +325,19 @@ def check_cli_index_then_reindex(engine, alias, export_dir, run, env: dict, *eng
     again = run("index", str(export_dir), "--alias", alias, *engine_args, env=env)
     assert again.exit_code == 1 and "use `sparcode reindex`" in again.output
 
-    second = run("reindex", str(export_dir), "--alias", alias, "--delete-old", *engine_args, env=env)
+    # A reindex that fails half-way says so in one message that names the way on; the alias stays.
+    real_load = bulk.load
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bulk, "load", lambda *a, **kw: real_load(*a, **{**kw, "chunk_size": 100,
+                                                                      "on_chunk": _refuse_after_first_chunk}))
+        failed = run("reindex", str(export_dir), "--alias", alias, *engine_args, env=env)
+    assert failed.exit_code == 1 and "Traceback" not in failed.output
+    assert "1 of " in failed.output and f"alias {alias} not moved" in failed.output and "--resume" in failed.output
+    assert engine.alias_holders(alias) == [old]
+
+    second = run("reindex", str(export_dir), "--alias", alias, "--resume", "--delete-old", *engine_args, env=env)
     assert second.exit_code == 0, second.output
-    assert f"deleted {old}" in second.output
+    assert "resumed into" in second.output and f"deleted {old}" in second.output
     (new,) = engine.alias_holders(alias)
     assert new != old and not engine.exists(old)
-    assert engine.count(alias) == 400
+    assert engine.count(alias) == 400 and sorted(engine.matching(f"{alias}-*")) == [new]

@@ -14,6 +14,12 @@ _STREAMS = click.option("--bulk-streams", "streams", type=click.IntRange(min=1),
                         help="Bulk requests kept in flight; 1 sends them one after another (with 429 retries "
                              "inline). More than the node's cores buys nothing.")
 
+_RESUME = click.option("--resume", is_flag=True,
+                       help="Continue the newest unfinished load of this export (one a failed load left behind).")
+_DELETE_OLD = click.option("--delete-old", is_flag=True,
+                           help="Delete the index the alias pointed at before, and the alias's unfinished "
+                                "loads, once the new index serves.")
+
 
 def _status(line: str) -> None:
     # stderr, like the progress bar: stdout keeps only the result lines.
@@ -65,8 +71,8 @@ def _run(export_dir: str, alias: str, *, engine: str | None, field_type: str | N
 @click.option("--field-type", type=_FIELD_TYPES, default=None,
               help="Field type for the codes. Default: sparse_vector on Elasticsearch, rank_features on "
                    "OpenSearch (Elasticsearch's rank_features needs the mapper-extras module).")
-@click.option("--resume", is_flag=True, help="Continue the newest unfinished load of this export.")
-@click.option("--delete-old", is_flag=True, help="Delete the index the alias pointed at before.")
+@_RESUME
+@_DELETE_OLD
 @_STREAMS
 def command(export_dir, alias, engine, field_type, resume, delete_old, streams):
     """Index EXPORT_DIR into a new versioned index and point ALIAS at it.
@@ -82,11 +88,12 @@ def command(export_dir, alias, engine, field_type, resume, delete_old, streams):
 @click.argument("export_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--alias", required=True, help="Alias to move onto the new index.")
 @_ENGINE
-@click.option("--delete-old", is_flag=True, help="Delete the index the alias pointed at before.")
+@_RESUME
+@_DELETE_OLD
 @_STREAMS
-def reindex_command(export_dir, alias, engine, delete_old, streams):
+def reindex_command(export_dir, alias, engine, resume, delete_old, streams):
     """Build a new versioned index from EXPORT_DIR and move ALIAS to it atomically (same field type).
 
     Like `index`, builds of 10,000 items or more wait up to 45 s before their merge."""
-    _run(export_dir, alias, engine=engine, field_type=None, resume=False, delete_old=delete_old, replace=True,
+    _run(export_dir, alias, engine=engine, field_type=None, resume=resume, delete_old=delete_old, replace=True,
          streams=streams)

@@ -29,6 +29,16 @@ class IndexProblem(RuntimeError):
     """A refusal or failed check the user can act on; one line."""
 
 
+class IncompleteLoad(IndexProblem):
+    """The load into `index` failed after the index was created; the alias did not move."""
+
+    def __init__(self, cause: Exception, index: str, alias: str):
+        self.index, self.alias = index, alias
+        super().__init__(f"{cause}\nalias {alias} not moved; the partial index {index} is kept: "
+                         "`--resume` continues it once the cause is fixed, and the next build with "
+                         "`--delete-old` removes it")
+
+
 @dataclass
 class BuildResult:
     index: str
@@ -86,15 +96,23 @@ def index_meta(engine: Engine, index: str) -> dict:
     return next(iter(mapping.values())).get("_meta", {})
 
 
-def unfinished_index(engine: Engine, alias: str, fingerprint: str) -> str | None:
-    """The newest versioned index of `alias` for this export whose load never completed."""
-    pattern = re.compile(rf"^{re.escape(alias)}-{re.escape(fingerprint[:8].lower())}-\d{{8}}t\d{{12}}z$")
+def unfinished_indices(engine: Engine, alias: str, fingerprint: str | None = None) -> list[str]:
+    """Versioned indices of `alias` (of one export, if `fingerprint`) whose load never completed, newest first."""
+    prefix = "[0-9a-f]{8}" if fingerprint is None else re.escape(fingerprint[:8].lower())
+    pattern = re.compile(rf"^{re.escape(alias)}-{prefix}-\d{{8}}t\d{{12}}z$")
     names = engine.matching(f"{alias}-*")
+    found = []
     for name in sorted(names, reverse=True):
         meta = names[name].get("_meta", {})
-        if pattern.match(name) and meta.get("fingerprint") == fingerprint and not meta.get("complete"):
-            return name
-    return None
+        if pattern.match(name) and not meta.get("complete") and fingerprint in (None, meta.get("fingerprint")):
+            found.append(name)
+    return found
+
+
+def unfinished_index(engine: Engine, alias: str, fingerprint: str) -> str | None:
+    """The newest versioned index of `alias` for this export whose load never completed."""
+    found = unfinished_indices(engine, alias, fingerprint)
+    return found[0] if found else None
 
 
 def build(engine: Engine, export, alias: str, *, field_type: str | None = None, resume: bool = False,
@@ -108,6 +126,8 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
     (`sparse_vector` on Elasticsearch, `rank_features` on OpenSearch). `settle` waits for the
     node to release the load's history before merging (default: from SETTLE_MIN_DOCS items).
     `status(line)` hears what the build waits for after the load (the settle wait, the merge).
+    A load that fails once the index exists raises `IncompleteLoad`, naming the index to resume;
+    `delete_old` also removes the alias's unfinished leftovers once the new index serves.
     """
     if alias != alias.lower() or not re.match(r"^[a-z0-9][a-z0-9_.-]*$", alias):
         raise IndexProblem(f"alias {alias!r}: use lowercase letters, digits, '-', '_' or '.'")
@@ -137,18 +157,21 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
         field_type, term_layout = meta.get("field_type", field_type), meta.get("layout", layout.FLAT)
         _step(engine.set_refresh_interval)(name, "-1")
 
-    with CpuMeter(engine) as meter:
-        _step(bulk.load)(engine, export, name, term_layout=term_layout, chunk_size=chunk_size, streams=streams,
-                         on_chunk=on_chunk, progress=progress)
-    docs = _finalize(engine, name, export.n_items >= SETTLE_MIN_DOCS if settle is None else settle, status)
+    try:
+        with CpuMeter(engine) as meter:
+            _step(bulk.load)(engine, export, name, term_layout=term_layout, chunk_size=chunk_size,
+                             streams=streams, on_chunk=on_chunk, progress=progress)
+        docs = _finalize(engine, name, export.n_items >= SETTLE_MIN_DOCS if settle is None else settle, status)
+    except (bulk.BulkFailed, EngineError, EngineUnavailable) as exc:
+        raise IncompleteLoad(exc, name, alias) from exc
     if docs != export.n_items:
-        raise IndexProblem(f"{name} holds {docs} documents, the export has {export.n_items}; "
-                           "alias not moved (run again with --resume)")
+        raise IncompleteLoad(IndexProblem(f"{name} holds {docs} documents, the export has {export.n_items}"),
+                             name, alias)
     _step(engine.put_meta)(name, mappings.index_meta(export, field_type, term_layout, complete=True))
     _swap(engine, alias, name, previous)
     deleted = []
     if delete_old:
-        deleted = [old for old in previous if old != name]
+        deleted = [old for old in previous if old != name] + unfinished_indices(engine, alias)
         if deleted:
             _step(engine.delete_indices)(deleted)
     return BuildResult(name, alias, docs, meter.wall, previous, deleted, resumed, meter.seconds)
