@@ -45,6 +45,20 @@ def write_toy_ids(run_dir, dataset):
     return ids
 
 
+def test_bf16_steps_only_where_the_hardware_has_them_and_weights_stay_float32(tmp_path):
+    from sparcode.encoder.train import bf16_supported
+
+    dataset = toy_dataset()
+    split = make_split(dataset, "leave-one-out", max_history=5)
+    write_toy_ids(tmp_path, dataset)
+    summary = train_tiger(tmp_path, dataset, split, toy_config(bf16=True, epochs=1), log=lambda *_: None, device="cpu")
+    assert summary["bf16"] == bf16_supported(torch.device("cpu"))
+    weights = torch.load(tiger_dir(tmp_path) / "weights.pt", weights_only=True)
+    assert {w.dtype for w in weights.values() if w.is_floating_point()} == {torch.float32}
+    metrics, _ = evaluate_tiger(tmp_path, dataset, split, ks=(5, 10), device="cpu")
+    assert 0.0 <= metrics["recall@10"] <= 1.0
+
+
 def test_train_checkpoint_roundtrip_evaluate_and_search(tmp_path):
     dataset = toy_dataset()
     split = make_split(dataset, "leave-one-out", max_history=5)

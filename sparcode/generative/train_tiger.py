@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sparcode.data.dataset import sample_rows
+from sparcode.encoder.train import bf16_supported
 from sparcode.generative.beam import ColdIndex, beam_search
 from sparcode.generative.config import TigerConfig
 from sparcode.generative.curves import read_history
@@ -257,8 +258,10 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
     elapsed_before, train_seconds = _time_so_far(folder / HISTORY) if resume else (0.0, 0.0)
     started = time.perf_counter()
     step_seconds: list[float] = []
+    use_bf16 = cfg.bf16 and bf16_supported(device)
     log(f"TIGER: {n} windows ({int((~keep).sum())} with a cold positive dropped), {steps_per_epoch} steps/epoch, "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters on {device}")
+        f"{sum(p.numel() for p in model.parameters()):,} parameters on {device}"
+        + (", bf16 training steps" if use_bf16 else ""))
     while (step < cfg.total_steps) if cfg.total_steps else (epoch < cfg.epochs):
         model.train()
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout: resumable without saving RNG state
@@ -272,7 +275,8 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
             rows = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * _lr_factor(step, cfg.warmup_steps, cfg.total_steps)
-            loss = model(tiger.batch(histories[rows], users[rows], positives[rows]))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss = model(tiger.batch(histories[rows], users[rows], positives[rows]))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -327,6 +331,7 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
     return {
         "train_seconds": round(time.perf_counter() - started, 1), "epochs": epoch, "steps": step,
         "steps_per_epoch": steps_per_epoch, "seconds_per_step": float(np.mean(step_seconds)) if step_seconds else None,
+        "bf16": use_bf16,
         "select_on": cfg.select_on, "best_epoch": chosen["epoch"],
         "best_valid_recall@10": chosen["valid_recall@10"], "collision_rate": meta["collisions"]["collision_rate"],
         "codebook_usage": meta["codebook_usage"], "cold_items": int(len(tiger.cold)),
