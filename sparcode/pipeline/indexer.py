@@ -34,7 +34,10 @@ class IncompleteLoad(IndexProblem):
 
     def __init__(self, cause: Exception, index: str, alias: str):
         self.index, self.alias = index, alias
-        super().__init__(f"{cause}\nalias {alias} not moved; the partial index {index} is kept: "
+        what = f"the search engine answered {cause}" if isinstance(cause, EngineError) else str(cause)
+        # One line, unless the cause lists refused documents: then the way on closes the list.
+        joint = "\n" if "\n" in what else "; "
+        super().__init__(f"{what}{joint}alias {alias} not moved; the partial index {index} is kept: "
                          "`--resume` continues it once the cause is fixed, and the next build with "
                          "`--delete-old` removes it")
 
