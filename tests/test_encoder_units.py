@@ -101,7 +101,8 @@ def test_presets_layer_model_then_dataset_then_config_file_then_flags(tmp_path):
     assert ml1m.train.epochs == 10
     beauty = run_config("sparcode", "beauty", "leave-one-out")
     assert (beauty.train.epochs, beauty.train.patience, beauty.train.select_metric) == (20, 3, "recall@10")
-    assert (beauty.model.codebooks, beauty.serve.stored_fraction) == (8, 0.005)
+    assert (beauty.model.codebooks, beauty.serve.stored_fraction, beauty.train.window_fraction) == (8, 0.005, 1.0)
+    assert ml1m.train.window_fraction == 0.4
     assert (ml1m.model.codebooks, ml1m.serve.stored_fraction) == (2, 0.05)
     # The unindexed upper bound trains as SparCode does on every dataset.
     assert run_config("all-to-all", "beauty", "leave-one-out").train == beauty.train
