@@ -35,18 +35,18 @@ _PRESETS: dict[str, dict] = {
 # Every window each epoch instead of 0.4 of them (Beauty has only 131k, and the two-tower sees
 # them all): SparCode's best epoch 12 of 15, served R@5 0.0478 / N@10 0.0399 history kept against
 # 0.0440 / 0.0362, level with the two-tower preset (0.0477 / 0.0409), in 11 min (README).
-_BEAUTY_ALL_TO_ALL = {"train": {"epochs": 20, "patience": 3, "window_fraction": 1.0}}
+_BEAUTY_TRAINING = {"train": {"epochs": 20, "patience": 3, "window_fraction": 1.0}}
 # Beauty's 22k users lost 16 % of R@10 to quantization with 2 codebooks of 256 (dense scores
 # of the continuous token 0.0719, of its code 0.0604; served 0.0619), and storing fewer pairs
 # cost next to nothing. Finer codes: 4 codebooks served 0.0685 at 1 % stored, 8 codebooks (8
 # dims each) 0.0717 at 0.5 %, from 6.7 M pairs against 9.05 M for 2 codebooks at 5 %
 # (scripts/serving_sweep.py, README). The all-to-all has no quantizer to refine.
-_BEAUTY_SPARCODE = {**_BEAUTY_ALL_TO_ALL, "model": {"codebooks": 8}, "serve": {"stored_fraction": 0.005}}
+_BEAUTY_SPARCODE = {**_BEAUTY_TRAINING, "model": {"codebooks": 8}, "serve": {"stored_fraction": 0.005}}
 
 _DATASET_OVERRIDES: dict[tuple[str, str], dict] = {
     ("beauty", "*"): {"train": {"select_metric": "recall@10"}},
     ("beauty", "sparcode"): _BEAUTY_SPARCODE,
-    ("beauty", "all-to-all"): _BEAUTY_ALL_TO_ALL,
+    ("beauty", "all-to-all"): _BEAUTY_TRAINING,
 }
 
 

@@ -32,7 +32,7 @@ class IndexProblem(RuntimeError):
 class IncompleteLoad(IndexProblem):
     """The load into `index` failed after the index was created; the alias did not move."""
 
-    def __init__(self, cause: Exception, index: str, alias: str):
+    def __init__(self, cause: Exception | str, index: str, alias: str):
         self.index, self.alias = index, alias
         what = f"the search engine answered {cause}" if isinstance(cause, EngineError) else str(cause)
         # One line, unless the cause lists refused documents: then the way on closes the list.
@@ -168,8 +168,7 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
     except (bulk.BulkFailed, EngineError, EngineUnavailable) as exc:
         raise IncompleteLoad(exc, name, alias) from exc
     if docs != export.n_items:
-        raise IncompleteLoad(IndexProblem(f"{name} holds {docs} documents, the export has {export.n_items}"),
-                             name, alias)
+        raise IncompleteLoad(f"{name} holds {docs} documents, the export has {export.n_items}", name, alias)
     _step(engine.put_meta)(name, mappings.index_meta(export, field_type, term_layout, complete=True))
     _swap(engine, alias, name, previous)
     deleted = []
