@@ -38,6 +38,8 @@ class ModelConfig:
     # never settled.
     dead_code_threshold: float | None = None
     scorer_hidden: int = 64
+    # A linear path w0 · (t ⊙ c) beside the scorer's hidden layer (see AllToAllScorer).
+    scorer_linear_skip: bool = False
     # Bias inside ReLU(S + b) while training; the serving bias b̃ is chosen after training.
     train_bias: float = 0.0
     # Weight of the penalty on the mean squared cosine between a user's K_u tokens (before

@@ -8,17 +8,22 @@ from sparcode.encoder.quantizer import ProductQuantizer
 from sparcode.encoder.scorer import AllToAllScorer
 
 
-def test_scorer_equals_mlp_on_concatenated_products():
+@pytest.mark.parametrize("linear_skip", [False, True])
+def test_scorer_equals_mlp_on_concatenated_products(linear_skip):
     torch.manual_seed(0)
-    scorer = AllToAllScorer(dim=8, item_tokens=3, hidden=5)
+    scorer = AllToAllScorer(dim=8, item_tokens=3, hidden=5, linear_skip=linear_skip)
     with torch.no_grad():
         scorer.b1.normal_()
         scorer.b2.fill_(0.3)
+        if linear_skip:
+            scorer.w0.normal_()
     users = torch.randn(4, 8)
     items = torch.randn(6, 3, 8)
-    # The definition: S = w2 · ReLU(W1 [t ⊙ c_1; t ⊙ c_2; t ⊙ c_3] + b1) + b2
+    # The definition: S = w2 · ReLU(W1 [t ⊙ c_1; t ⊙ c_2; t ⊙ c_3] + b1) + b2 (+ w0 · [...])
     concat = (users[:, None, None, :] * items[None]).reshape(4, 6, 24)
     expected = torch.relu(concat @ scorer.w1.T + scorer.b1) @ scorer.w2 + scorer.b2
+    if linear_skip:
+        expected = expected + concat @ scorer.w0
     assert torch.allclose(scorer.all_pairs(users, items), expected, atol=1e-5)
     with torch.no_grad():  # export's blocked path: b1 folded into the GEMM, items in slabs
         assert torch.allclose(scorer.all_pairs(users, items), expected, atol=1e-5)
@@ -26,9 +31,12 @@ def test_scorer_equals_mlp_on_concatenated_products():
     assert torch.allclose(paired, expected.diagonal(), atol=1e-5)
 
 
-def test_blocked_scoring_covers_every_item_across_slabs():
+@pytest.mark.parametrize("linear_skip", [False, True])
+def test_blocked_scoring_covers_every_item_across_slabs(linear_skip):
     torch.manual_seed(1)
-    scorer = AllToAllScorer(dim=4, item_tokens=2, hidden=3)
+    scorer = AllToAllScorer(dim=4, item_tokens=2, hidden=3, linear_skip=linear_skip)
+    if linear_skip:
+        torch.nn.init.normal_(scorer.w0)
     users, items = torch.randn(5, 4), torch.randn(601, 2, 4)  # 601: three slabs, the last partial
     with torch.no_grad():
         blocked = scorer._all_pairs_blocked(users, items, item_block=256)
@@ -53,6 +61,7 @@ def test_posting_cap_keeps_each_codes_best_scores_in_item_order():
 def test_flops_per_pair_counts_both_layers():
     scorer = AllToAllScorer(dim=64, item_tokens=2, hidden=32)
     assert scorer.flops_per_pair() == 2 * 32 * 128 + 4 * 32
+    assert AllToAllScorer(dim=64, item_tokens=2, hidden=32, linear_skip=True).flops_per_pair() == 2 * 32 * 128 + 4 * 32 + 2 * 128
 
 
 def _trained_quantizer():

@@ -40,7 +40,7 @@ class SparCode(_UserItemBase):
     def __init__(self, cfg: ModelConfig, dataset: Dataset, max_history: int, quantize: bool = True):
         super().__init__(cfg, dataset, max_history, cfg.user_tokens)
         self.item_head = nn.Sequential(nn.Linear(cfg.dim, 2 * cfg.dim), nn.GELU(), nn.Linear(2 * cfg.dim, cfg.item_tokens * cfg.dim))
-        self.scorer = AllToAllScorer(cfg.dim, cfg.item_tokens, cfg.scorer_hidden)
+        self.scorer = AllToAllScorer(cfg.dim, cfg.item_tokens, cfg.scorer_hidden, cfg.scorer_linear_skip)
         # Both sides are normalised to unit per-dimension scale so S starts near N(0, 1).
         # Without it, S began with a spread of ~10 and the first steps of sampled softmax
         # pushed every S far below zero, where ReLU and softplus alike have no gradient.

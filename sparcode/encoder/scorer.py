@@ -14,7 +14,7 @@ from torch import nn
 
 
 class AllToAllScorer(nn.Module):
-    def __init__(self, dim: int, item_tokens: int, hidden: int):
+    def __init__(self, dim: int, item_tokens: int, hidden: int, linear_skip: bool = False):
         super().__init__()
         self.dim, self.item_tokens, self.hidden = dim, item_tokens, hidden
         fan_in = dim * item_tokens
@@ -22,10 +22,20 @@ class AllToAllScorer(nn.Module):
         self.b1 = nn.Parameter(torch.zeros(hidden))
         self.w2 = nn.Parameter(torch.randn(hidden) / math.sqrt(hidden))
         self.b2 = nn.Parameter(torch.zeros(()))
+        # A linear path w0 · [t ⊙ c_k]_k beside the hidden layer (wide & deep): a weighted dot
+        # product is then one parameter vector away, instead of something the ReLU layer has to
+        # approximate. Zero at the start, so the scorer begins as the plain MLP.
+        self.w0 = nn.Parameter(torch.zeros(item_tokens * dim)) if linear_skip else None
 
     def flops_per_pair(self) -> int:
-        # First layer multiply-adds, bias+ReLU, and the output dot product.
-        return 2 * self.hidden * self.item_tokens * self.dim + 2 * self.hidden + 2 * self.hidden
+        # First layer multiply-adds, bias+ReLU, and the output dot product (+ the linear path).
+        skip = 0 if self.w0 is None else 2 * self.item_tokens * self.dim
+        return 2 * self.hidden * self.item_tokens * self.dim + 2 * self.hidden + 2 * self.hidden + skip
+
+    def _linear(self, user_tokens: torch.Tensor, flat_items: torch.Tensor) -> torch.Tensor:
+        """(n, U) linear-path scores; flat_items may carry extra trailing columns, ignored."""
+        weights = user_tokens.repeat(1, self.item_tokens) * self.w0  # (U, Kd)
+        return flat_items[:, :weights.shape[1]] @ weights.T
 
     def _user_matrices(self, user_tokens: torch.Tensor) -> torch.Tensor:
         """(U, d) → (U, H, K_c·d): W1 with each K_c block scaled by the user token."""
@@ -40,7 +50,10 @@ class AllToAllScorer(nn.Module):
         flat_items = item_tokens.reshape(item_tokens.shape[0], -1)  # (n, Kd)
         # One large GEMM is markedly faster on CPU than U small batched ones.
         hidden = torch.relu((flat_items @ mats.T).view(-1, users, self.hidden) + self.b1)  # (n, U, H)
-        return (torch.matmul(hidden, self.w2) + self.b2).T
+        out = torch.matmul(hidden, self.w2) + self.b2
+        if self.w0 is not None:
+            out = out + self._linear(user_tokens, flat_items)
+        return out.T
 
     def _all_pairs_blocked(self, user_tokens: torch.Tensor, item_tokens: torch.Tensor,
                            item_block: int = 256) -> torch.Tensor:
@@ -66,10 +79,16 @@ class AllToAllScorer(nn.Module):
             torch.mm(flat_items[start:start + rows], mats, out=hidden)
             hidden.relu_()
             torch.mv(hidden.view(rows * users, self.hidden), self.w2, out=out[start:start + rows].view(-1))
+        if self.w0 is not None:
+            out.add_(self._linear(user_tokens, flat_items))
         return out.add_(self.b2).T
 
     def paired(self, user_tokens: torch.Tensor, item_tokens: torch.Tensor) -> torch.Tensor:
         """S for aligned rows: (U, d) × (U, K_c, d) → (U,)."""
         mats = self._user_matrices(user_tokens)
-        hidden = torch.bmm(mats, item_tokens.reshape(item_tokens.shape[0], -1, 1)).squeeze(-1)
-        return torch.relu(hidden + self.b1) @ self.w2 + self.b2
+        flat_items = item_tokens.reshape(item_tokens.shape[0], -1)
+        hidden = torch.bmm(mats, flat_items.unsqueeze(-1)).squeeze(-1)
+        out = torch.relu(hidden + self.b1) @ self.w2 + self.b2
+        if self.w0 is not None:
+            out = out + (user_tokens.repeat(1, self.item_tokens) * self.w0 * flat_items).sum(-1)
+        return out
