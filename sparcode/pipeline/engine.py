@@ -140,8 +140,10 @@ class Engine(ABC):
     def refresh(self, index: str) -> None:
         self._call(self.client.indices.refresh, index=index)
 
-    def flush(self, index: str) -> None:
-        self._call(self.client.indices.flush, index=index)
+    def flush(self, index: str, *, force: bool = False) -> None:
+        """Commit. `force` commits even with nothing new to write, which still persists the
+        current global checkpoint and lets the node count this commit as its safe one."""
+        self._call(self.client.indices.flush, index=index, force=force)
 
     def forcemerge(self, index: str, timeout_s: float) -> None:
         """Merge to one segment, waiting up to `timeout_s` (a large index takes minutes)."""
@@ -157,13 +159,12 @@ class Engine(ABC):
         stats = self._call(self.client.indices.stats, index=index, level="shards",
                            filter_path="indices.*.shards.*.seq_no.max_seq_no,"
                                        "indices.*.shards.*.retention_leases.leases.retaining_seq_no")
-        for copies in stats.get("indices", {}).get(index, {}).get("shards", {}).values():
-            for copy in copies:
-                last = copy.get("seq_no", {}).get("max_seq_no", -1)
-                leases = copy.get("retention_leases", {}).get("leases", [])
-                if any(lease["retaining_seq_no"] <= last for lease in leases):
-                    return False
-        return True
+        copies = [copy for shard in stats.get("indices", {}).get(index, {}).get("shards", {}).values()
+                  for copy in shard]
+        # A shard not reporting yet has released nothing: no copies is "not yet", not "all clear".
+        return bool(copies) and all(
+            lease["retaining_seq_no"] > copy.get("seq_no", {}).get("max_seq_no", -1)
+            for copy in copies for lease in copy.get("retention_leases", {}).get("leases", []))
 
     def count(self, index: str) -> int:
         return int(self._call(self.client.count, index=index)["count"])

@@ -210,6 +210,9 @@ def _finalize(engine: Engine, name: str, settle: bool, status: Callable[[str], N
         waited = _await_history_release(engine, name, SETTLE_TIMEOUT_S)
         say(f"history released after {waited:.0f} s" if waited is not None
             else "history not released in time; merging anyway (the index stays larger until its next merge)")
+        # The merge also keeps whatever lies past the last *persisted* global checkpoint and the
+        # last safe commit; the load's final batch can leave both behind until the next commit.
+        engine.flush(name, force=True)
     # One segment: smaller, faster to search, and deleted copies from a resume are dropped.
     say(f"merging {name} into one segment")
     started = time.monotonic()
