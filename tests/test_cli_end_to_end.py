@@ -162,6 +162,9 @@ def test_search_one_user_and_explain(trained):
                       "--filter", "genre=g1", "--json", "--k", "40")
     assert filtered.exit_code == 0, filtered.output
     assert all(int(h["item_id"][1:]) // 10 == 1 for h in json.loads(filtered.output)["hits"])
+    nothing = invoke("search", "--run", run, "--user", user, "--backend", "local", "--export", export,
+                     "--filter", "genre=no-such-genre")
+    assert nothing.exit_code == 0 and nothing.stderr.strip() == "no items matched (--filter genre=no-such-genre)"
 
 
 def test_a_sampled_evaluation_ranks_its_users_as_the_full_one_does(trained):

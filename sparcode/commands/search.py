@@ -134,6 +134,9 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
         click.echo(f"user {user_id} · codes {' '.join(f'{t}×{int(c)}' if c != 1 else t for t, c in query.items())} · backend {backend}")
     for rank, hit in enumerate(hits, 1):
         click.echo(f"{rank:>3}  {hit.item_id:>8}  {hit.score:9.4f}  {titles.get(hit.item_id) or ''}")
+    if not hits:
+        # An empty list is a valid answer (a filter, or no positive score), but a silent one looks broken.
+        click.echo("no items matched" + (f" (--filter {' '.join(filters)})" if filters else ""), err=True)
 
 
 def _search_tiger(run, user_id: str, k: int, backend: str | None, exclude_seen: bool, as_json: bool,
