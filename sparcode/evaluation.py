@@ -33,7 +33,7 @@ def evaluate_run(run_dir: Path, backend: str = "model", alias: str | None = None
                                                     ef=ef, num_candidates=num_candidates)
     elif backend != "model":
         if run.kind != "sparcode":
-            raise RunError(f"--backend {backend} serves SparCode exports; {run_dir} is a {run.kind} run")
+            raise RunError(f"--backend {backend} serves SparCode exports; {run_dir} was trained with --model {run.kind}")
         metrics, rankings = _evaluate_backend(run, evalset, backend, alias, export_dir, exclude, ks)
     elif run.kind == "sparcode":
         from sparcode.encoder.evaluation import evaluate_sparcode_served

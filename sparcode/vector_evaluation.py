@@ -18,7 +18,7 @@ def evaluate_vector_backend(run: Run, evalset, backend: str, alias, export_dir, 
     from sparcode.pipeline.vectors import ExactBackend, recall_vs_exact
 
     if run.kind != "two-tower":
-        raise RunError(f"--backend {backend} serves two-tower vector exports; {run.path} is a {run.kind} run")
+        raise RunError(f"--backend {backend} serves two-tower vector exports; {run.path} was trained with --model {run.kind}")
     k = max(ks)
     model, device = run.load_model()
     queries = list(user_vectors(model, evalset.users, evalset.histories, device))

@@ -195,6 +195,10 @@ def test_baselines_train_and_evaluate(trained, kind):
     assert result.exit_code == 0, result.output
     metrics = json.loads(invoke("evaluate", run, "--json").output)
     assert metrics["users"] == 80 and 0 <= metrics["recall@10"] <= 1
+    if kind == "all-to-all":  # the unquantized bound has no codes to serve
+        refused = invoke("export", run, "--out", root / "export-all-to-all")
+        assert refused.exit_code == 1 and not (root / "export-all-to-all").exists()
+        assert refused.output.strip().endswith(f"{run} was trained with --model all-to-all")
 
 
 def test_ease_is_scored_each_way_at_the_lambda_chosen_for_it(trained):

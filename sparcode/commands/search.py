@@ -87,7 +87,7 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
 
         check_backend(run.kind, backend)
         if run.kind != "sparcode" and run.kind != "two-tower":
-            raise click.ClickException(f"search serves SparCode runs; {run_dir} is a {run.kind} run")
+            raise click.ClickException(f"search serves SparCode runs; {run_dir} was trained with --model {run.kind}")
         if history_items is not None:
             from sparcode.encoder.users import anonymous_history
 
@@ -144,7 +144,7 @@ def _search_tiger(run, user_id: str, k: int, backend: str | None, exclude_seen: 
     """A TIGER run generates item IDs with constrained beam search. With --alias, the cold items
     sharing a generated prefix come from the run's `sid` index instead of the in-process table."""
     if run.kind != "tiger" or backend not in (None, "tiger"):
-        raise click.ClickException(f"--backend tiger serves TIGER runs only; {run.path} is a {run.kind} run"
+        raise click.ClickException(f"--backend tiger serves TIGER runs only; {run.path} was trained with --model {run.kind}"
                                    if run.kind != "tiger" else f"a TIGER run is served by --backend tiger, not {backend}")
     if explain and not alias:
         raise click.ClickException("--explain shows the prefix request sent to the engine; give --alias NAME "

@@ -66,7 +66,7 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
                allocation: str | None = None,
                shard: tuple[int, int] = (0, 1), progress: bool = True, force: bool = False) -> dict:
     if run.kind != "sparcode":
-        raise RunError(f"export writes SparCode codes; {run.path} is a {run.kind} run")
+        raise RunError(f"export writes SparCode codes; {run.path} was trained with --model {run.kind}")
     index, count = shard
     out_dir = Path(out_dir)
     sharded = count > 1

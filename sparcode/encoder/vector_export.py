@@ -37,7 +37,7 @@ def item_vectors(model, device, batch: int = 65536) -> np.ndarray:
 
 def export_vectors(run: Run, out_dir: Path, force: bool = False) -> dict:
     if run.kind != "two-tower":
-        raise RunError(f"vector export needs a two-tower run; {run.path} is a {run.kind} run")
+        raise RunError(f"vector export needs a two-tower run; {run.path} was trained with --model {run.kind}")
     out_dir = Path(out_dir)
     if (out_dir / "manifest.json").exists() and not force:
         raise RunError(f"{out_dir} already holds an export; pass --force to replace it")
