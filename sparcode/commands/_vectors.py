@@ -12,7 +12,8 @@ def check_backend(kind: str, backend: str) -> None:
     if kind == "two-tower" and backend not in VECTOR_BACKENDS:
         raise click.ClickException(f"a two-tower run is served by --backend {'|'.join(VECTOR_BACKENDS)}, not {backend}")
     if kind != "two-tower" and backend in VECTOR_BACKENDS:
-        raise click.ClickException(f"--backend {backend} serves two-tower vector exports; this run was trained with --model {kind}")
+        raise click.ClickException(f"--backend {backend} serves two-tower vector exports; "
+                                   f"this run was trained with --model {kind}")
 
 
 def open_vector_backend(backend: str, run_dir: Path, export_dir: Path | None, alias: str | None,

@@ -144,7 +144,8 @@ def _search_tiger(run, user_id: str, k: int, backend: str | None, exclude_seen: 
     """A TIGER run generates item IDs with constrained beam search. With --alias, the cold items
     sharing a generated prefix come from the run's `sid` index instead of the in-process table."""
     if run.kind != "tiger" or backend not in (None, "tiger"):
-        raise click.ClickException(f"--backend tiger serves TIGER runs only; {run.path} was trained with --model {run.kind}"
+        raise click.ClickException(f"--backend tiger serves TIGER runs only; "
+                                   f"{run.path} was trained with --model {run.kind}"
                                    if run.kind != "tiger" else f"a TIGER run is served by --backend tiger, not {backend}")
     if explain and not alias:
         raise click.ClickException("--explain shows the prefix request sent to the engine; give --alias NAME "
