@@ -236,6 +236,10 @@ def test_user_errors_are_one_clear_line(trained, tmp_path):
     bad_data.write_text("u1 i1 i2\nu2\n")
     result = invoke("train", "--dataset", bad_data, "--out", tmp_path / "r2", "--config", cfg)
     assert result.exit_code != 0 and "line 2" in result.output
+    # Output paths are checked before the evaluation, and a refused one leaves no other file behind.
+    result = invoke("evaluate", run, "--run-file", tmp_path / "kept.run", "--qrels", tmp_path / "no" / "q")
+    assert result.exit_code != 0 and f"folder {tmp_path / 'no'} does not exist" in result.output
+    assert not (tmp_path / "kept.run").exists()
 
 
 def test_every_served_code_has_postings_so_every_user_gets_hits(trained):

@@ -58,6 +58,18 @@ def test_unreachable_node_is_one_line_without_secrets(export_dir, engine_name, l
     assert "s3cret" not in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("engine_name", ["elasticsearch", "opensearch"])
+@pytest.mark.parametrize("url", ["http://bob:s3cret@127.0.0.1:notaport", "http://bob:s3cret@[::1",
+                                 "bob:s3cret@127.0.0.1:9"])
+def test_malformed_url_is_one_line_without_secrets(export_dir, engine_name, url):
+    # Malformed URLs are where parsers raise or misread the userinfo, and where we print the URL.
+    result = run("index", str(export_dir), "--alias", "x", "--engine", engine_name,
+                 env={f"{engine_name.upper()}_URL": url})
+    assert result.exit_code == 1, result.output
+    assert "***@" in result.output
+    assert "s3cret" not in result.output and "Traceback" not in result.output
+
+
 def test_bad_export_is_refused(tmp_path):
     result = run("index", str(tmp_path), "--alias", "x")
     assert result.exit_code == 1 and "no manifest.json" in result.output

@@ -133,3 +133,58 @@ def test_ml1m_malformed_line_names_file_and_line(tmp_path, monkeypatch):
     monkeypatch.setenv(paths.ENV_VAR, str(tmp_path))
     with pytest.raises(DataError, match=r"sequences_5core_time_ordered.tsv.gz, line 3: movie id 'x4'"):
         load_dataset("ml-1m")
+
+
+# The duplicate-user check sees the users exactly as the loader does: same tokens, same skipped
+# lines, and the message names the real user and both real line numbers.
+@pytest.mark.parametrize("text, user, first, again", [
+    (" u1 a\nu2 b\nu1 c\n", "u1", 1, 3),             # leading space on the first line
+    ("u1 a\n\nu2 b\n\nu1 c\n", "u1", 1, 5),           # blank lines
+    ("# one\nu1 a\n# two\nu1 b\n", "u1", 2, 4),       # comment lines
+    ("  u1 a\n\tu2 b\n  u2 c\n", "u2", 2, 3),         # leading spaces and tabs
+    ("u1\ta b\nu2 c\nu1  d\n", "u1", 1, 3),           # tab vs. double space after the id
+])
+@pytest.mark.parametrize("compress", [False, True])
+def test_duplicate_user_names_real_user_and_lines(tmp_path, text, user, first, again, compress):
+    path = write(tmp_path / ("sequences.txt.gz" if compress else "sequences.txt"), text, compress)
+    with pytest.raises(DataError) as err:
+        load_dataset(path)
+    message = str(err.value)
+    assert f"user {user!r} appears twice" in message
+    assert f"line {first}" in message and f"line {again}" in message
+    assert err.value.line == again and err.value.path == path
+
+
+def test_leading_whitespace_is_not_a_duplicate(tmp_path):
+    ds = load_dataset(write(tmp_path / "sequences.txt", " u1 a\n\n# c\n\tu2 b\n"))
+    assert ds.user_ids == ["u1", "u2"]
+
+
+BOM = "\ufeff"
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_utf8_bom_is_stripped_from_every_file(tmp_path, compress):
+    gz = ".gz" if compress else ""
+    write(tmp_path / f"sequences.txt{gz}", BOM + "1 a b\n2 b c\n", compress)
+    write(tmp_path / f"items.tsv{gz}", BOM + "a\tcolor=red\n", compress)
+    write(tmp_path / f"users.tsv{gz}", BOM + "1\tcountry=fr\n", compress)
+    ds = load_dataset(tmp_path)
+    assert ds.user_ids == ["1", "2"] and ds.item_ids == ["a", "b", "c"]
+    assert ds.item_attributes[0] == {"color": ["red"]}
+    country = ds.user_features[0]
+    assert [country.vocab[v] for v in country.values[:, 0]] == ["fr", "<pad>"]
+
+
+def test_utf8_bom_before_a_comment_line(tmp_path):
+    write(tmp_path / "sequences.txt", BOM + "# header\n1 a\n")
+    write(tmp_path / "items.tsv", BOM + "# header\na\tcolor=red\n")
+    ds = load_dataset(tmp_path)
+    assert ds.user_ids == ["1"] and ds.item_attributes[0] == {"color": ["red"]}
+
+
+def test_bom_user_is_the_same_user_later(tmp_path):
+    # "\ufeffu1" on line 1 and "u1" on line 3 are one user; the BOM does not shift line numbers.
+    write(tmp_path / "sequences.txt", BOM + "u1 a\nu2 b\nu1 c\n")
+    with pytest.raises(DataError, match=r"line 3: user 'u1' appears twice"):
+        load_dataset(tmp_path)

@@ -34,3 +34,7 @@ def user_errors():
         raise
     except handled as err:
         raise click.ClickException(str(err)) from None
+    except EOFError as err:
+        # click's own handler would print a bare "Aborted!", as if the user had pressed Ctrl-D;
+        # here it is a truncated file (gzip's message names no file, so the readers that can, do).
+        raise click.ClickException(f"a file ended early, probably truncated: {err}") from None

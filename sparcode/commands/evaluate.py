@@ -35,7 +35,12 @@ def command(run_dir, backend, alias, export_dir, exclude_seen, part, sample_user
             ef, num_candidates):
     """Recall, NDCG and HitRate at 5/10/20/50 over full-catalog rankings."""
     with user_errors():
+        from sparcode.eval.trec import check_writable
         from sparcode.evaluation import evaluate_run
+
+        for path in (run_file, qrels):
+            if path is not None:
+                check_writable(path)
 
         metrics, rankings, run, evalset = evaluate_run(run_dir, backend=backend, alias=alias, export_dir=export_dir,
                                                        exclude_seen=exclude_seen, part=part, ks=KS, ef=ef,

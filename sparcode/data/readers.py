@@ -19,17 +19,19 @@ Generic format (``load_dataset(PATH)``)::
                          ``item_id<TAB>feature=value|value<TAB>feature=value...``
     users.tsv[.gz]       optional, same layout keyed by user id.
 
-All files are UTF-8 (plain or gzip). Items get dense indices in order of first appearance in
-the sequences file, users in line order. Every feature of items.tsv/users.tsv becomes a
-categorical (multi-valued when ``|`` separates values) feature; item features are also item
-attributes (Elasticsearch type ``keyword``). A user or item listed in a feature file but absent
-from the sequences, a duplicate user line, an empty sequence or a field without ``=`` is an error.
+All files are UTF-8 (plain or gzip; a byte-order mark at the start of a file is ignored). Items
+get dense indices in order of first appearance in the sequences file, users in line order. Every
+feature of items.tsv/users.tsv becomes a categorical (multi-valued when ``|`` separates values)
+feature; item features are also item attributes (Elasticsearch type ``keyword``). A user or item
+listed in a feature file but absent from the sequences, a duplicate user line, an empty sequence
+or a field without ``=`` is an error.
 Items or users without a line in a feature file simply have no values for it.
 
 Every problem with the files raises `DataError` naming the file and, where it applies, the line.
 """
 from __future__ import annotations
 
+import codecs
 import gzip
 import html
 import json
@@ -61,12 +63,18 @@ def load_dataset(name_or_path: str | Path) -> Dataset:
 # --- reading lines ----------------------------------------------------------------------------
 
 def text_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
-    """(line number, line without newline); decoding per line so errors know their line."""
+    """(line number, line without newline); decoding per line so errors know their line.
+
+    For UTF-8 a byte-order mark at the very start of the file (as Windows editors and Excel
+    write it) is dropped, like the ``utf-8-sig`` codec would; elsewhere it stays data."""
     opener = gzip.open if path.suffix == ".gz" else open
+    strip_bom = codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
     lineno = 0
     try:
         with opener(path, "rb") as fh:
             for lineno, raw in enumerate(fh, 1):
+                if lineno == 1 and strip_bom and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8):]
                 yield lineno, raw.decode(encoding).rstrip("\r\n")
     except FileNotFoundError:
         raise DataError("missing file", path) from None
@@ -74,6 +82,16 @@ def text_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]
         raise DataError(f"not valid {encoding} text ({err.reason} at byte {err.start})", path, lineno) from None
     except (OSError, EOFError, zlib.error) as err:  # truncated or non-gzip .gz, unreadable file
         raise DataError(f"cannot read file: {err}", path, lineno + 1) from None
+
+
+def _first_line(first_lines: dict[str, int], user: str, path: Path, lineno: int) -> None:
+    """Record that `user` starts line `lineno`; a second line for the same user is an error.
+
+    Callers pass the user id exactly as their loader parsed it, so the check can never
+    disagree with the loader about what the id is or which lines count."""
+    first = first_lines.setdefault(user, lineno)
+    if first != lineno:
+        raise DataError(f"user {user!r} appears twice, on line {first} and line {lineno}", path, lineno)
 
 
 def _int(text: str, what: str, path: Path, lineno: int) -> int:
@@ -121,7 +139,7 @@ _YEAR = re.compile(r"\((\d{4})\)\s*$")
 
 def load_ml1m() -> Dataset:
     seq_path = dataset_file("ml-1m", "sequences_5core_time_ordered.tsv.gz")
-    user_ids: list[str] = []
+    user_lines: dict[str, int] = {}
     raw: list[np.ndarray] = []
     for lineno, line in text_lines(seq_path):
         if lineno == 1:
@@ -134,8 +152,8 @@ def load_ml1m() -> Dataset:
         except ValueError:
             bad = next(t for t in movies.split() if not t.lstrip("-").isdigit())
             raise DataError(f"movie id {bad!r} is not an integer", seq_path, lineno) from None
-        user_ids.append(user.strip())
-    _check_unique(user_ids, seq_path)
+        _first_line(user_lines, user.strip(), seq_path, lineno)
+    user_ids = list(user_lines)
     movies_sorted = np.unique(np.concatenate(raw))
     sequences = [np.searchsorted(movies_sorted, s) for s in raw]
 
@@ -182,7 +200,8 @@ def _read_ml1m_movies(path: Path) -> dict[str, tuple[str, list[str], int | None]
 
 def _read_numbered_sequences(path: Path) -> tuple[list[str], list[np.ndarray]]:
     """`user item item ...` with integer ids (S3-Rec/P5 files)."""
-    user_ids, sequences = [], []
+    user_lines: dict[str, int] = {}
+    sequences = []
     for lineno, line in text_lines(path):
         fields = line.split()
         if len(fields) < 2:
@@ -192,9 +211,8 @@ def _read_numbered_sequences(path: Path) -> tuple[list[str], list[np.ndarray]]:
         except ValueError:
             bad = next(t for t in fields[1:] if not t.isdigit())
             raise DataError(f"item id {bad!r} is not an integer", path, lineno) from None
-        user_ids.append(fields[0])
-    _check_unique(user_ids, path)
-    return user_ids, sequences
+        _first_line(user_lines, fields[0], path, lineno)
+    return list(user_lines), sequences
 
 
 def _load_amazon(folder: str, name: str) -> tuple[Dataset, np.ndarray]:
@@ -266,7 +284,7 @@ def load_generic(path: Path) -> Dataset:
             raise DataError("folder has no sequences.txt or sequences.txt.gz", path)
     else:
         seq_path = path
-    user_ids: list[str] = []
+    user_lines: dict[str, int] = {}
     item_index: dict[str, int] = {}
     sequences = []
     for lineno, line in text_lines(seq_path):
@@ -275,12 +293,12 @@ def load_generic(path: Path) -> Dataset:
             continue
         if len(fields) < 2:
             raise DataError(f"user {fields[0]!r} has no items (expected 'user_id item_id ...')", seq_path, lineno)
-        user_ids.append(fields[0])
+        _first_line(user_lines, fields[0], seq_path, lineno)
         sequences.append(np.fromiter((item_index.setdefault(t, len(item_index)) for t in fields[1:]),
                                      dtype=np.int64, count=len(fields) - 1))
-    if not user_ids:
+    if not user_lines:
         raise DataError("no user lines", seq_path)
-    _check_unique(user_ids, seq_path)
+    user_ids = list(user_lines)
     item_ids = list(item_index)
     name = seq_path.name.removesuffix(".gz").removesuffix(".txt") if seq_path != path else path.name
     dataset = Dataset(name, user_ids, item_ids, sequences)
@@ -313,15 +331,3 @@ def _read_feature_file(path: Path, index: dict[str, int], kind: str) -> tuple[li
             rows[index[key]][feature] = [v for v in values.split("|") if v]
     features = [categorical(f, [row.get(f, []) for row in rows]) for f in names]
     return features, [{f: row.get(f, []) for f in names} for row in rows]
-
-
-def _check_unique(user_ids: list[str], path: Path) -> None:
-    if len(set(user_ids)) == len(user_ids):
-        return
-    # Rare, so find the lines by reading the file again rather than tracking them up front.
-    first: dict[str, int] = {}
-    for lineno, line in text_lines(path):
-        user = line.split("\t")[0].split(" ")[0].strip()
-        if user in first:
-            raise DataError(f"user {user!r} appears twice (first on line {first[user]})", path, lineno)
-        first[user] = lineno

@@ -14,7 +14,7 @@ import functools
 import os
 from abc import ABC, abstractmethod
 from typing import ClassVar, Iterable, Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 # Bytes per bulk request. A node refuses (429) a request that takes its in-flight indexing
 # bytes past 10 % of its heap, and the helpers' default 100 MB chunks can do that alone: a
@@ -45,14 +45,30 @@ class EngineUnavailable(RuntimeError):
 
 
 def redact(url: str) -> str:
-    """The URL without user:password, for messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    """The URL without user:password, for messages.
+
+    Plain string work, not `urlsplit`: a malformed URL (bad port, no scheme, an unclosed IPv6
+    bracket) is exactly when we print one, and the parser then raises or misreads the userinfo."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority = rest[:end]
+    if "@" not in authority:
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+    host = authority.rpartition("@")[2]
+    return f"{scheme}{sep}***@{host}{rest[end:]}"
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` (a library's error message) with the raw URL replaced by its redacted form."""
+    return text.replace(url, redact(url)) if url else text
+
+
+def major_version(version: str) -> int | None:
+    """The leading integer of a version string, or None when the server sent something else."""
+    head = str(version).split(".")[0]
+    return int(head) if head.isdigit() else None
 
 
 def error_reason(body, fallback) -> str:

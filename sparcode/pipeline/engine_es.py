@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 
 from sparcode.pipeline.engine import (MAX_CHUNK_BYTES, ConnectionProblem, Engine, EngineError, EngineUnavailable,
-                                      WrongEngine, error_reason, redact)
+                                      WrongEngine, error_reason, major_version, redact, scrub)
 
 SUPPORTED_MAJOR = 8
 # The 8.x client sends and receives the compatibility-mode type, plain JSON elsewhere.
@@ -37,7 +37,7 @@ class ElasticsearchEngine(Engine):
         try:
             return cls(Elasticsearch(url, **kwargs), url)
         except ValueError as exc:
-            raise ConnectionProblem(f"bad {cls.url_var} {redact(url)!r}: {exc}") from None
+            raise ConnectionProblem(f"bad {cls.url_var} {redact(url)!r}: {scrub(str(exc), url)}") from None
 
     def check(self) -> str:
         from elasticsearch import (AuthenticationException, AuthorizationException, TransportError,
@@ -61,7 +61,7 @@ class ElasticsearchEngine(Engine):
                                     "start one with `sparcode es start` or set ELASTICSEARCH_URL") from None
         except Exception as exc:  # an ApiError or a malformed answer: not a node we understand
             raise ConnectionProblem(f"{shown} did not answer like Elasticsearch: {type(exc).__name__}") from None
-        if int(version.split(".")[0]) != SUPPORTED_MAJOR:
+        if major_version(version) != SUPPORTED_MAJOR:
             raise ConnectionProblem(f"Elasticsearch at {shown} is version {version}; sparcode needs "
                                     f"{SUPPORTED_MAJOR}.x (client elasticsearch>=8.13,<9)")
         return version

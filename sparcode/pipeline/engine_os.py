@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 
 from sparcode.pipeline.engine import (MAX_CHUNK_BYTES, ConnectionProblem, Engine, EngineError, EngineUnavailable,
-                                      WrongEngine, error_reason, redact)
+                                      WrongEngine, error_reason, major_version, redact)
 
 SUPPORTED_MAJOR = 2
 
@@ -52,7 +52,7 @@ class OpenSearchEngine(Engine):
             raise WrongEngine(f"{shown} is not OpenSearch (no version.distribution=opensearch in GET /; "
                               "Elasticsearch?); use --engine elasticsearch with ELASTICSEARCH_URL")
         number = str(version.get("number", "0"))
-        if int(number.split(".")[0]) != SUPPORTED_MAJOR:
+        if major_version(number) != SUPPORTED_MAJOR:
             raise ConnectionProblem(f"OpenSearch at {shown} is version {number}; sparcode is tested with "
                                     f"{SUPPORTED_MAJOR}.x (client opensearch-py>=2.6,<3)")
         return number
