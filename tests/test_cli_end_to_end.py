@@ -76,8 +76,8 @@ def assert_backends_match_model(indexed, tmp_path, backends):
     runs = {}
     for backend in ("model", *backends):
         path = tmp_path / f"{backend}.run"
-        result = invoke("evaluate", run, "--backend", backend, "--alias", alias, "--export", export, "--json",
-                        "--run-file", path)
+        serving = [] if backend == "model" else ["--alias", alias, "--export", export]
+        result = invoke("evaluate", run, "--backend", backend, *serving, "--json", "--run-file", path)
         assert result.exit_code == 0, result.output
         runs[backend] = (json.loads(result.output), path.read_text().replace(f"-{backend}", ""))
     for backend in backends:
@@ -240,6 +240,8 @@ def test_user_errors_are_one_clear_line(trained, tmp_path):
     result = invoke("evaluate", run, "--run-file", tmp_path / "kept.run", "--qrels", tmp_path / "no" / "q")
     assert result.exit_code != 0 and f"folder {tmp_path / 'no'} does not exist" in result.output
     assert not (tmp_path / "kept.run").exists()
+    ignored = invoke("evaluate", run, "--export", root / "export")
+    assert ignored.exit_code == 2 and "--backend model scores the run itself" in ignored.output
 
 
 def test_every_served_code_has_postings_so_every_user_gets_hits(trained):
@@ -306,7 +308,8 @@ def test_four_codebooks_spell_four_part_terms_and_serve_as_evaluated(trained, tm
     lists = {}
     for backend in ("model", "local"):
         path = tmp_path / f"{backend}.run"
-        result = invoke("evaluate", run, "--backend", backend, "--export", export, "--json", "--run-file", path)
+        serving = [] if backend == "model" else ["--export", export]
+        result = invoke("evaluate", run, "--backend", backend, *serving, "--json", "--run-file", path)
         assert result.exit_code == 0, result.output
         lists[backend] = path.read_text().replace(f"-{backend}", "")
     assert lists["local"] == lists["model"]

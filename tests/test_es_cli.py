@@ -110,3 +110,28 @@ def test_index_help_states_the_settle_rule_the_indexer_applies():
     for cmd in (command, reindex_command):
         assert f"{SETTLE_MIN_DOCS:,} items" in cmd.help
         assert f"up to {SETTLE_TIMEOUT_S} s" in cmd.help
+
+
+def test_a_server_that_is_neither_engine_is_named_so(export_dir):
+    import http.server
+    import threading
+
+    class NotASearchNode(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotASearchNode)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = run("index", str(export_dir), "--alias", "x", env={"ELASTICSEARCH_URL": url})
+    finally:
+        server.shutdown()
+    assert result.exit_code == 1, result.output
+    assert f"{url} answers neither as Elasticsearch" in result.output and "ELASTICSEARCH_URL" in result.output

@@ -34,6 +34,10 @@ KS = (5, 10, 20, 50)
 def command(run_dir, backend, alias, export_dir, exclude_seen, part, sample_users, sample_seed, as_json, run_file, qrels,
             ef, num_candidates):
     """Recall, NDCG and HitRate at 5/10/20/50 over full-catalog rankings."""
+    if backend == "model" and (export_dir is not None or alias is not None):
+        # Silently scoring the run while the user believes an export or index was checked is worse.
+        raise click.UsageError("--export/--alias choose what a serving backend reads; --backend model scores the "
+                               "run itself (add --backend local, es or opensearch)")
     with user_errors():
         from sparcode.eval.trec import check_writable
         from sparcode.evaluation import evaluate_run

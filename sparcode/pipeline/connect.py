@@ -61,8 +61,14 @@ def connect(url: str | None = None, *, engine: str | None = None, request_timeou
     try:
         return _checked(first, url, source, request_timeout)
     except WrongEngine:
+        pass
+    try:
         # Credentials stay those of the variable the URL came from.
         return _checked(second, url, source, request_timeout)
+    except WrongEngine:
+        # Each engine's own refusal would point at the other one, which was just tried too.
+        raise WrongEngine(f"{redact(url)} answers neither as Elasticsearch (no X-Elastic-Product header) nor as "
+                          f"OpenSearch (no version.distribution in GET /); check {_PREFIX[source]}_URL") from None
 
 
 def _checked(name: str, url: str, auth_from: str, request_timeout: float) -> Engine:
