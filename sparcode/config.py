@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 MODEL_KINDS = ("sparcode", "all-to-all", "two-tower", "ease", "tiger")
 TOKENIZERS = ("dnn", "gru", "attention", "interests")
+SPLITS = ("multi-target", "leave-one-out")
+ATTENTION_HEADS = 4  # the attention and interests tokenizers' head count; dim must divide by it
 
 
 class ConfigError(ValueError):
@@ -121,19 +126,32 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
-        return _build(cls, data, "config")
+        return _build(cls, data, "")
 
     @classmethod
     def load(cls, path: Path) -> "RunConfig":
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_config_file(path))
 
     def validate(self) -> "RunConfig":
+        """Values whose type is right but which would break training (or make it do nothing);
+        checked before anything is written, so a bad value never leaves a half-made run."""
+        from sparcode.eval.metrics import KS
+
+        for path, (rule, ok) in _BOUNDS.items():
+            section, _, key = path.rpartition(".")
+            value = getattr(getattr(self, section) if section else self, key)
+            if value is not None and not ok(value):
+                raise ConfigError(f"{path} must be {rule}, got {value!r}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"split must be one of {SPLITS}, not {self.split!r}")
+        if not self.model.ease_lambda or any(lam <= 0 for lam in self.model.ease_lambda):
+            raise ConfigError(f"model.ease_lambda must be a non-empty list of positive numbers, got {self.model.ease_lambda!r}")
+        # The metrics every validation pass computes; anything else fails only after a whole epoch.
+        metrics = [f"{name}@{k}" for k in KS for name in ("recall", "ndcg", "hr")]
+        if self.train.select_metric not in metrics:
+            raise ConfigError(f"train.select_metric must be one of {', '.join(metrics)}, not {self.train.select_metric!r}")
+        if self.model.tokenizer in ("attention", "interests") and self.model.dim % ATTENTION_HEADS:
+            raise ConfigError(f"model.dim must be divisible by {ATTENTION_HEADS} for the {self.model.tokenizer} tokenizer")
         if self.model.kind not in MODEL_KINDS:
             raise ConfigError(f"model.kind must be one of {MODEL_KINDS}, not {self.model.kind!r}")
         if self.model.train_activation not in ("softplus", "relu"):
@@ -162,18 +180,152 @@ class RunConfig:
         return self
 
 
-def _build(cls, data: dict[str, Any], where: str):
+def _positive(v):
+    return v > 0
+
+
+def _at_least(low):
+    return lambda v: v >= low
+
+
+def _fraction(v):  # (0, 1]
+    return 0 < v <= 1
+
+
+def _probability(v):  # [0, 1)
+    return 0 <= v < 1
+
+
+# Ranges outside which a value breaks training or silently does nothing (epochs -1 "trained"
+# in 0 s and wrote no weights). Where 0 is allowed, it means "off" or "all" (see the field).
+_BOUNDS: dict[str, tuple[str, Any]] = {
+    "seed": ("≥ 0", _at_least(0)),  # numpy refuses negative seeds
+    "model.dim": ("≥ 1", _at_least(1)),
+    "model.user_tokens": ("≥ 1", _at_least(1)),
+    "model.item_tokens": ("≥ 1", _at_least(1)),
+    "model.codebooks": ("≥ 1", _at_least(1)),
+    "model.codes": ("≥ 1", _at_least(1)),
+    "model.ema_decay": ("in [0, 1)", _probability),
+    "model.commit_weight": ("≥ 0", _at_least(0)),
+    "model.kmeans_iters": ("≥ 0", _at_least(0)),
+    "model.scorer_hidden": ("≥ 1", _at_least(1)),
+    "model.dropout": ("in [0, 1)", _probability),
+    "model.ease_history": ("≥ 0 (0 = the whole history)", _at_least(0)),
+    "train.epochs": ("≥ 1", _at_least(1)),
+    "train.batch_size": ("≥ 1", _at_least(1)),
+    "train.lr": ("> 0", _positive),
+    "train.weight_decay": ("≥ 0", _at_least(0)),
+    "train.negatives": ("≥ 0 (0 = full softmax)", _at_least(0)),
+    "train.window_fraction": ("in (0, 1]", _fraction),
+    "train.patience": ("≥ 1", _at_least(1)),
+    "train.max_history": ("≥ 1", _at_least(1)),
+    "train.grad_clip": ("≥ 0 (0 = no clipping)", _at_least(0)),
+    "train.eval_users": ("≥ 0 (0 = every validation user)", _at_least(0)),
+    "train.threads": ("≥ 0 (0 = torch default)", _at_least(0)),
+    "serve.max_postings": ("≥ 1", _at_least(1)),
+}
+
+
+def same_dataset(a: str, b: str) -> bool:
+    """Named datasets compare by name, files by where they are (./x.txt and x.txt are one)."""
+    if a == b:
+        return True
+    pa, pb = Path(a), Path(b)
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A config file's JSON object, or a ConfigError naming the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read config file ({err})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
+        raise ConfigError(f"{path}: expected a JSON object of settings, got {type(data).__name__}")
+    return data
+
+
+def check_value(value: Any, hint: Any, key: str) -> Any:
+    """``value`` checked against a field's type annotation, naming ``key`` when it does not fit.
+
+    JSON has no tuples and writes 1.0 as 1, so a list stands for a tuple and an int for a
+    float (returned converted); nothing else is coerced: "one", 1.5 or true for an int, and
+    "no" for a bool (a truthy string), are errors rather than silently different settings."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return check_value(value, option, key)
+            except ConfigError as err:
+                errors.append(err)
+        if len(options) == 1:
+            raise errors[0]
+        raise ConfigError(f"{key} must be {' or '.join(_describe(a) for a in args)}, got {value!r}")
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    elif origin in (list, tuple) or hint in (list, tuple):
+        ok = isinstance(value, (list, tuple))
+        if ok and args:
+            item = args[0]  # list[X] and tuple[X, ...]; no field uses a fixed-length tuple
+            value = [check_value(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        if ok:
+            value = tuple(value) if (origin or hint) is tuple else list(value)
+    elif origin is dict or hint is dict:
+        ok = isinstance(value, dict)
+    else:
+        ok = True  # Any, or a type JSON cannot express: left to the code that uses it
+    if not ok:
+        raise ConfigError(f"{key} must be {_describe(hint)}, got {value!r}")
+    return value
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint) or hint
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             list: "a list", tuple: "a list", dict: "an object", type(None): "null"}
+    text = names.get(origin, getattr(hint, "__name__", str(hint)))
+    args = typing.get_args(hint)
+    if origin in (list, tuple) and args:
+        text += f" of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s"
+    return text
+
+
+def check_fields(cls, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data``'s keys and value types checked against dataclass ``cls``; nested dataclasses
+    are built. ``where`` is the key path of ``data`` ("" at the top), for the messages."""
+    label = f"config.{where}" if where else "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: expected an object, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+        raise ConfigError(f"{label}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
+        key = f"{where}.{name}" if where else name
         sub = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
         if sub is not None and dataclasses.is_dataclass(sub):
-            kwargs[name] = _build(sub, value, f"{where}.{name}")
+            kwargs[name] = _build(sub, value, key)
         else:
-            kwargs[name] = value
-    return cls(**kwargs)
+            kwargs[name] = check_value(value, hints[name], key)
+    return kwargs
+
+
+def _build(cls, data: dict[str, Any], where: str):
+    return cls(**check_fields(cls, data, where))

@@ -5,7 +5,7 @@ import platform
 import time
 from pathlib import Path
 
-from sparcode.config import RunConfig
+from sparcode.config import ConfigError, RunConfig, same_dataset
 from sparcode.data.readers import load_dataset
 from sparcode.data.splits import make_split, split_summary
 
@@ -15,10 +15,16 @@ def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: boo
 
     run_dir = Path(run_dir)
     started = time.perf_counter()
+    if resume:
+        check_resumable(run_dir, cfg)
     dataset = load_dataset(cfg.dataset)
     split = make_split(dataset, cfg.split, seed=cfg.seed, max_history=cfg.train.max_history)
-    run_dir.mkdir(parents=True, exist_ok=True)
     kind = cfg.model.kind
+    if kind == "tiger":  # its `tiger` keys are checked here, before RUN_DIR is made, not in the trainer
+        from sparcode.generative.config import TigerConfig
+
+        TigerConfig.from_run_config(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
     if kind == "ease":
         from sparcode.encoder.ease_run import train_ease
 
@@ -39,3 +45,25 @@ def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: boo
         "python": platform.python_version(), **summary,
     })
     return summary
+
+
+def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
+    """--resume continues the run's own training. Another dataset, split, seed or model kind
+    would either fail to load its weights (a size-mismatch traceback) or quietly mix two runs."""
+    from sparcode.encoder import checkpoint as ckpt
+    from sparcode.encoder.runs import RunError
+
+    recorded_path = Path(run_dir) / ckpt.CONFIG
+    if not recorded_path.is_file():
+        return  # nothing recorded yet: --resume starts afresh
+    try:
+        recorded = RunConfig.load(recorded_path)
+    except ConfigError as err:
+        raise RunError(f"cannot resume {run_dir}: its {ckpt.CONFIG} is unreadable ({err})") from None
+    for what, flag, then, now in (("dataset", "--dataset", recorded.dataset, cfg.dataset),
+                                  ("split", "--split", recorded.split, cfg.split),
+                                  ("seed", "--seed", recorded.seed, cfg.seed),
+                                  ("model", "--model", recorded.model.kind, cfg.model.kind)):
+        if then != now and not (what == "dataset" and same_dataset(then, now)):
+            raise RunError(f"cannot resume {run_dir}: it was trained with {what} {then!r}, not {now!r}; "
+                           f"pass {flag} {then} or choose another --out")

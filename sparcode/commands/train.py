@@ -29,6 +29,8 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
     with user_errors():
         from sparcode.presets import run_config
 
+        if config_file is not None:
+            model_kind, dataset, split = _settle_with_file(config_file, model_kind, dataset, split)
         cfg = run_config(model_kind, dataset, split or DEFAULT_SPLIT.get(dataset, "leave-one-out"), config_file, seed, epochs)
         if (run_dir / "run.json").exists() and not resume:
             raise click.ClickException(f"{run_dir} already holds a finished run; choose another --out or pass --resume")
@@ -36,3 +38,32 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
 
         summary = train_run(run_dir, cfg, resume=resume, progress=not quiet)
     click.echo(f"trained {model_kind} on {cfg.dataset} ({cfg.split}) in {summary['train_seconds']:.0f}s → {run_dir}")
+
+
+def _settle_with_file(config_file: Path, model_kind: str, dataset: str, split: str | None):
+    """--model, --dataset and --split against the config file's model.kind, dataset and split.
+
+    An explicit flag and a different file value is an error naming both (either silently
+    winning trained another model, or on another dataset, than one of them asked for); a flag
+    left at its default takes the file's value, so presets follow the dataset the run uses."""
+    from click.core import ParameterSource
+
+    from sparcode.config import ConfigError, read_config_file, same_dataset
+
+    data = read_config_file(config_file)
+    ctx = click.get_current_context()
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    settled = []
+    for param, flag, value, key, in_file in (("model_kind", "--model", model_kind, "model.kind", model.get("kind")),
+                                            ("dataset", "--dataset", dataset, "dataset", data.get("dataset")),
+                                            ("split", "--split", split, "split", data.get("split"))):
+        explicit = ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, None) and value is not None
+        if in_file is not None and not isinstance(in_file, str):
+            raise ConfigError(f"{key} must be a string, got {in_file!r}")
+        if in_file is None or in_file == value or (key == "dataset" and same_dataset(in_file, value)):
+            settled.append(value)
+        elif explicit:
+            raise ConfigError(f"{config_file} sets {key} {in_file!r} but {flag} is {value!r}; drop one or make them agree")
+        else:
+            settled.append(in_file)
+    return tuple(settled)

@@ -155,6 +155,7 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
     state_path = run_dir / ckpt.STATE
     if resume and state_path.exists():
         state = ckpt.load_tensors(state_path)
+        _check_shapes(run_dir, state["model"], model.state_dict())
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best, best_epoch, stale = int(state["epoch"]) + 1, float(state["best"]), int(state["best_epoch"]), int(state["stale"])
@@ -222,6 +223,19 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
             break
     return {"best_epoch": best_epoch, f"valid_{cfg.train.select_metric}": best, "train_seconds": round(elapsed, 1),
             "device": str(device), "torch": torch.__version__}
+
+
+def _check_shapes(run_dir: Path, saved: dict, fresh: dict) -> None:
+    """One line instead of load_state_dict's size-mismatch traceback: the checkpoint was made
+    for another catalog (the dataset file changed) or another model shape (the config did)."""
+    from sparcode.encoder.runs import RunError
+
+    for name, tensor in fresh.items():
+        old = saved.get(name)
+        if old is None or tuple(old.shape) != tuple(tensor.shape):
+            was = "missing" if old is None else f"shape {tuple(old.shape)}"
+            raise RunError(f"cannot resume {run_dir}: its checkpoint's {name} is {was}, this dataset and config "
+                           f"need {tuple(tensor.shape)} (was the dataset file or the model config changed?)")
 
 
 def _format_record(record: dict, metric: str) -> str:

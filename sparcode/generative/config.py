@@ -70,10 +70,44 @@ class TigerConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown TIGER config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        data = dict(data)
-        if isinstance(data.get("rqvae"), dict):
-            data["rqvae"] = RQVAEConfig.from_dict(data["rqvae"])
-        return cls(**data)
+        from sparcode.config import check_fields
+
+        # Types by annotation, as for RunConfig (a "30" or 1.5 for epochs fails here, naming
+        # the key, not deep in training); check_fields builds the nested RQVAEConfig too.
+        rqvae = data.get("rqvae")
+        data = check_fields(cls, {k: v for k, v in data.items() if k != "rqvae"}, "tiger")
+        if isinstance(rqvae, RQVAEConfig):
+            data["rqvae"] = rqvae
+        elif rqvae is not None:
+            data["rqvae"] = RQVAEConfig(**check_fields(RQVAEConfig, rqvae, "tiger.rqvae"))
+        cfg = cls(**data)
+        cfg.check_ranges()
+        return cfg
+
+    def check_ranges(self) -> None:
+        """Values of the right type that would break training or make it do nothing."""
+        at_least = {"max_history": 1, "d_model": 1, "heads": 1, "encoder_layers": 1, "decoder_layers": 1,
+                    "ff_dim": 1, "user_buckets": 1, "epochs": 1, "batch_size": 1, "warmup_steps": 0,
+                    "total_steps": 0, "grad_clip": 0, "patience": 1, "eval_users": 0, "max_minutes": 0,
+                    "steps_per_epoch": 0, "beam_size": 1, "cold_prefix_depth": 1, "seed": 0}
+        for key, low in at_least.items():
+            if getattr(self, key) < low:
+                raise ValueError(f"tiger.{key} must be ≥ {low}, got {getattr(self, key)!r}")
+        if self.lr <= 0:
+            raise ValueError(f"tiger.lr must be > 0, got {self.lr!r}")
+        if self.d_model % self.heads:
+            raise ValueError(f"tiger.d_model ({self.d_model}) must be divisible by tiger.heads ({self.heads})")
+        for key in ("dropout", "cold_fraction"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ValueError(f"tiger.{key} must be in [0, 1), got {getattr(self, key)!r}")
+        if not 0 <= self.cold_slots <= 1:
+            raise ValueError(f"tiger.cold_slots must be in [0, 1], got {self.cold_slots!r}")
+        rq = self.rqvae
+        for key in ("input_dim", "latent_dim", "levels", "codes", "epochs", "batch_size"):
+            if getattr(rq, key) < 1:
+                raise ValueError(f"tiger.rqvae.{key} must be ≥ 1, got {getattr(rq, key)!r}")
+        if rq.lr <= 0 or any(width < 1 for width in rq.hidden):
+            raise ValueError(f"tiger.rqvae needs lr > 0 and hidden widths ≥ 1, got lr {rq.lr!r}, hidden {rq.hidden!r}")
 
     @classmethod
     def from_run_config(cls, run_cfg) -> "TigerConfig":
@@ -94,7 +128,8 @@ class TigerConfig:
             except (TypeError, ValueError) as err:
                 from sparcode.config import ConfigError
 
-                raise ConfigError(f"config.tiger: {err}") from None
+                message = str(err)  # messages from the type and range checks name their key already
+                raise ConfigError(message if message.startswith(("tiger.", "config.tiger")) else f"config.tiger: {message}") from None
         return cfg
 
     @classmethod
