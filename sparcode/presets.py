@@ -76,15 +76,8 @@ def run_config(model: str, dataset: str, split: str, config_file: Path | None = 
 
 
 def _read(path: Path) -> dict:
-    import json
+    from sparcode.config import read_config_file
 
-    from sparcode.config import ConfigError
-
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
-    RunConfig.from_dict(_merge(RunConfig().to_dict(), data))  # unknown keys fail here, naming the key
+    data = read_config_file(path)
+    RunConfig.from_dict(_merge(RunConfig().to_dict(), data))  # unknown keys and bad values fail here, naming the key
     return data

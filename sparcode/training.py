@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from sparcode.config import ConfigError, RunConfig, same_dataset
-from sparcode.data.readers import load_dataset
+from sparcode.data.readers import NAMED, load_dataset
 from sparcode.data.splits import make_split, split_summary
 
 
@@ -41,10 +41,19 @@ def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: boo
     summary = {**summary, "wall_seconds": round(time.perf_counter() - started, 1)}
     summary.setdefault("train_seconds", summary["wall_seconds"])
     ckpt.write_json(run_dir / ckpt.RUN_INFO, {
-        "model": kind, "dataset": cfg.dataset, "split": split_summary(split), "seed": cfg.seed,
+        "model": kind, "dataset": cfg.dataset, **_dataset_path(cfg.dataset), "split": split_summary(split),
+        "seed": cfg.seed,
         "python": platform.python_version(), **summary,
     })
     return summary
+
+
+def _dataset_path(dataset: str) -> dict:
+    """Where a file dataset is, absolutely: a run trained with `--dataset data.txt` must still
+    open (for evaluate, export, search) from another working directory."""
+    if dataset in NAMED:
+        return {}
+    return {"dataset_path": str(Path(dataset).resolve())}
 
 
 def check_resumable(run_dir: Path, cfg: RunConfig) -> None:

@@ -218,6 +218,16 @@ def test_ease_is_scored_each_way_at_the_lambda_chosen_for_it(trained):
         assert 0 < metrics["recall@10"] <= 1
 
 
+def test_a_run_on_a_relative_dataset_path_opens_from_anywhere(trained, tmp_path, monkeypatch):
+    root, data, _, _ = trained
+    monkeypatch.chdir(data.parent)
+    result = invoke("train", "--model", "ease", "--dataset", data.name, "--out", tmp_path / "ease")
+    assert result.exit_code == 0, result.output
+    monkeypatch.chdir(tmp_path)
+    result = invoke("evaluate", tmp_path / "ease")
+    assert result.exit_code == 0, result.output
+
+
 def test_user_errors_are_one_clear_line(trained, tmp_path):
     root, data, cfg, run = trained
     unknown = invoke("search", "--run", run, "--user", "nobody", "--backend", "local", "--export", root / "export")
