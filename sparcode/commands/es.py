@@ -53,7 +53,7 @@ def stop(engine: str):
 @_ENGINE
 @click.option("--port", type=int, default=None, help="Port to check (default: the one last started).")
 def status(engine: str, port: int | None):
-    """Print the URL the node serves; exit 1 when it is down."""
+    """Print the URL the local node (`es start`) serves; exit 1 when it is down. ELASTICSEARCH_URL is not consulted."""
     node = _node(engine, port, from_state=True)
     if node.healthy():
         click.echo(node.url)
