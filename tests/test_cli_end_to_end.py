@@ -250,6 +250,12 @@ def test_user_errors_are_one_clear_line(trained, tmp_path):
     result = invoke("evaluate", run, "--run-file", tmp_path / "kept.run", "--qrels", tmp_path / "no" / "q")
     assert result.exit_code != 0 and f"folder {tmp_path / 'no'} does not exist" in result.output
     assert not (tmp_path / "kept.run").exists()
+    # --out on the run itself (or any folder that is not an export) is refused before any work,
+    # and nothing in it is deleted.
+    before = sorted(p.name for p in run.iterdir())
+    onto_run = invoke("export", run, "--out", run, "--force")
+    assert onto_run.exit_code == 1 and "nothing was deleted" in onto_run.output
+    assert sorted(p.name for p in run.iterdir()) == before
     ignored = invoke("evaluate", run, "--export", root / "export")
     assert ignored.exit_code == 2 and "--backend model scores the run itself" in ignored.output
 

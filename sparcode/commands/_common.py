@@ -20,9 +20,10 @@ def user_errors():
     from sparcode.pipeline.export import ExportError
     from sparcode.pipeline.indexer import IndexProblem
     from sparcode.pipeline.query import QueryError
+    from sparcode.staging import OccupiedTarget
 
     handled += (BackendError, BulkFailed, ConnectionProblem, EngineError, EngineUnavailable, ExportError,
-                IndexProblem, QueryError)
+                IndexProblem, OccupiedTarget, QueryError)
     try:
         from sparcode.encoder.runs import RunError
         handled += (RunError,)

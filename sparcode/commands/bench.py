@@ -82,7 +82,7 @@ def command(out_dir, sizes, quick, queries, url, from_export, from_vectors, path
             config.vector_shape = synthetic.VectorShape.from_export(from_vectors)
         conns = engines(url)
         # Everything lands in a temporary sibling first: an interrupted bench leaves no partial result.
-        with staged_directory(out_dir) as tmp:
+        with staged_directory(out_dir, marker="bench.json") as tmp:
             rows = run_bench(config, tmp / "work", conns, log=click.echo)
             shutil.rmtree(tmp / "work", ignore_errors=True)
             meta = describe(config, conns)

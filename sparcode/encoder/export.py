@@ -19,7 +19,7 @@ from sparcode.codes_fallback import CodeTable
 from sparcode.encoder import checkpoint as ckpt
 from sparcode.encoder.runs import Run, RunError
 from sparcode.encoder.serving import Postings, build_postings, code_table, distinct_codes, user_codes
-from sparcode.staging import staged_directory
+from sparcode.staging import check_replaceable, staged_directory
 
 FORMAT = "sparcode-export/1"
 
@@ -72,6 +72,8 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
     sharded = count > 1
     if (out_dir / "manifest.json").exists() and not force and not sharded:
         raise RunError(f"{out_dir} already holds an export; pass --force to replace it")
+    if not sharded:
+        check_replaceable(out_dir, "manifest.json")  # before minutes of scoring, not after
     started = time.perf_counter()
     model, device = run.load_model()
     codes = indexed_codes(model, run, device)
@@ -92,7 +94,7 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
 
     # Build in a temporary sibling, then move into place: a failed export leaves nothing behind.
     # A shard moves its own files into the shared directory instead of replacing it.
-    with staged_directory(out_dir, replace=not sharded) as tmp:
+    with staged_directory(out_dir, marker="manifest.json", replace=not sharded) as tmp:
         items_name = "items.jsonl.gz" if not sharded else f"items.part-{index:05d}-of-{count:05d}.jsonl.gz"
         with gzip.open(tmp / items_name, "wb", compresslevel=1) as fh:
             for line in item_lines(run, postings, items):

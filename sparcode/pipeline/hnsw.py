@@ -75,7 +75,7 @@ class HnswIndex:
     def save(self, directory: Path) -> Path:
         """Write index.bin + meta.json into `directory` all at once (via a temporary sibling)."""
         directory = Path(directory)
-        with staged_directory(directory) as tmp:
+        with staged_directory(directory, marker=META_FILE) as tmp:
             self.index.save_index(str(tmp / INDEX_FILE))
             (tmp / META_FILE).write_bytes(orjson.dumps(self.meta, option=orjson.OPT_INDENT_2))
         return directory
