@@ -3,9 +3,11 @@
 Exports, vector exports, hnsw indexes and bench results are directories of several files that
 only make sense together; each is built in a temporary sibling and moved into place at the end.
 
-An existing target is only ever replaced when it is recognisably one of these outputs (or an
-empty directory): anything else — a run directory, a directory of the user's own files, a
-plain file, a symbolic link — is refused and left exactly as it was.
+An existing target is only ever replaced when it is recognisably an earlier output of the same
+kind (its `marker` file: manifest.json, bench.json, meta.json) or an empty directory. Anything
+else — a run directory, a folder of the user's own files, a plain file, a symbolic link — is
+refused with `OccupiedTarget` and left exactly as it was. Whether to replace an earlier output
+at all (--force) is the caller's decision, made before it gets here.
 """
 from __future__ import annotations
 
@@ -17,40 +19,42 @@ from pathlib import Path
 
 import orjson
 
-from sparcode.pipeline.export import FORMAT as EXPORT_FORMAT
-from sparcode.pipeline.export import ExportError
+EXPORT_FORMAT = "sparcode-export/1"  # the `format` every export's manifest.json carries
 
 
-class TargetInUse(ExportError):
-    """The output path exists and is not ours to replace (a one-line user error)."""
+class OccupiedTarget(FileExistsError):
+    """The output path exists and is not an earlier output to replace (a one-line user error)."""
 
 
 def is_export(path: Path) -> bool:
     """True when `path` is a directory whose manifest.json is an export's (any kind)."""
-    manifest = Path(path) / "manifest.json"
     try:
-        data = orjson.loads(manifest.read_bytes())
+        data = orjson.loads((Path(path) / "manifest.json").read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return False
     return isinstance(data, dict) and data.get("format") == EXPORT_FORMAT
 
 
 def is_export_shards(path: Path) -> bool:
-    """True when `path` holds the parts of a sharded export still being written (or finished)."""
+    """True when `path` holds an export or parts of a sharded one (`export --shard i/n`)."""
     return is_export(path) or any(Path(path).glob("items.part-*.jsonl.gz.manifest.json"))
 
 
-def is_hnsw_index(path: Path) -> bool:
-    return (Path(path) / "index.bin").is_file() and (Path(path) / "meta.json").is_file()
+def _owned(marker) -> Callable[[Path], bool]:
+    if marker is None:
+        return lambda path: False
+    if callable(marker):
+        return marker
+    return lambda path: (Path(path) / marker).is_file()
 
 
-def is_bench_output(path: Path) -> bool:
-    return (Path(path) / "bench.json").is_file()
-
-
-def is_known_output(path: Path) -> bool:
-    """Every kind of directory sparcode writes with `staged_directory`."""
-    return is_export(path) or is_hnsw_index(path) or is_bench_output(path)
+def _describe(marker) -> str:
+    if marker is None:
+        return "an empty folder"
+    if callable(marker):
+        return {"is_export": "an export", "is_export_shards": "a (sharded) export"}.get(
+            getattr(marker, "__name__", ""), "an earlier output")
+    return f"an earlier output (no {marker})"
 
 
 def _is_empty_dir(path: Path) -> bool:
@@ -58,87 +62,65 @@ def _is_empty_dir(path: Path) -> bool:
 
 
 def _contains(outer: Path, inner: Path) -> bool:
-    outer, inner = outer.resolve(), inner.resolve()
+    outer, inner = Path(outer).resolve(), Path(inner).resolve()
     return inner == outer or outer in inner.parents
 
 
 def _listing(path: Path, limit: int = 3) -> str:
     names = sorted(p.name for p in path.iterdir())
     shown = ", ".join(names[:limit])
-    return shown + (f", … ({len(names)} entries)" if len(names) > limit else "")
+    return shown + (f", … {len(names)} entries" if len(names) > limit else "")
 
 
-def check_target(target: Path, *, force: bool = False, owned: Callable[[Path], bool] = is_known_output,
-                 what: str = "an export", protect: Iterable[Path] = (), option: str = "--out") -> None:
-    """Refuse, in one line, an output path that may not be written: nothing is changed.
-
-    Allowed: a path that does not exist, an empty directory, or a directory `owned` recognises
-    when `force` is given. Refused: a symbolic link, a file, a non-empty directory `owned` does
-    not recognise, a recognised one without `force`, and any path that is or contains one of
-    `protect` (e.g. the run being exported)."""
+def check_replaceable(target: Path, marker=None, *, protect: Iterable[Path] = (),
+                      protected: str = "the folder being read") -> None:
+    """Raise `OccupiedTarget` (one line; nothing is touched) unless `target` may be written:
+    it does not exist, is an empty directory, or is an earlier output `marker` recognises.
+    A symbolic link, a file, any other non-empty directory, and a path that is or contains
+    one of `protect` (`protected` names it, e.g. the run being exported) are refused."""
     target = Path(target)
     for keep in protect:
-        if _contains(target, Path(keep)):
-            same = target.resolve() == Path(keep).resolve()
-            raise TargetInUse(f"{option} {target} {'is' if same else 'contains'} {keep}; "
-                              f"pick another {option} (nothing was changed)")
+        if _contains(target, keep):
+            relation = "is" if Path(target).resolve() == Path(keep).resolve() else f"contains {keep},"
+            raise OccupiedTarget(f"{target} {relation} {protected}, not an output to replace; "
+                                 "pick another --out (nothing was deleted)")
     if target.is_symlink():
-        raise TargetInUse(f"{option} {target} is a symbolic link; pick a real path (nothing was changed)")
-    if not target.exists():
+        raise OccupiedTarget(f"{target} is a symbolic link; pick a real folder (nothing was deleted)")
+    if not target.exists() or _is_empty_dir(target):
         return
     if not target.is_dir():
-        raise TargetInUse(f"{option} {target} is a file, not a directory; pick another {option} "
-                          "(nothing was changed)")
-    if _is_empty_dir(target):
-        return
-    if not owned(target):
-        raise TargetInUse(f"{option} {target} exists and is not {what} (it holds {_listing(target)}); "
-                          f"pick a new or empty {option} (nothing was changed)")
-    if not force:
-        raise TargetInUse(f"{target} already holds {what}; pass --force to replace it")
+        raise OccupiedTarget(f"{target} is a file, not a folder; pick another --out (nothing was deleted)")
+    if not _owned(marker)(target):
+        raise OccupiedTarget(f"{target} exists and is not {_describe(marker)}: it holds {_listing(target)}; "
+                             "pick a new or empty folder (nothing was deleted)")
 
 
 @contextlib.contextmanager
-def staged_directory(target: Path, replace: bool = True,
-                     owned: Callable[[Path], bool] = is_known_output) -> Iterator[Path]:
+def staged_directory(target: Path, replace: bool = True, marker=None) -> Iterator[Path]:
     """Yield an empty sibling of `target` to write into. On a clean exit it replaces `target`
     (when `replace`; otherwise the caller has moved out what it wanted); on an exception, or
     afterwards, whatever is left of it is removed.
 
-    `target` is replaced only when it does not exist, is an empty directory, or is a directory
-    `owned` recognises (by default any output sparcode writes this way); otherwise
-    `TargetInUse` is raised — before anything is written, and again at the end should the
-    target have changed meanwhile — and `target` is left untouched. Whether to replace an
-    owned output at all (--force) is the caller's decision, made before it gets here."""
+    With `replace`, `target` is checked (`check_replaceable` with `marker`) before anything is
+    written and again just before the swap, in case it changed meanwhile; the old target is
+    moved aside and removed only once the new one is in place."""
     target = Path(target)
     if replace:
-        _check_replaceable(target, owned)
+        check_replaceable(target, marker)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         yield tmp
         if replace:
-            _check_replaceable(target, owned)
+            check_replaceable(target, marker)
             _swap_in(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _check_replaceable(target: Path, owned: Callable[[Path], bool]) -> None:
-    if target.is_symlink():
-        raise TargetInUse(f"{target} is a symbolic link; not replacing it (nothing was changed)")
-    if not target.exists() or _is_empty_dir(target):
-        return
-    if not target.is_dir():
-        raise TargetInUse(f"{target} is a file, not a directory; not replacing it (nothing was changed)")
-    if not owned(target):
-        raise TargetInUse(f"{target} exists and is not an output sparcode wrote (it holds "
-                          f"{_listing(target)}); not replacing it (nothing was changed)")
-
-
 def _swap_in(tmp: Path, target: Path) -> None:
-    """Move `tmp` to `target`; the old target is moved aside first and only removed once the
+    """Move `tmp` to `target`; an old target is moved aside first and deleted only after the
     new one is in place, so a failure in between puts the old one back."""
     if not target.exists():
         tmp.rename(target)
@@ -147,12 +129,12 @@ def _swap_in(tmp: Path, target: Path) -> None:
         target.rmdir()
         tmp.rename(target)
         return
-    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
-    old.rmdir()
-    target.rename(old)
+    aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
+    aside.rmdir()
+    target.rename(aside)
     try:
         tmp.rename(target)
     except BaseException:
-        old.rename(target)
+        aside.rename(target)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)

@@ -1,7 +1,7 @@
 """A staged directory replaces its target only when the writer finishes."""
 import pytest
 
-from sparcode.staging import OccupiedTarget, staged_directory
+from sparcode.staging import OccupiedTarget, check_replaceable, is_export, staged_directory
 
 
 def test_success_replaces_the_old_directory_and_leaves_no_temporary(tmp_path):
@@ -59,3 +59,72 @@ def test_a_file_or_an_empty_folder(tmp_path):
     with staged_directory(tmp_path / "empty", marker="manifest.json") as tmp:
         (tmp / "manifest.json").write_text("{}")
     assert (tmp_path / "empty" / "manifest.json").exists()
+
+
+def test_a_symbolic_link_is_never_replaced(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "manifest.json").write_text("{}")
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(OccupiedTarget, match="symbolic link"):
+        with staged_directory(tmp_path / "link", marker="manifest.json"):
+            pass
+    assert (tmp_path / "link").is_symlink() and (real / "manifest.json").exists()
+
+
+def test_the_target_is_checked_again_before_the_swap(tmp_path):
+    """Someone's files appearing in the target while the output is written are not deleted."""
+    target = tmp_path / "out"
+    with pytest.raises(OccupiedTarget, match="nothing was deleted"):
+        with staged_directory(target, marker="manifest.json") as tmp:
+            (tmp / "manifest.json").write_text("{}")
+            target.mkdir()
+            (target / "notes.txt").write_text("the user's")
+    assert sorted(p.name for p in target.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_failed_swap_puts_the_old_output_back(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / "manifest.json").write_text("old")
+    real_rename = Path.rename
+
+    def rename(self, dest):
+        if self.name.startswith(".export.") and not self.name.startswith(".export.old.") and Path(dest) == target:
+            raise OSError("disk trouble")
+        return real_rename(self, dest)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(OSError, match="disk trouble"):
+        with staged_directory(target, marker="manifest.json") as tmp:
+            (tmp / "manifest.json").write_text("new")
+    assert (target / "manifest.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_check_replaceable_protects_the_folders_it_is_given(tmp_path):
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "weights.pt").write_text("w")
+    for target in (run, tmp_path / "runs", tmp_path):
+        with pytest.raises(OccupiedTarget, match="the run being exported.*nothing was deleted"):
+            check_replaceable(target, "manifest.json", protect=[run], protected="the run being exported")
+    check_replaceable(run / "export", "manifest.json", protect=[run])  # inside the run is fine
+    check_replaceable(tmp_path / "elsewhere", "manifest.json", protect=[run])
+
+
+def test_an_export_is_recognised_by_its_manifest_format(tmp_path):
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "manifest.json").write_text('{"format": "sparcode-export/1"}')
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "manifest.json").write_text('{"name": "a web app"}')
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text("{")
+    assert is_export(tmp_path / "export")
+    assert not is_export(tmp_path / "other") and not is_export(tmp_path / "broken")
+    with pytest.raises(OccupiedTarget, match="is not an export"):
+        check_replaceable(tmp_path / "other", is_export)
+    check_replaceable(tmp_path / "export", is_export)

@@ -22,7 +22,9 @@ def _parse_shard(ctx, param, value):
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--bias", type=float, default=None,
-              help="b̃; default: global allocation stores serve.stored_fraction of pairs, per-code the median S.")
+              help="b̃, added to every stored score (stored = ReLU(S + b̃)); must be finite. Default: global "
+                   "allocation stores serve.stored_fraction of pairs, per-code the median S. With per-code "
+                   "allocation b̃ can only drop postings: each code keeps at most its best stored_fraction.")
 @click.option("--max-postings", type=click.IntRange(min=1), default=None, help="Keep at most N items per code.")
 @click.option("--allocation", type=click.Choice(["per-code", "global"]), default=None,
               help="per-code: each code keeps its best serve.stored_fraction of items; global: one b̃ "
@@ -38,8 +40,12 @@ def command(run_dir, out_dir, bias, max_postings, allocation, shard, force, quie
     with user_errors():
         from sparcode.encoder.export import export_run
         from sparcode.encoder.runs import open_run
+        from sparcode.staging import check_replaceable, is_export
 
         run = open_run(run_dir)
+        if run.kind in ("tiger", "two-tower"):
+            # Never the run folder itself, nor a folder that is not an export (export_run checks its own).
+            check_replaceable(out_dir, is_export, protect=[run.path], protected="the run being exported")
         if run.kind == "tiger":
             _export_semantic_ids(run, out_dir, force, bias=bias, max_postings=max_postings, shard=shard)
             return
@@ -55,6 +61,12 @@ def command(run_dir, out_dir, bias, max_postings, allocation, shard, force, quie
         f"scoring: {scoring['pairs_per_second']:,} pairs/s = {scoring['fraction_of_ceiling']:.0%} of the "
         f"{scoring['ceiling_pairs_per_second']:,} pairs/s GEMM ceiling on {scoring['device']}"
     )
+    if bias is not None and manifest["allocation"] == "per-code":
+        click.echo(
+            f"note: with per-code allocation each code keeps at most its best "
+            f"{run.config.serve.stored_fraction:.1%} of items (serve.stored_fraction) whatever --bias is; "
+            "b̃ is added to every stored score and drops pairs with S + b̃ <= 0. "
+            "Use --allocation global to let --bias set the stored fraction.", err=True)
 
 
 def _export_vectors(run, out_dir, force, **sparcode_only):

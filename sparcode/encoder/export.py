@@ -7,6 +7,7 @@ FLOPs per pair).
 from __future__ import annotations
 
 import gzip
+import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +20,7 @@ from sparcode.codes_fallback import CodeTable
 from sparcode.encoder import checkpoint as ckpt
 from sparcode.encoder.runs import Run, RunError
 from sparcode.encoder.serving import Postings, build_postings, code_table, distinct_codes, user_codes
-from sparcode.staging import check_replaceable, staged_directory
+from sparcode.staging import check_replaceable, is_export, is_export_shards, staged_directory
 
 FORMAT = "sparcode-export/1"
 
@@ -70,15 +71,14 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
     index, count = shard
     out_dir = Path(out_dir)
     sharded = count > 1
-    if (out_dir / "manifest.json").exists() and not force and not sharded:
-        raise RunError(f"{out_dir} already holds an export; pass --force to replace it")
-    if not sharded:
-        check_replaceable(out_dir, "manifest.json")  # before minutes of scoring, not after
+    check_out_dir(run, out_dir, force=force, sharded=sharded)  # before minutes of scoring, not after
+    if bias is None:
+        bias = run.config.serve.bias
+    if bias is not None and not math.isfinite(bias):
+        raise RunError(f"--bias must be a finite number, not {bias}")
     started = time.perf_counter()
     model, device = run.load_model()
     codes = indexed_codes(model, run, device)
-    if bias is None:
-        bias = run.config.serve.bias
     max_postings = max_postings if max_postings is not None else run.config.serve.max_postings
     items = np.arange(run.dataset.n_items)[index::count]
     allocation = allocation or run.config.serve.allocation
@@ -92,9 +92,11 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
     nonempty = postings.nonempty()
     table = code_table(model, codes if sharded else codes[nonempty])
 
+    _check_scores_rank(postings)
+
     # Build in a temporary sibling, then move into place: a failed export leaves nothing behind.
     # A shard moves its own files into the shared directory instead of replacing it.
-    with staged_directory(out_dir, marker="manifest.json", replace=not sharded) as tmp:
+    with staged_directory(out_dir, replace=not sharded, marker=is_export) as tmp:
         items_name = "items.jsonl.gz" if not sharded else f"items.part-{index:05d}-of-{count:05d}.jsonl.gz"
         with gzip.open(tmp / items_name, "wb", compresslevel=1) as fh:
             for line in item_lines(run, postings, items):
@@ -140,6 +142,28 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
             ckpt.write_json(tmp / "manifest.json", manifest)
     _record_export(run, out_dir)
     return manifest
+
+
+def check_out_dir(run: Run, out_dir: Path, force: bool = False, sharded: bool = False) -> None:
+    """Refuse, before any scoring, an --out that may not be written (nothing is changed).
+
+    A whole export may replace only an existing export, and only with --force; a shard may
+    add its parts to an empty folder or one holding (parts of) a sharded export. The run
+    folder itself, or a folder containing it, is never an --out."""
+    out_dir = Path(out_dir)
+    check_replaceable(out_dir, is_export_shards if sharded else is_export, protect=[run.path],
+                      protected="the run being exported")
+    if not sharded and not force and is_export(out_dir):
+        raise RunError(f"{out_dir} already holds an export; pass --force to replace it")
+
+
+def _check_scores_rank(postings: Postings) -> None:
+    """A b̃ so large that FeatureField's 9-bit truncation makes every stored score the same
+    leaves the index nothing to rank by: refuse it rather than write it."""
+    if postings.pairs > 1 and np.all(postings.scores == postings.scores[0]):
+        raise RunError(f"b̃ = {postings.bias:g} swamps the model's scores: after FeatureField's 9-bit "
+                       f"truncation all {postings.pairs} stored scores equal {float(postings.scores[0]):g}, "
+                       "so the index could not rank; use a smaller --bias")
 
 
 def _place_shard(tmp: Path, out_dir: Path, items_name: str, manifest: dict, count: int) -> None:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import gzip
+import zipfile
+import zlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -42,14 +44,37 @@ class Export:
             if key not in manifest:
                 raise ExportError(f"{path}/manifest.json lacks {key!r}")
         export.item_fields  # validates the declared types early
+        export.check_files()
         return export
+
+    def check_files(self) -> None:
+        """Every file the manifest promises is there (a SparCode export's code table included)."""
+        files = self.manifest["files"]
+        if not isinstance(files, dict) or not isinstance(files.get("items"), list) or not all(
+                isinstance(n, str) and n for n in files["items"]):
+            raise ExportError(f"{self.path}/manifest.json: 'files' must name a list of items files")
+        promised = list(files["items"])
+        for role, name in files.items():
+            if role == "items":
+                continue
+            if not isinstance(name, str) or not name:
+                raise ExportError(f"{self.path}/manifest.json: files.{role} must be a file name, not {name!r}")
+            promised.append(name)
+        if self.manifest.get("kind", "sparcode") == "sparcode" and "codes" not in files:
+            promised.append("codes.npz")
+        for name in promised:
+            if not (self.path / name).is_file():
+                raise ExportError(f"{self.path} is incomplete: {name}, which its manifest.json lists, is missing")
 
     @cached_property
     def manifest(self) -> dict:
         try:
-            return orjson.loads((self.path / "manifest.json").read_bytes())
+            manifest = orjson.loads((self.path / "manifest.json").read_bytes())
         except orjson.JSONDecodeError as exc:
             raise ExportError(f"{self.path}/manifest.json is not JSON: {exc}") from None
+        if not isinstance(manifest, dict):
+            raise ExportError(f"{self.path}/manifest.json is not a JSON object")
+        return manifest
 
     @property
     def fingerprint(self) -> str:
@@ -74,7 +99,13 @@ class Export:
         return {k: self.manifest[k] for k in SUMMARY_KEYS if k in self.manifest}
 
     def code_table(self) -> CodeTable:
-        return CodeTable.load(self._codes_path)
+        try:
+            return CodeTable.load(self._codes_path)
+        except FileNotFoundError:
+            raise ExportError(f"{self.path} is incomplete: {self._codes_path.name} is missing") from None
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            raise ExportError(f"{self._codes_path} is not a readable code table ({type(exc).__name__}); "
+                              "export it again") from None
 
     def indexed_terms(self) -> list[str]:
         """The pseudo-terms items carry; none for an export without a code table (semantic IDs)."""
@@ -84,17 +115,40 @@ class Export:
     def _codes_path(self) -> Path:
         return self.path / self.manifest["files"].get("codes", "codes.npz")
 
+    def numbered_lines(self) -> Iterator[tuple[str, int, bytes]]:
+        """(file name, line number, raw JSON line) of every items file, in manifest order.
+
+        A truncated or corrupt gzip file is an ExportError naming the file: left alone, gzip's
+        EOFError reaches click, which takes it for Ctrl-D and prints only "Aborted!"."""
+        for name in self.manifest["files"]["items"]:
+            number = 0
+            try:
+                with gzip.open(self.path / name, "rb") as fh:
+                    for number, line in enumerate(fh, 1):
+                        if line.strip():
+                            yield name, number, line
+            except EOFError:
+                raise ExportError(f"{self.path / name} is truncated (gzip stream ends after line {number}); "
+                                  "export it again") from None
+            except (gzip.BadGzipFile, zlib.error) as exc:
+                raise ExportError(f"{self.path / name} is not a readable gzip file "
+                                  f"(after line {number}: {exc}); export it again") from None
+
     def lines(self) -> Iterator[bytes]:
         """Raw JSON lines of every items file, in manifest order."""
-        for name in self.manifest["files"]["items"]:
-            with gzip.open(self.path / name, "rb") as fh:
-                for line in fh:
-                    if line.strip():
-                        yield line
+        for _, _, line in self.numbered_lines():
+            yield line
 
     def items(self) -> Iterator[dict]:
-        for line in self.lines():
-            yield orjson.loads(line)
+        for name, number, line in self.numbered_lines():
+            try:
+                item = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise ExportError(f"{self.path / name}, line {number}: not JSON ({exc})") from None
+            if not isinstance(item, dict):
+                raise ExportError(f"{self.path / name}, line {number}: expected a JSON object, "
+                                  f"got {type(item).__name__}")
+            yield item
 
     def validate(self) -> int:
         """Check every item before anything is sent: ids unique, codes storable. Returns the count."""
