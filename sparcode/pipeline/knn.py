@@ -83,8 +83,7 @@ class _VectorDocs:
         self.vectors = mips.items(raw, mips.max_norm(raw)) if transform == mips.TRANSFORM else raw
 
     def lines(self) -> Iterator[bytes]:
-        for line in self.export.lines():
-            item = orjson.loads(line)
+        for item in self.export.items():  # the export's reader names a bad file and line
             # orjson writes a float32 numpy row as its shortest round-tripping decimals.
             item[FIELD] = self.vectors[int(item["ord"])]
             yield orjson.dumps(item, option=orjson.OPT_SERIALIZE_NUMPY)
