@@ -22,7 +22,7 @@ import orjson
 EXPORT_FORMAT = "sparcode-export/1"  # the `format` every export's manifest.json carries
 
 
-class OccupiedTarget(FileExistsError):
+class OccupiedTarget(ValueError):
     """The output path exists and is not an earlier output to replace (a one-line user error)."""
 
 
@@ -93,6 +93,17 @@ def check_replaceable(target: Path, marker=None, *, protect: Iterable[Path] = ()
     if not _owned(marker)(target):
         raise OccupiedTarget(f"{target} exists and is not {_describe(marker)}: it holds {_listing(target)}; "
                              "pick a new or empty folder (nothing was deleted)")
+
+
+def check_export_target(out_dir: Path, run_dir: Path, *, force: bool, sharded: bool = False) -> None:
+    """Where any export (SparCode codes, two-tower vectors, semantic IDs) may go, checked before
+    the export's long work: never the run folder (or one containing it), never a folder that is
+    not an export, an existing export only with --force. A shard may add its parts to an empty
+    folder or one already holding parts of a sharded export."""
+    check_replaceable(out_dir, is_export_shards if sharded else is_export, protect=[run_dir],
+                      protected="the run being exported")
+    if not sharded and not force and is_export(out_dir):
+        raise OccupiedTarget(f"{out_dir} already holds an export; pass --force to replace it")
 
 
 @contextlib.contextmanager

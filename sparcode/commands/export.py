@@ -40,12 +40,8 @@ def command(run_dir, out_dir, bias, max_postings, allocation, shard, force, quie
     with user_errors():
         from sparcode.encoder.export import export_run
         from sparcode.encoder.runs import open_run
-        from sparcode.staging import check_replaceable, is_export
 
         run = open_run(run_dir)
-        if run.kind in ("tiger", "two-tower"):
-            # Never the run folder itself, nor a folder that is not an export (export_run checks its own).
-            check_replaceable(out_dir, is_export, protect=[run.path], protected="the run being exported")
         if run.kind == "tiger":
             _export_semantic_ids(run, out_dir, force, bias=bias, max_postings=max_postings, shard=shard)
             return

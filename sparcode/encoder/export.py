@@ -20,7 +20,7 @@ from sparcode.codes_fallback import CodeTable
 from sparcode.encoder import checkpoint as ckpt
 from sparcode.encoder.runs import Run, RunError
 from sparcode.encoder.serving import Postings, build_postings, code_table, distinct_codes, user_codes
-from sparcode.staging import check_replaceable, is_export, is_export_shards, staged_directory
+from sparcode.staging import check_export_target, is_export, staged_directory
 
 FORMAT = "sparcode-export/1"
 
@@ -71,7 +71,7 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
     index, count = shard
     out_dir = Path(out_dir)
     sharded = count > 1
-    check_out_dir(run, out_dir, force=force, sharded=sharded)  # before minutes of scoring, not after
+    check_export_target(out_dir, run.path, force=force, sharded=sharded)  # before minutes of scoring
     if bias is None:
         bias = run.config.serve.bias
     if bias is not None and not math.isfinite(bias):
@@ -142,19 +142,6 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
             ckpt.write_json(tmp / "manifest.json", manifest)
     _record_export(run, out_dir)
     return manifest
-
-
-def check_out_dir(run: Run, out_dir: Path, force: bool = False, sharded: bool = False) -> None:
-    """Refuse, before any scoring, an --out that may not be written (nothing is changed).
-
-    A whole export may replace only an existing export, and only with --force; a shard may
-    add its parts to an empty folder or one holding (parts of) a sharded export. The run
-    folder itself, or a folder containing it, is never an --out."""
-    out_dir = Path(out_dir)
-    check_replaceable(out_dir, is_export_shards if sharded else is_export, protect=[run.path],
-                      protected="the run being exported")
-    if not sharded and not force and is_export(out_dir):
-        raise RunError(f"{out_dir} already holds an export; pass --force to replace it")
 
 
 def _check_scores_rank(postings: Postings) -> None:

@@ -143,8 +143,6 @@ def build_postings(model, codes: np.ndarray, device, bias: float | None, stored_
     if allocation not in ("global", "per-code"):
         raise ValueError(f"allocation must be global or per-code, not {allocation!r}")
     per_code = allocation == "per-code"
-    if bias is not None and not math.isfinite(bias):
-        raise ValueError(f"b̃ must be finite, not {bias}")
     if bias is None:
         rng = np.random.default_rng(0)
         sample = codes if len(codes) <= 4096 else codes[np.sort(rng.choice(len(codes), 4096, replace=False))]

@@ -17,7 +17,7 @@ import torch
 
 from sparcode.encoder import checkpoint as ckpt
 from sparcode.encoder.runs import Run, RunError
-from sparcode.staging import check_replaceable, staged_directory
+from sparcode.staging import check_export_target, is_export, staged_directory
 
 FORMAT = "sparcode-export/1"
 KIND = "two-tower-vectors"
@@ -39,9 +39,7 @@ def export_vectors(run: Run, out_dir: Path, force: bool = False) -> dict:
     if run.kind != "two-tower":
         raise RunError(f"vector export needs a two-tower run; {run.path} was trained with --model {run.kind}")
     out_dir = Path(out_dir)
-    if (out_dir / "manifest.json").exists() and not force:
-        raise RunError(f"{out_dir} already holds an export; pass --force to replace it")
-    check_replaceable(out_dir, "manifest.json")
+    check_export_target(out_dir, run.path, force=force)
     started = time.perf_counter()
     model, device = run.load_model()
     vectors = item_vectors(model, device)
@@ -50,7 +48,7 @@ def export_vectors(run: Run, out_dir: Path, force: bool = False) -> dict:
     norms = np.linalg.norm(vectors, axis=1)
     dataset = run.dataset
 
-    with staged_directory(out_dir, marker="manifest.json") as tmp:
+    with staged_directory(out_dir, marker=is_export) as tmp:
         np.save(tmp / VECTORS, vectors, allow_pickle=False)
         with gzip.open(tmp / ITEMS, "wb", compresslevel=1) as fh:
             for item in range(dataset.n_items):

@@ -17,7 +17,7 @@ import orjson
 
 from sparcode.generative.semantic_ids import IDS, load_ids
 from sparcode.sid_terms import COLD_FIELD, FIELD, prefix_terms
-from sparcode.staging import check_replaceable, staged_directory
+from sparcode.staging import check_export_target, is_export, staged_directory
 
 FORMAT = "sparcode-export/1"
 KIND = "tiger-semantic-ids"
@@ -51,9 +51,7 @@ def item_lines(ids: np.ndarray, cold: np.ndarray, dataset, depths: list[int]):
 def export_semantic_ids(run_dir: Path, dataset, out_dir: Path, run_info: dict, force: bool = False) -> dict:
     """Write OUT_DIR from RUN_DIR/tiger/semantic_ids.npy (+ cold_items.npy when trained)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if (out_dir / "manifest.json").exists() and not force:
-        raise SidExportError(f"{out_dir} already holds an export; pass --force to replace it")
-    check_replaceable(out_dir, "manifest.json")
+    check_export_target(out_dir, run_dir, force=force)
     started = time.perf_counter()
     folder = run_dir / TIGER_DIR
     ids, meta = load_ids(folder)
@@ -66,7 +64,7 @@ def export_semantic_ids(run_dir: Path, dataset, out_dir: Path, run_info: dict, f
     cold = np.load(folder / COLD) if (folder / COLD).is_file() else np.zeros(0, dtype=np.int64)
     depths = list(range(1, ids.shape[1] + 1))
 
-    with staged_directory(out_dir, marker="manifest.json") as tmp:
+    with staged_directory(out_dir, marker=is_export) as tmp:
         with gzip.open(tmp / "items.jsonl.gz", "wb", compresslevel=1) as fh:
             for line in item_lines(ids, cold, dataset, depths):
                 fh.write(line + b"\n")
