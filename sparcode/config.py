@@ -137,11 +137,7 @@ class RunConfig:
         checked before anything is written, so a bad value never leaves a half-made run."""
         from sparcode.eval.metrics import KS
 
-        for path, (rule, ok) in _BOUNDS.items():
-            section, _, key = path.rpartition(".")
-            value = getattr(getattr(self, section) if section else self, key)
-            if value is not None and not ok(value):
-                raise ConfigError(f"{path} must be {rule}, got {value!r}")
+        check_bounds(self, _BOUNDS)
         if self.split not in SPLITS:
             raise ConfigError(f"split must be one of {SPLITS}, not {self.split!r}")
         if not self.model.ease_lambda or any(lam <= 0 for lam in self.model.ease_lambda):
@@ -180,49 +176,49 @@ class RunConfig:
         return self
 
 
-def _positive(v):
-    return v > 0
+def check_bounds(config, bounds: dict[str, tuple[str, Any]], prefix: str = "") -> None:
+    """Each dotted `path` of `config` (None = unset) satisfies its `(rule, ok)`; else a ConfigError
+    naming `prefix + path` and the rule."""
+    for path, (rule, ok) in bounds.items():
+        value = config
+        for part in path.split("."):
+            value = getattr(value, part)
+        if value is not None and not ok(value):
+            raise ConfigError(f"{prefix}{path} must be {rule}, got {value!r}")
 
 
-def _at_least(low):
-    return lambda v: v >= low
+def at_least(low):
+    return "≥ " + str(low), lambda v: v >= low
 
 
-def _fraction(v):  # (0, 1]
-    return 0 < v <= 1
+POSITIVE = ("> 0", lambda v: v > 0)
+PROBABILITY = ("in [0, 1)", lambda v: 0 <= v < 1)  # dropout, decay: 1 would stop learning
 
 
-def _probability(v):  # [0, 1)
-    return 0 <= v < 1
+def _noted(rule: tuple[str, Any], note: str) -> tuple[str, Any]:
+    return f"{rule[0]} ({note})", rule[1]
 
 
 # Ranges outside which a value breaks training or silently does nothing (epochs -1 "trained"
 # in 0 s and wrote no weights). Where 0 is allowed, it means "off" or "all" (see the field).
 _BOUNDS: dict[str, tuple[str, Any]] = {
-    "seed": ("≥ 0", _at_least(0)),  # numpy refuses negative seeds
-    "model.dim": ("≥ 1", _at_least(1)),
-    "model.user_tokens": ("≥ 1", _at_least(1)),
-    "model.item_tokens": ("≥ 1", _at_least(1)),
-    "model.codebooks": ("≥ 1", _at_least(1)),
-    "model.codes": ("≥ 1", _at_least(1)),
-    "model.ema_decay": ("in [0, 1)", _probability),
-    "model.commit_weight": ("≥ 0", _at_least(0)),
-    "model.kmeans_iters": ("≥ 0", _at_least(0)),
-    "model.scorer_hidden": ("≥ 1", _at_least(1)),
-    "model.dropout": ("in [0, 1)", _probability),
-    "model.ease_history": ("≥ 0 (0 = the whole history)", _at_least(0)),
-    "train.epochs": ("≥ 1", _at_least(1)),
-    "train.batch_size": ("≥ 1", _at_least(1)),
-    "train.lr": ("> 0", _positive),
-    "train.weight_decay": ("≥ 0", _at_least(0)),
-    "train.negatives": ("≥ 0 (0 = full softmax)", _at_least(0)),
-    "train.window_fraction": ("in (0, 1]", _fraction),
-    "train.patience": ("≥ 1", _at_least(1)),
-    "train.max_history": ("≥ 1", _at_least(1)),
-    "train.grad_clip": ("≥ 0 (0 = no clipping)", _at_least(0)),
-    "train.eval_users": ("≥ 0 (0 = every validation user)", _at_least(0)),
-    "train.threads": ("≥ 0 (0 = torch default)", _at_least(0)),
-    "serve.max_postings": ("≥ 1", _at_least(1)),
+    "seed": at_least(0),  # numpy refuses negative seeds
+    **{f"model.{key}": at_least(1) for key in ("dim", "user_tokens", "item_tokens", "codebooks", "codes",
+                                               "scorer_hidden")},
+    "model.ema_decay": PROBABILITY,
+    "model.commit_weight": at_least(0),
+    "model.kmeans_iters": at_least(0),
+    "model.dropout": PROBABILITY,
+    "model.ease_history": _noted(at_least(0), "0 = the whole history"),
+    **{f"train.{key}": at_least(1) for key in ("epochs", "batch_size", "patience", "max_history")},
+    "train.lr": POSITIVE,
+    "train.weight_decay": at_least(0),
+    "train.negatives": _noted(at_least(0), "0 = full softmax"),
+    "train.window_fraction": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "train.grad_clip": _noted(at_least(0), "0 = no clipping"),
+    "train.eval_users": _noted(at_least(0), "0 = every validation user"),
+    "train.threads": _noted(at_least(0), "0 = torch default"),
+    "serve.max_postings": at_least(1),
 }
 
 

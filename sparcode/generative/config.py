@@ -86,26 +86,20 @@ class TigerConfig:
 
     def check_ranges(self) -> None:
         """Values of the right type that would break training or make it do nothing."""
-        at_least = {"max_history": 1, "d_model": 1, "heads": 1, "encoder_layers": 1, "decoder_layers": 1,
-                    "ff_dim": 1, "user_buckets": 1, "epochs": 1, "batch_size": 1, "warmup_steps": 0,
-                    "total_steps": 0, "grad_clip": 0, "patience": 1, "eval_users": 0, "max_minutes": 0,
-                    "steps_per_epoch": 0, "beam_size": 1, "cold_prefix_depth": 1, "seed": 0}
-        for key, low in at_least.items():
-            if getattr(self, key) < low:
-                raise ValueError(f"tiger.{key} must be ≥ {low}, got {getattr(self, key)!r}")
-        if self.lr <= 0:
-            raise ValueError(f"tiger.lr must be > 0, got {self.lr!r}")
+        from sparcode.config import POSITIVE, PROBABILITY, at_least, check_bounds
+
+        lows = {"max_history": 1, "d_model": 1, "heads": 1, "encoder_layers": 1, "decoder_layers": 1,
+                "ff_dim": 1, "user_buckets": 1, "epochs": 1, "batch_size": 1, "warmup_steps": 0,
+                "total_steps": 0, "grad_clip": 0, "patience": 1, "eval_users": 0, "max_minutes": 0,
+                "steps_per_epoch": 0, "beam_size": 1, "cold_prefix_depth": 1, "seed": 0,
+                **{f"rqvae.{key}": 1 for key in ("input_dim", "latent_dim", "levels", "codes", "epochs",
+                                                 "batch_size")}}
+        check_bounds(self, {**{key: at_least(low) for key, low in lows.items()}, "lr": POSITIVE,
+                            "dropout": PROBABILITY, "cold_fraction": PROBABILITY,
+                            "cold_slots": ("in [0, 1]", lambda v: 0 <= v <= 1)}, prefix="tiger.")
         if self.d_model % self.heads:
             raise ValueError(f"tiger.d_model ({self.d_model}) must be divisible by tiger.heads ({self.heads})")
-        for key in ("dropout", "cold_fraction"):
-            if not 0 <= getattr(self, key) < 1:
-                raise ValueError(f"tiger.{key} must be in [0, 1), got {getattr(self, key)!r}")
-        if not 0 <= self.cold_slots <= 1:
-            raise ValueError(f"tiger.cold_slots must be in [0, 1], got {self.cold_slots!r}")
         rq = self.rqvae
-        for key in ("input_dim", "latent_dim", "levels", "codes", "epochs", "batch_size"):
-            if getattr(rq, key) < 1:
-                raise ValueError(f"tiger.rqvae.{key} must be ≥ 1, got {getattr(rq, key)!r}")
         if rq.lr <= 0 or any(width < 1 for width in rq.hidden):
             raise ValueError(f"tiger.rqvae needs lr > 0 and hidden widths ≥ 1, got lr {rq.lr!r}, hidden {rq.hidden!r}")
 
