@@ -207,12 +207,17 @@ DAMAGE = {
 }
 
 
-@pytest.mark.parametrize("damage", DAMAGE)
-def test_damaged_export_is_an_export_error_naming_the_file(trained, tmp_path, damage):
-    _, _, export = trained
+def spoiled(export, tmp_path, damage):
+    """A copy of `export` with `damage` done to it, and what the error must say."""
     spoil, fragments = DAMAGE[damage]
     copy = damaged_copy(export, tmp_path, damage)
     spoil(copy)
+    return copy, fragments
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_damaged_export_is_an_export_error_naming_the_file(trained, tmp_path, damage):
+    copy, fragments = spoiled(trained[2], tmp_path, damage)
     with pytest.raises(ExportError) as err:
         e = Export.open(copy)
         e.validate()
@@ -224,9 +229,7 @@ def test_damaged_export_is_an_export_error_naming_the_file(trained, tmp_path, da
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_damaged_export_gives_one_line_in_search_and_evaluate(trained, tmp_path, damage):
     _, run, export = trained
-    spoil, fragments = DAMAGE[damage]
-    copy = damaged_copy(export, tmp_path, damage)
-    spoil(copy)
+    copy, fragments = spoiled(export, tmp_path, damage)
     one_line_error(invoke("search", "--run", run, "--user", "u3", "--backend", "local", "--export", copy), *fragments)
     one_line_error(invoke("evaluate", run, "--backend", "local", "--export", copy), *fragments)
 
