@@ -12,6 +12,7 @@ at all (--force) is the caller's decision, made before it gets here.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -104,6 +105,20 @@ def check_export_target(out_dir: Path, run_dir: Path, *, force: bool, sharded: b
                       protected="the run being exported")
     if not sharded and not force and is_export(out_dir):
         raise OccupiedTarget(f"{out_dir} already holds an export; pass --force to replace it")
+
+
+@contextlib.contextmanager
+def staged_file(path: Path) -> Iterator:
+    """A text file handle whose contents replace `path` only when the block finishes: readers
+    see the old file or the complete new one, never a half-written one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.absolute().parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            yield fh
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ scores are given the written score is ``len(list) - rank + 1`` so the file keeps
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 
 from sparcode.data.dataset import Dataset, EvalSet
 from sparcode.data.errors import DataError
+from sparcode.staging import staged_file
 
 
 def check_writable(path: Path) -> None:
@@ -28,23 +28,11 @@ def check_writable(path: Path) -> None:
         raise DataError(f"cannot write {path}: folder {parent} is not writable")
 
 
-@contextlib.contextmanager
-def _replaced_atomically(path: Path):
-    """Readers of `path` see the old file or the complete new one, never a half-written list."""
-    tmp = Path(path).with_name(f".{Path(path).name}.partial")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            yield fh
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_run(path: Path, rankings: list[np.ndarray], evalset: EvalSet, dataset: Dataset, tag: str = "sparcode",
               scores: list[np.ndarray] | None = None) -> None:
     if len(rankings) != len(evalset):
         raise ValueError(f"{len(rankings)} ranked lists for {len(evalset)} users")
-    with _replaced_atomically(path) as fh:
+    with staged_file(path) as fh:
         for row, ranked in enumerate(rankings):
             user = dataset.user_ids[evalset.users[row]]
             row_scores = scores[row] if scores is not None else np.arange(len(ranked), 0, -1)
@@ -53,7 +41,7 @@ def write_run(path: Path, rankings: list[np.ndarray], evalset: EvalSet, dataset:
 
 
 def write_qrels(path: Path, evalset: EvalSet, dataset: Dataset) -> None:
-    with _replaced_atomically(path) as fh:
+    with staged_file(path) as fh:
         for row, targets in enumerate(evalset.targets):
             user = dataset.user_ids[evalset.users[row]]
             for item in targets:
