@@ -84,6 +84,10 @@ class TrainConfig:
     in_batch_negatives: bool = True
     # Fraction of sliding windows drawn each epoch (windows of one user overlap heavily).
     window_fraction: float = 1.0
+    # Each window's positives: the next item and the items after it, this many in all, each
+    # scored against the same negatives (PinnerFormer's dense all-action loss). A user's test
+    # targets are the next 20 % of the sequence, not only the next item. 1 = next item only.
+    future_targets: int = 1
     patience: int = 2
     max_history: int = 20
     grad_clip: float = 5.0
@@ -210,7 +214,7 @@ _BOUNDS: dict[str, tuple[str, Any]] = {
     "model.kmeans_iters": at_least(0),
     "model.dropout": PROBABILITY,
     "model.ease_history": _noted(at_least(0), "0 = the whole history"),
-    **{f"train.{key}": at_least(1) for key in ("epochs", "batch_size", "patience", "max_history")},
+    **{f"train.{key}": at_least(1) for key in ("epochs", "batch_size", "patience", "max_history", "future_targets")},
     "train.lr": POSITIVE,
     "train.weight_decay": at_least(0),
     "train.negatives": _noted(at_least(0), "0 = full softmax"),

@@ -70,6 +70,7 @@ RANGE_ERRORS = [
     ({"train": {"batch_size": 0}}, "train.batch_size must be ≥ 1"),
     ({"train": {"lr": 0}}, "train.lr must be > 0"),
     ({"train": {"window_fraction": 0}}, "train.window_fraction must be in (0, 1]"),
+    ({"train": {"future_targets": 0}}, "train.future_targets must be ≥ 1"),
     ({"train": {"select_metric": "foo@7"}}, "train.select_metric must be one of"),
     ({"model": {"codebooks": 0}}, "model.codebooks must be ≥ 1"),
     ({"model": {"codes": 0}}, "model.codes must be ≥ 1"),

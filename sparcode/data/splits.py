@@ -101,7 +101,9 @@ def sliding_windows(sequences: list[np.ndarray], users: np.ndarray, width: int, 
     source = targets[:, None] + offsets[None, :]
     inside = source >= starts[owner[targets]][:, None]
     histories = np.where(inside, flat[np.maximum(source, 0)], padding)
-    return TrainExamples(np.asarray(users, dtype=np.int64)[owner[targets]], histories, flat[targets])
+    ends = (starts + lengths)[owner[targets]]
+    return TrainExamples(np.asarray(users, dtype=np.int64)[owner[targets]], histories, flat[targets],
+                         flat, targets, ends)
 
 
 def split_summary(split: Split) -> dict:

@@ -74,9 +74,7 @@ class SampledSoftmax:
         negs = torch.randint(0, self.n_items, (self.negatives,), generator=generator).to(self.device)
         batch = positives.shape[0]
         cands = torch.cat([positives, negs]) if self.in_batch else negs
-        uniform = self.negatives / self.n_items
-        expected = (batch * self.popularity[cands] if self.in_batch else 0.0) + uniform
-        return cands, torch.log(expected)
+        return cands, torch.log(self._expected(cands, batch))
 
     def loss(self, model, users, histories, positives, cands, log_q) -> torch.Tensor:
         encoded = model.encode_users(users, histories)
@@ -94,6 +92,32 @@ class SampledSoftmax:
         pos_logit = model.score_paired(encoded, model.item_tokens(positives)) - math.log(self.negatives / self.n_items)
         logits = logits.masked_fill(positives.unsqueeze(1) == cands.unsqueeze(0), float("-inf"))
         return F.cross_entropy(torch.cat([pos_logit.unsqueeze(1), logits], 1), torch.zeros_like(positives))
+
+    def upcoming_loss(self, model, users, histories, upcoming, cands, log_q) -> torch.Tensor:
+        """Mean over each window's next items (``upcoming``, (B, k), padded with n_items) of
+        a softmax of that item against the shared negatives. The window's other upcoming items
+        are masked out of the negatives: they are positives too, not things to push down."""
+        encoded = model.encode_users(users, histories)
+        valid = upcoming < self.n_items
+        items = torch.where(valid, upcoming, torch.zeros_like(upcoming))
+        batch, k = items.shape
+        if cands is None:
+            others = model.score_all(encoded, model.item_tokens())
+            hits = torch.zeros_like(others, dtype=torch.bool).scatter_(1, items, valid)
+            pos_logits = others.gather(1, items)
+        else:
+            others = model.score_all(encoded, model.item_tokens(cands)) - log_q
+            hits = ((items.unsqueeze(2) == cands.view(1, 1, -1)) & valid.unsqueeze(2)).any(1)
+            paired = model.score_paired(encoded.repeat_interleave(k, 0), model.item_tokens(items.reshape(-1)))
+            pos_logits = paired.view(batch, k) - torch.log(self._expected(items, batch))
+        negatives = torch.logsumexp(others.masked_fill(hits, float("-inf")), dim=1, keepdim=True)
+        per_target = torch.logaddexp(pos_logits, negatives) - pos_logits
+        return per_target[valid].mean()
+
+    def _expected(self, items: torch.Tensor, batch: int) -> torch.Tensor:
+        """How often each of `items` is expected among a batch's candidates."""
+        uniform = self.negatives / self.n_items
+        return (batch * self.popularity[items] + uniform) if self.in_batch else torch.full_like(items, uniform, dtype=torch.float32)
 
 
 def learning_rate(cfg, step: int, total_steps: int) -> float:
@@ -187,7 +211,13 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
             hist = torch.as_tensor(train_set.histories[rows], device=device)
             pos = torch.as_tensor(train_set.positives[rows], device=device)
             cands, log_q = sampler.candidates(pos, generator)
-            loss = sampler.loss(model, users, hist, pos, cands, log_q) + model.aux_loss
+            if cfg.train.future_targets > 1:
+                upcoming = torch.as_tensor(train_set.upcoming(rows, cfg.train.future_targets, dataset.padding_item),
+                                           device=device)
+                loss = sampler.upcoming_loss(model, users, hist, upcoming, cands, log_q)
+            else:
+                loss = sampler.loss(model, users, hist, pos, cands, log_q)
+            loss = loss + model.aux_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.train.grad_clip:
