@@ -89,9 +89,9 @@ class TrainExamples:
     users: np.ndarray  # int64 (n,)
     histories: np.ndarray  # int64 (n, max_history), left-padded with dataset.padding_item
     positives: np.ndarray  # int64 (n,)
-    sequence_items: np.ndarray | None = None  # int64: every training sequence, concatenated
-    positive_at: np.ndarray | None = None  # int64 (n,): index of each positive in sequence_items
-    sequence_end: np.ndarray | None = None  # int64 (n,): one past the end of its sequence there
+    sequence_items: np.ndarray  # int64: every training sequence, concatenated
+    positive_at: np.ndarray  # int64 (n,): index of each positive in sequence_items
+    sequence_end: np.ndarray  # int64 (n,): one past the end of its sequence there
 
     def __len__(self) -> int:
         return len(self.users)
@@ -99,10 +99,6 @@ class TrainExamples:
     def upcoming(self, rows: np.ndarray, horizon: int, padding: int) -> np.ndarray:
         """(len(rows), horizon): each positive and the items after it in its own training
         sequence, right-padded with ``padding`` where the sequence ends."""
-        if horizon == 1 or self.sequence_items is None:
-            if horizon > 1:
-                raise ValueError("these examples carry no sequence positions to look ahead from")
-            return self.positives[rows, None]
         index = self.positive_at[rows, None] + np.arange(horizon)
         inside = index < self.sequence_end[rows, None]
         return np.where(inside, self.sequence_items[np.where(inside, index, 0)], padding)
