@@ -1,8 +1,6 @@
 """Trie-constrained decoding: only real items, exact on a model whose logits we set, exclusions hold."""
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import torch
 
@@ -112,27 +110,43 @@ def test_property_every_beam_is_a_real_item_of_a_random_trie():
     for trial in range(12):
         vocab = [int(v) for v in rng.integers(2, 9, size=3)]
         ids = random_ids(rng, int(rng.integers(1, 60)), vocab)
+        n = len(ids)
         trie = PrefixTrie.build(ids)
         model = TigerSeq2Seq(trie.vocab, d_model=16, heads=2, encoder_layers=1, decoder_layers=1, ff_dim=16,
                              dropout=0.0, max_history=3, user_buckets=5).eval()
         batch = 3
-        history = torch.stack([torch.as_tensor(ids[rng.integers(len(ids), size=3)]) for _ in range(batch)])
+        history = torch.stack([torch.as_tensor(ids[rng.integers(n, size=3)]) for _ in range(batch)])
         memory, mask = model.encode(history, torch.zeros(batch, 3, dtype=torch.bool), torch.arange(batch))
         beam = int(rng.integers(1, 15))
-        exclude = [rng.choice(len(ids), size=min(len(ids), 2), replace=False) for _ in range(batch)]
+        exclude = [rng.choice(n, size=min(n, 2), replace=False) for _ in range(batch)]
         temps = [None, (1.0, 1.0, 1.0, 1.0), (0.5, 2.0, 1.0, 3.0)][trial % 3]
         for exc in (None, exclude):
-            items, scores = beam_search(model, memory, mask, trie, beam, exclude=exc, temperatures=temps,
-                                        generator=torch.Generator().manual_seed(trial))
+            def search(width):
+                return beam_search(model, memory, mask, trie, width, exclude=exc, temperatures=temps,
+                                   generator=torch.Generator().manual_seed(trial))
+
+            items, scores = search(beam)
+            # With a beam as wide as the catalogue nothing is pruned: every allowed item comes out once.
+            every, every_scores = search(n + 1)
             assert items.shape == (batch, beam)
-            valid = {tuple(r) for r in ids.tolist()}
             for row in range(batch):
                 found = items[row][items[row] >= 0]
                 assert len(set(found.tolist())) == len(found)  # no item twice
-                assert all(tuple(ids[i].tolist()) in valid and trie.item(ids[i].tolist()) == i for i in found)
+                assert all(trie.item(ids[i].tolist()) == i for i in found)
                 assert np.all(np.isfinite(scores[row][items[row] >= 0]))
+                assert np.all(items[row][len(found):] == -1)  # found items come first
+                allowed = set(range(n)) - (set(exc[row].tolist()) if exc is not None else set())
+                full = every[row][every[row] >= 0]
+                assert sorted(full.tolist()) == sorted(allowed)
+                # An item's score is its path's log-probability whatever the beam width.
+                score_of = dict(zip(full.tolist(), every_scores[row][:len(full)]))
+                np.testing.assert_allclose(scores[row][:len(found)], [score_of[i] for i in found.tolist()],
+                                           rtol=1e-5, atol=1e-5)
+                if temps is None:
+                    for ranked in (scores[row][:len(found)], every_scores[row][:len(full)]):
+                        assert np.all(np.diff(ranked) <= 1e-6)  # best first
                 if exc is None:
-                    assert len(found) == min(beam, len(ids))  # K beams are K items when K items exist
+                    assert len(found) == min(beam, n)  # K beams are K items when K items exist
                 else:
                     assert not set(found.tolist()) & set(exc[row].tolist())
 
@@ -151,4 +165,4 @@ def test_temperature_sampling_is_seeded_and_spreads_out():
     draws = {tuple(beam_search(model, memory, mask, trie, 5, temperatures=hot,
                                generator=torch.Generator().manual_seed(s))[0][0].tolist()) for s in range(6)}
     assert len(draws) > 1
-    assert list(itertools.chain(*draws))  # every draw returned items
+    assert all(-1 not in draw for draw in draws)  # every draw is 5 items, no empty slot

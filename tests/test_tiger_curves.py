@@ -10,7 +10,7 @@ import torch
 from sparcode.data.splits import make_split
 from sparcode.generative.beam import beam_search
 from sparcode.generative.curves import curve_points, plot_curve, read_history
-from sparcode.generative.diversity import level_temperatures, markdown_table, plot, temperature_sweep
+from sparcode.generative.diversity import KEYS, level_temperatures, markdown_table, plot, temperature_sweep
 from sparcode.generative.semantic_ids import PrefixTrie, add_dedup_token
 from sparcode.generative.seq2seq import BOS, TigerSeq2Seq
 from sparcode.generative.train_tiger import evaluate_tiger, tiger_dir, train_tiger, validation_metrics
@@ -66,14 +66,24 @@ def test_curve_uses_training_seconds_when_recorded_and_wall_time_otherwise(train
     assert (tmp_path / "curve.png").read_bytes().startswith(PNG)
 
 
+def untimed(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "seconds"}
+
+
 def test_sweep_at_zero_is_beam_search_and_is_reproducible(trained, tmp_path):
     run, dataset, split = trained
     rows = temperature_sweep(run, dataset, split, (0.0, 1.5), users=20, seed=3, device="cpu", log=lambda *_: None)
     beam, _ = evaluate_tiger(run, dataset, split, ks=(5, 10), max_users=20, seed=3, device="cpu")
-    for key in ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "entropy@10"):
+    for key in KEYS:
         assert rows[0][key] == beam[key]
+    # A sweep that dropped the temperature would give the beam row again at T = 1.5.
+    assert [rows[1][k] for k in KEYS] != [rows[0][k] for k in KEYS]
     again = temperature_sweep(run, dataset, split, (1.5,), users=20, seed=3, device="cpu", log=lambda *_: None)
-    assert {k: v for k, v in again[0].items() if k != "seconds"} == {k: v for k, v in rows[1].items() if k != "seconds"}
+    assert untimed(again[0]) == untimed(rows[1])
+    # Every user (users=0) so that only the sampling seed differs, not the sampled users.
+    seeded = [temperature_sweep(run, dataset, split, (1.5,), users=0, seed=s, device="cpu", log=lambda *_: None)[0]
+              for s in (3, 4)]
+    assert [seeded[0][k] for k in KEYS] != [seeded[1][k] for k in KEYS]
     assert rows[0]["users"] == 20 and level_temperatures(0, 4) is None and level_temperatures(2, 4) == (2.0,) * 4
     assert level_temperatures(2, 4, fine=0.5) == (2.0, 2.0, 0.5, 0.5)
     with pytest.raises(ValueError):
