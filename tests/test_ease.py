@@ -104,12 +104,16 @@ def test_the_other_way_of_scoring_is_refitted_at_its_own_lambda(tmp_path):
     run = _ease_run(tmp_path, ds, split, model)
     metrics, kept = evaluate_ease(run, split.test, exclude_seen=False)
     assert metrics["lambda"] == model.lam and not metrics["refitted"]
-    assert all(np.array_equal(a, b) for a, b in zip(kept, model.evaluate(split.test, False, return_rankings=True)[1]))
+    stored_rankings = model.evaluate(split.test, False, return_rankings=True)[1]
+    # zip() stops at the shorter list: without the lengths an empty ranking list would pass.
+    assert len(kept) == len(stored_rankings) == len(split.test) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(kept, stored_rankings))
     metrics, excluded = evaluate_ease(run, split.test, exclude_seen=True)
     assert metrics["lambda"] == 37.0 and metrics["refitted"]
     expected_metrics, expected = fit_at(ds, split, 37.0, None, False, "test").evaluate(split.test, True,
                                                                                         return_rankings=True)
-    assert all(metrics[k] == v for k, v in expected_metrics.items())
+    assert expected_metrics and all(metrics[k] == v for k, v in expected_metrics.items())
+    assert len(excluded) == len(expected) == len(split.test)
     assert all(np.array_equal(a, b) for a, b in zip(excluded, expected))
 
 

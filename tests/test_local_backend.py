@@ -54,24 +54,69 @@ def test_k_filters_and_exclusions(tiny):
     assert [h.item_id for h in backend.search({A: 1}, 10, exclude_items={"x"})] == ["v", "y"]
 
 
+def nearest_indexed(codes_npz, term: str) -> str:
+    """The fallback worked out apart from CodeTable: every codeword is rebuilt from the codebooks,
+    the nearest by squared distance wins, and a tie goes to the earlier indexed term."""
+    with np.load(codes_npz) as npz:
+        books, indexed = npz["codebooks"].astype(np.float64), [str(x) for x in npz["terms"]]
+    if term in indexed:
+        return term
+
+    def word(t):
+        return np.concatenate([books[m, int(i)] for m, i in enumerate(t[1:].split("_"))])
+
+    dists = [float(((word(t) - word(term)) ** 2).sum()) for t in indexed]
+    return indexed[dists.index(min(dists))]
+
+
+def resolve_independently(codes_npz, query: dict) -> dict:
+    resolved: dict[str, float] = {}
+    for term, count in query.items():
+        target = nearest_indexed(codes_npz, term)
+        resolved[target] = resolved.get(target, 0.0) + float(count)
+    return resolved
+
+
 def test_unindexed_term_falls_back_to_nearest_code(tiny):
     backend, path = tiny
     table = CodeTable.load(path / "codes.npz")
-    unindexed = "c0009_0009"
-    assert unindexed not in table
-    nearest = table.nearest(unindexed)
-    assert backend.search({unindexed: 2}, 10) == backend.search({nearest: 2}, 10)
+    # Every unindexed code of the 16 x 16 grid, so a rule that ignores distance cannot pass by
+    # luck; A, B and C each give a different result list, so the search tells them apart.
+    unindexed = [f"c{a:04d}_{b:04d}" for a in range(16) for b in range(16)]
+    unindexed = [u for u in unindexed if u not in table]
+    targets = {u: nearest_indexed(path / "codes.npz", u) for u in unindexed}
+    assert set(targets.values()) == {A, B, C}
+    for term, nearest in targets.items():
+        assert backend.search({term: 2}, 10) == backend.search({nearest: 2}, 10), term
     # Counts of a fallback and its target merge.
-    assert backend.search({unindexed: 1, nearest: 1}, 10) == backend.search({nearest: 2}, 10)
+    term, nearest = next(iter(targets.items()))
+    assert backend.search({term: 1, nearest: 1}, 10) == backend.search({nearest: 2}, 10)
+
+
+def test_equidistant_indexed_codes_resolve_to_the_earlier_term(tmp_path):
+    path = write_export(tmp_path / "ties", tiny_items(), item_fields={"genres": ["keyword"], "year": "integer"})
+    # All codewords zero except index 5 in both codebooks: A and B share the zero codeword, so an
+    # unindexed all-zero code is equally near both, and C (5, 5) is far.
+    books = np.zeros((2, 16, 4), np.float32)
+    books[:, 5] = 3.0
+    with np.load(path / "codes.npz") as npz:
+        terms = npz["terms"]
+    vectors = np.stack([np.concatenate([books[m, int(i)] for m, i in enumerate(str(t)[1:].split("_"))]) for t in terms])
+    np.savez(path / "codes.npz", terms=terms, vectors=vectors, codebooks=books)
+    assert nearest_indexed(path / "codes.npz", "c0009_0009") == A
+    backend = LocalBackend(path)
+    assert backend.search({"c0009_0009": 1}, 10) == backend.search({A: 1}, 10) != backend.search({B: 1}, 10)
 
 
 def test_random_queries_match_brute_force(export_dir):
     backend = LocalBackend(export_dir)
     export = Export.open(export_dir)
     items = list(export.items())
-    table = export.code_table()
-    for query in random_queries(export_dir, 50):
-        resolved = table.resolve(query)
+    queries = random_queries(export_dir, 50)
+    # The queries must exercise the fallback, or a broken one would go unnoticed here.
+    assert sum(t not in export.code_table() for q in queries for t in q) >= 5
+    for query in queries:
+        resolved = resolve_independently(export_dir / "codes.npz", query)
         expected = []
         for it in items:
             hit = [np.float32(c) * np.float32(it["codes"][term]) for term, c in resolved.items() if term in it["codes"]]
