@@ -12,7 +12,7 @@ from sparcode.data.splits import make_split
 from sparcode.encoder import checkpoint as ckpt
 from sparcode.encoder import export as encoder_export
 from sparcode.encoder.models import build_model
-from sparcode.encoder.runs import open_run
+from sparcode.encoder.runs import RunError, open_run
 from sparcode.pipeline.export import Export
 
 
@@ -91,3 +91,13 @@ def test_serve_max_postings_is_the_default_cap(tmp_path, monkeypatch):
     assert from_config["max_postings"] == 2 and from_config["postings_per_code"]["max"] == 2
     assert from_config["pairs"] == explicit["pairs"]
     assert postings_by_term(tmp_path / "config") == postings_by_term(tmp_path / "explicit")
+
+
+def test_a_cap_is_refused_on_a_sharded_export_before_anything_is_written(tmp_path):
+    run = tiny_run(tmp_path, "per-code")
+    with pytest.raises(RunError, match="cannot be combined with --shard"):
+        encoder_export.export_run(run, tmp_path / "shards", max_postings=3, shard=(0, 2), progress=False)
+    run.config.serve.max_postings = 3
+    with pytest.raises(RunError, match=r"serve.max_postings \(3\)"):
+        encoder_export.export_run(run, tmp_path / "shards", shard=(1, 2), progress=False)
+    assert not (tmp_path / "shards").exists()

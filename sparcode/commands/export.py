@@ -25,7 +25,7 @@ def _parse_shard(ctx, param, value):
               help="b̃, added to every stored score (stored = ReLU(S + b̃)); must be finite. Default: global "
                    "allocation stores serve.stored_fraction of pairs, per-code the median S. With per-code "
                    "allocation b̃ can only drop postings: each code keeps at most its best stored_fraction.")
-@click.option("--max-postings", type=click.IntRange(min=1), default=None, help="Keep at most N items per code.")
+@click.option("--max-postings", type=click.IntRange(min=1), default=None, help="Keep at most N items per code (not with --shard: a shard cannot see a code's best items overall).")
 @click.option("--allocation", type=click.Choice(["per-code", "global"]), default=None,
               help="per-code: each code keeps its best serve.stored_fraction of items; global: one b̃ "
                    "threshold for all pairs. Default: the run's serve.allocation (per-code).")

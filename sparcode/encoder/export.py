@@ -76,10 +76,14 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
         bias = run.config.serve.bias
     if bias is not None and not math.isfinite(bias):
         raise RunError(f"--bias must be a finite number, not {bias}")
+    max_postings = max_postings if max_postings is not None else run.config.serve.max_postings
+    if sharded and max_postings is not None:
+        # A shard sees only its own items, so n shards capped at N could store n x N per code.
+        raise RunError(f"--max-postings / serve.max_postings ({max_postings}) cannot be combined with --shard: "
+                       "a shard cannot tell which of a code's items are its best overall; export unsharded")
     started = time.perf_counter()
     model, device = run.load_model()
     codes = indexed_codes(model, run, device)
-    max_postings = max_postings if max_postings is not None else run.config.serve.max_postings
     items = np.arange(run.dataset.n_items)[index::count]
     allocation = allocation or run.config.serve.allocation
     postings = build_postings(model, codes, device, bias, run.config.serve.stored_fraction, max_postings,
