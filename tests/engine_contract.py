@@ -5,6 +5,7 @@ each index uses that engine's default field type (sparse_vector / rank_features)
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -53,9 +54,25 @@ def test_every_stored_pair_is_indexed(engine, built, export_dir):
         assert score == want
 
 
-def test_build_reports_node_and_client_cpu(built):
-    _, result = built
-    assert result.cpu_bulk is not None and result.cpu_bulk > 0
+def test_build_reports_node_and_client_cpu(engine, alias, export_dir, monkeypatch):
+    # The node's figure is shifted by an hour per reading, so a total that left the node out
+    # could not reach it whatever the node really spent (a remote node's figure may not move
+    # at all during a short load).
+    readings, read_node = [], engine.process_cpu_seconds
+
+    def shifted():
+        seconds = read_node()
+        readings.append(None if seconds is None else seconds + 3600.0 * len(readings))
+        return readings[-1]
+
+    monkeypatch.setattr(engine, "process_cpu_seconds", shifted)
+    client = time.process_time()
+    result = indexer.build(engine, Export.open(export_dir), alias, progress=False)
+    client = time.process_time() - client
+    assert len(readings) == 2 and None not in readings and result.cpu_bulk is not None
+    node = readings[1] - readings[0]
+    # Node time plus some client time, and no more client time than the whole build took.
+    assert node < result.cpu_bulk <= node + client
     assert result.docs_per_cpu_second == result.docs / result.cpu_bulk
 
 

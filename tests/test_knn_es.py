@@ -12,6 +12,7 @@ import pytest
 
 from conftest import drop_alias_family
 from sparcode.pipeline import knn
+from sparcode.pipeline.query import QueryError
 from sparcode.pipeline.vectors import ExactBackend, VectorSet, recall_vs_exact, write_vector_export
 from test_cli_end_to_end import invoke, trained  # noqa: F401  (module-scoped fixture)
 
@@ -45,13 +46,17 @@ def test_knn_recall_and_scores(engine, alias, vector_export, transform, similari
     queries = list(np.random.default_rng(1).standard_normal((50, 16)).astype(np.float32))
     got, truth = backend.batch_search(queries, 20), exact.batch_search(queries, 20)
     assert recall_vs_exact(got, truth, 20) >= 0.9
-    scores = {h.item_id: h.score for h in truth[0]}
-    for hit in got[0]:
-        if hit.item_id in scores:
-            assert hit.score == pytest.approx(scores[hit.item_id], rel=1e-5, abs=1e-5)
+    # Every hit of every query, not only those the exact top 20 also holds: ANN may return others.
+    items = exact.vectors
+    ord_of = {item_id: i for i, item_id in enumerate(items.item_ids)}
+    for q, hits in zip(queries, got):
+        assert len(hits) == 20
+        dots = items.vectors[[ord_of[h.item_id] for h in hits]].astype(np.float64) @ q.astype(np.float64)
+        assert [h.score for h in hits] == pytest.approx(list(dots), rel=1e-5, abs=1e-5)
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     excluded = [h.item_id for h in truth[0][:3]]
     assert not set(excluded) & {h.item_id for h in backend.search(queries[0], 20, exclude_items=excluded)}
-    with pytest.raises(Exception, match=f"num_candidates={candidates} is below k={candidates + 100}"):
+    with pytest.raises(QueryError, match=f"num_candidates={candidates} is below k={candidates + 100}"):
         backend.search(queries[0], candidates + 100)
 
 

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
 
 from sparcode.data.dataset import EvalSet
 from sparcode.eval.harness import evaluate_rankings, evaluate_scores, top_k
-from sparcode.eval.metrics import ranking_metrics
+from sparcode.eval.metrics import hit_matrix, metrics_from_hits, ranking_metrics
 
 
 def test_by_hand():
@@ -34,6 +35,33 @@ def test_perfect_ranking_and_empty_slots():
     assert m["recall@1"] == pytest.approx(0.5) and m["ndcg@1"] == pytest.approx(1.0)
     assert m["recall@3"] == m["ndcg@3"] == m["hr@3"] == pytest.approx(1.0)
     assert ranking_metrics(np.array([[-1, -1]]), [np.array([0])], ks=(2,))["hr@2"] == 0.0
+
+
+def test_repeated_targets_count_once():
+    # Targets [1, 1, 3] are the set {1, 3}: rank 1 hits, rank 2 does not.
+    #   @2: recall 1/2 (not 1/3); DCG = 1; IDCG = 1 + 1/log2(3); hr 1.
+    hits, n_targets = hit_matrix(np.array([[1, 2]]), [np.array([1, 1, 3])])
+    assert hits.tolist() == [[True, False]] and n_targets.tolist() == [2]
+    m = ranking_metrics(np.array([[1, 2]]), [np.array([1, 1, 3])], ks=(2,))
+    assert m["recall@2"] == pytest.approx(0.5)
+    assert m["ndcg@2"] == pytest.approx(1 / (1 + 1 / math.log2(3)))
+
+
+def test_a_user_without_targets_is_refused():
+    with pytest.raises(ValueError, match=r"^user row 1 has no targets$"):
+        hit_matrix(np.array([[0, 1], [0, 1], [0, 1]]), [np.array([0]), np.array([], np.int64), np.array([1])])
+
+
+def test_ranked_lists_and_target_sets_must_pair_up():
+    with pytest.raises(ValueError, match=r"^2 ranked lists for 1 target sets$"):
+        hit_matrix(np.array([[0], [1]]), [np.array([0])])
+
+
+def test_metrics_at_k_need_rankings_at_least_k_long():
+    with pytest.raises(ValueError, match=r"^metrics @5 need rankings of length 5; got 3$"):
+        metrics_from_hits(np.zeros((1, 3), bool), np.array([1]), ks=(2, 5))
+    with pytest.raises(ValueError, match=r"^metrics @5 need rankings of length 5; got 3$"):
+        ranking_metrics(np.array([[0, 1, 2]]), [np.array([0])], ks=(5,))
 
 
 def test_top_k_tie_break():
@@ -93,6 +121,21 @@ def test_evaluate_rankings_dedups_and_excludes():
     # Repeated 2 counts once; with exclusion the seen 5 drops out and 7 moves into the top 2.
     assert evaluate_rankings([np.array([2, 2, 5, 7])], evalset, ks=(2,))["recall@2"] == pytest.approx(0.5)
     assert evaluate_rankings([np.array([2, 5, 7])], evalset, ks=(2,), exclude_seen=True)["recall@2"] == 1.0
+
+
+def test_score_fn_must_return_one_row_per_user_and_one_column_per_item():
+    evalset = make_evalset(seen=[[], []], targets=[[1], [0]])
+    for shape in ((2, 4), (1, 3), (3, 2), (6,)):
+        with pytest.raises(ValueError, match=rf"^score_fn returned shape {re.escape(str(shape))}, expected \(2, 3\)$"):
+            evaluate_scores(lambda rows, shape=shape: np.zeros(shape, np.float32), evalset, 3, ks=(1,))
+
+
+def test_evaluate_rankings_needs_one_list_per_user():
+    evalset = make_evalset(seen=[[]], targets=[[2]])
+    with pytest.raises(ValueError, match=r"^2 ranked lists for 1 users$"):
+        evaluate_rankings([np.array([2]), np.array([2])], evalset, ks=(1,))
+    with pytest.raises(ValueError, match=r"^0 ranked lists for 1 users$"):
+        evaluate_rankings([], evalset, ks=(1,))
 
 
 def test_trec_round_trip(tmp_path):

@@ -67,16 +67,23 @@ def test_mips_graph_is_exact_when_the_walk_sees_everything(queries):
     assert recall_vs_exact(got, ExactBackend(small).batch_search(queries[:20], 50), 50) >= 0.99
 
 
-def test_hits_are_exact_scores_ordered_by_score_then_ord(vectors, queries):
-    exact = ExactBackend(vectors)
-    hnsw = HnswBackend(HnswIndex.build(vectors), vectors, ef=100)
-    for q in queries[:10]:
-        truth = {h.item_id: h.score for h in exact.search(q, 50)}
-        hits = hnsw.search(q, 10)
-        for hit in hits:
-            if hit.item_id in truth:
-                assert hit.score == truth[hit.item_id]
-        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+def test_hits_are_exact_scores_ordered_by_score_then_ord(queries):
+    # Every vector twice (ords i and i + 1000): random vectors never tie, so without copies
+    # the ord tie-break would go unexercised.
+    single = random_vectors(n=1000)
+    doubled = VectorSet("f" * 64, single.item_ids + [f"y{i}" for i in range(1000)],
+                        np.vstack([single.vectors, single.vectors]), {}, [{}] * 2000)
+    ord_of = {item_id: i for i, item_id in enumerate(doubled.item_ids)}
+    hnsw = HnswBackend(HnswIndex.build(doubled), doubled, ef=100)
+    ties = 0
+    for q, hits in zip(queries[:10], hnsw.batch_search(queries[:10], 10)):
+        for found in (hits, hnsw.search(q, 10)):
+            truth = {h.item_id: h.score for h in ExactBackend(doubled).search(q, 2000)}  # every item's score
+            assert len(found) == 10 and all(h.score == truth[h.item_id] for h in found)
+            keys = [(-h.score, ord_of[h.item_id]) for h in found]
+            assert keys == sorted(keys)
+            ties += sum(a[0] == b[0] for a, b in zip(keys, keys[1:]))
+    assert ties, "no tied scores among the hits: the ord tie-break was not exercised"
 
 
 def test_exact_breaks_ties_by_ord():
@@ -127,7 +134,10 @@ def test_two_tower_export_search_and_evaluate(trained, tmp_path):  # noqa: F811
     assert manifest["kind"] == "two-tower-vectors" and manifest["items"] == 40
     assert np.load(export / "vectors.npy").shape == (40, manifest["dim"])
     refused = invoke("export", run, "--out", tmp_path / "x", "--max-postings", "3")
-    assert refused.exit_code != 0 and "--max-postings" in refused.output and not (tmp_path / "x").exists()
+    # Exit 1 and our sentence: click's "No such option: --max-postings" exits 2.
+    assert refused.exit_code == 1, refused.output
+    assert refused.output == f"Error: --max-postings apply to SparCode exports; {run} is a two-tower run\n"
+    assert not (tmp_path / "x").exists()
 
     model = json.loads(invoke("evaluate", run, "--json").output)
     for backend in ("exact", "hnsw"):
