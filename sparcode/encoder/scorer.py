@@ -84,11 +84,11 @@ class AllToAllScorer(nn.Module):
         return out.add_(self.b2).T
 
     def paired(self, user_tokens: torch.Tensor, item_tokens: torch.Tensor) -> torch.Tensor:
-        """S for aligned rows: (U, d) × (U, K_c, d) → (U,)."""
-        mats = self._user_matrices(user_tokens)
-        flat_items = item_tokens.reshape(item_tokens.shape[0], -1)
-        hidden = torch.bmm(mats, flat_items.unsqueeze(-1)).squeeze(-1)
-        out = torch.relu(hidden + self.b1) @ self.w2 + self.b2
+        """S for aligned rows: (U, d) × (U, K_c, d) → (U,). One item per user token, so the
+        MLP runs on the concatenated products directly; the per-token matrices that make
+        `all_pairs` cheap would cost U·H·K_c·d here for nothing."""
+        products = user_tokens.repeat(1, self.item_tokens) * item_tokens.reshape(item_tokens.shape[0], -1)
+        out = torch.relu(products @ self.w1.T + self.b1) @ self.w2 + self.b2
         if self.w0 is not None:
-            out = out + (user_tokens.repeat(1, self.item_tokens) * self.w0 * flat_items).sum(-1)
+            out = out + products @ self.w0
         return out
