@@ -43,7 +43,16 @@ _BEAUTY_TRAINING = {"train": {"epochs": 20, "patience": 3, "window_fraction": 1.
 # (scripts/serving_sweep.py, README). The all-to-all has no quantizer to refine.
 _BEAUTY_SPARCODE = {**_BEAUTY_TRAINING, "model": {"codebooks": 8}, "serve": {"stored_fraction": 0.005}}
 
+# ml-1m's test targets are the next 20 % of each sequence (~30 items), not only the next one.
+# Training each window on its next 10 items (train.future_targets) lifted validation R@50 by
+# about 0.03 for the two-tower and the all-to-all and SparCode alike, at the same cost per step
+# (README). Beauty's test target is the very next item, and its presets were measured without it.
+_ML1M_UPCOMING = {"train": {"future_targets": 10}}
+
 _DATASET_OVERRIDES: dict[tuple[str, str], dict] = {
+    ("ml-1m", "sparcode"): _ML1M_UPCOMING,
+    ("ml-1m", "all-to-all"): _ML1M_UPCOMING,
+    ("ml-1m", "two-tower"): _ML1M_UPCOMING,
     ("beauty", "*"): {"train": {"select_metric": "recall@10"}},
     ("beauty", "sparcode"): _BEAUTY_SPARCODE,
     ("beauty", "all-to-all"): _BEAUTY_TRAINING,
