@@ -101,3 +101,23 @@ def test_a_cap_is_refused_on_a_sharded_export_before_anything_is_written(tmp_pat
     with pytest.raises(RunError, match=r"serve.max_postings \(3\)"):
         encoder_export.export_run(run, tmp_path / "shards", shard=(1, 2), progress=False)
     assert not (tmp_path / "shards").exists()
+
+
+def test_capping_a_merged_sharded_export_afterwards_equals_capping_while_exporting(tmp_path, monkeypatch):
+    """The README's way to cap a sharded export: merge, then scripts/cap_export.py."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setattr(encoder_export, "measure_gemm_rate", lambda model, device: 1.0)
+    run = tiny_run(tmp_path, "per-code")
+    for index in range(2):
+        encoder_export.export_run(run, tmp_path / "shards", shard=(index, 2), progress=False)
+    capped_while_exporting = encoder_export.export_run(run, tmp_path / "direct", max_postings=2, progress=False)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "cap_export.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path / "shards"), str(tmp_path / "after"),
+                    "--max-postings", "2"], check=True, capture_output=True)
+    assert max(map(len, postings_by_term(tmp_path / "shards").values())) > 2  # the cap bites
+    after = Export.open(tmp_path / "after")
+    assert after.manifest["fingerprint"] == capped_while_exporting["fingerprint"]
+    assert postings_by_term(tmp_path / "after") == postings_by_term(tmp_path / "direct")
