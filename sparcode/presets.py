@@ -46,7 +46,7 @@ _BEAUTY_SPARCODE = {**_BEAUTY_TRAINING, "model": {"codebooks": 8}, "serve": {"st
 # ml-1m's test targets are the next 20 % of each sequence (~30 items), not only the next one.
 # Training each window on its next 10 items (train.future_targets) lifted validation R@50 by
 # 0.02-0.03 for every model, and test R@50 from 0.3691 to 0.4079 for the two-tower and from
-# 0.3609 to 0.3784 for SparCode (README, run D). Beauty's test target is the very next item,
+# 0.3609 to 0.3657-0.3784 for SparCode (two trainings; README, run D). Beauty's test target is the very next item,
 # and its presets were measured without it.
 _ML1M_UPCOMING = {"train": {"future_targets": 10}}
 
