@@ -21,6 +21,7 @@ class ConfigError(ValueError):
     pass
 
 
+QUANTIZER_GRADIENTS = ("straight-through", "rotation")
 DEAD_CODE_SHARE = 0.1  # a code used at a tenth of the uniform rate is dead
 
 
@@ -42,6 +43,10 @@ class ModelConfig:
     # batch 128, K_u 1, N 256), so 92 % of codes were re-seeded every step and the codebook
     # never settled.
     dead_code_threshold: float | None = None
+    # How the task gradient crosses the quantizer to the tokenizer: "straight-through" (the
+    # paper's identity) or "rotation" (Fifty et al. 2024: the gradient is rotated and scaled
+    # as the token would have to be to reach its codeword, so it carries the angle between them).
+    quantizer_gradient: str = "straight-through"
     scorer_hidden: int = 64
     # A linear path w0 · (t ⊙ c) beside the scorer's hidden layer (see AllToAllScorer).
     scorer_linear_skip: bool = False
@@ -160,6 +165,8 @@ class RunConfig:
             raise ConfigError(f"model.tokenizer must be one of {TOKENIZERS}, not {self.model.tokenizer!r}")
         if self.model.token_diversity < 0:
             raise ConfigError("model.token_diversity must be ≥ 0")
+        if self.model.quantizer_gradient not in QUANTIZER_GRADIENTS:
+            raise ConfigError(f"model.quantizer_gradient must be one of {QUANTIZER_GRADIENTS}, not {self.model.quantizer_gradient!r}")
         if self.model.dim % self.model.codebooks:
             raise ConfigError("model.dim must be divisible by model.codebooks")
         if self.model.dead_code_threshold is None:

@@ -381,3 +381,35 @@ def test_multi_probe_queries_send_each_tokens_nearest_indexed_codes(tmp_path):
                 expected[table.terms[row]] = expected.get(table.terms[row], 0.0) + 1.0
         assert three[u] == expected
         assert set(one[u]) <= set(three[u])  # the token's own code is its nearest
+
+
+def _input_gradient(gradient: str, tokens: torch.Tensor, upstream: torch.Tensor):
+    torch.manual_seed(0)
+    pq = ProductQuantizer(dim=8, codebooks=2, codes=16, decay=0.9, commit_weight=0.0, kmeans_iters=5,
+                          dead_code_threshold=0.0, gradient=gradient)
+    pq.train()
+    pq(torch.randn(64, 1, 8))  # the same k-means init for both
+    x = tokens.clone().requires_grad_(True)
+    quantized, codes, _ = pq(x)
+    (quantized * upstream).sum().backward()
+    return quantized.detach(), codes, x.grad
+
+
+def test_rotation_gradient_changes_only_the_backward_pass():
+    tokens, upstream = torch.randn(32, 1, 8), torch.randn(32, 1, 8)
+    q_st, codes_st, grad_st = _input_gradient("straight-through", tokens, upstream)
+    q_rot, codes_rot, grad_rot = _input_gradient("rotation", tokens, upstream)
+    assert torch.equal(codes_st, codes_rot)
+    torch.testing.assert_close(q_rot, q_st)
+    torch.testing.assert_close(grad_st, upstream)  # the identity: the paper's sg[·]
+    assert not torch.allclose(grad_rot, upstream, atol=1e-3)
+    # The rotation maps each sub-vector onto its codeword: per head the gradient is rotated and
+    # scaled by ‖codeword‖ / ‖token‖, so its norm scales by exactly that ratio.
+    subs = lambda t: t.reshape(32, 2, 4)
+    ratio = subs(q_st).norm(dim=-1) / subs(tokens).norm(dim=-1)
+    torch.testing.assert_close(subs(grad_rot).norm(dim=-1), ratio * subs(upstream).norm(dim=-1), rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_quantizer_gradient_is_a_config_error():
+    with pytest.raises(ConfigError, match="quantizer_gradient"):
+        RunConfig.from_dict({"model": {"quantizer_gradient": "gumbel"}}).validate()

@@ -51,7 +51,7 @@ class SparCode(_UserItemBase):
             raise ValueError("model.dead_code_threshold is unresolved: RunConfig.validate() sets it from the batch shape")
         self.quantizer = (
             ProductQuantizer(cfg.dim, cfg.codebooks, cfg.codes, cfg.ema_decay, cfg.commit_weight,
-                             cfg.kmeans_iters, cfg.dead_code_threshold)
+                             cfg.kmeans_iters, cfg.dead_code_threshold, cfg.quantizer_gradient)
             if quantize else None
         )
 

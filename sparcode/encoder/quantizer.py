@@ -5,7 +5,8 @@ are options there) configured as a true product quantizer: `heads=M` with a sepa
 per head and `codebook_dim = dim / M`, so there is no learned projection and a code is
 exactly the concatenation of M sub-codewords, which is what the export writes out.
 The codebook gets no gradient (the paper's sg[·]): it moves only by EMA. The tokenizer gets
-the task gradient through the straight-through estimator and the commitment loss.
+the task gradient through the straight-through estimator (or the rotation trick) and the
+commitment loss.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from vector_quantize_pytorch import VectorQuantize
 
 class ProductQuantizer(nn.Module):
     def __init__(self, dim: int, codebooks: int, codes: int, decay: float, commit_weight: float,
-                 kmeans_iters: int, dead_code_threshold: float):
+                 kmeans_iters: int, dead_code_threshold: float, gradient: str = "straight-through"):
         super().__init__()
         self.codebooks, self.codes, self.dim = codebooks, codes, dim
         self.vq = VectorQuantize(
@@ -30,7 +31,7 @@ class ProductQuantizer(nn.Module):
             kmeans_init=True,
             kmeans_iters=kmeans_iters,
             threshold_ema_dead_code=dead_code_threshold,
-            rotation_trick=False,  # plain straight-through, as in the paper
+            rotation_trick=gradient == "rotation",
         )
         self.register_buffer("usage", torch.zeros(codebooks, codes), persistent=False)
 
