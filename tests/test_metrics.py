@@ -52,6 +52,13 @@ def test_a_user_without_targets_is_refused():
         hit_matrix(np.array([[0, 1], [0, 1], [0, 1]]), [np.array([0]), np.array([], np.int64), np.array([1])])
 
 
+def test_an_item_ranked_twice_is_refused_not_counted_twice():
+    # [1, 1] against {1, 2} would read recall@2 = 1 with one distinct hit; empty slots may repeat.
+    with pytest.raises(ValueError, match=r"^user row 1 ranks the same item twice$"):
+        ranking_metrics(np.array([[1, 2], [1, 1]]), [np.array([1, 2]), np.array([1, 2])], ks=(2,))
+    assert ranking_metrics(np.array([[1, -1, -1]]), [np.array([1, 2])], ks=(3,))["recall@3"] == pytest.approx(0.5)
+
+
 def test_ranked_lists_and_target_sets_must_pair_up():
     with pytest.raises(ValueError, match=r"^2 ranked lists for 1 target sets$"):
         hit_matrix(np.array([[0], [1]]), [np.array([0])])

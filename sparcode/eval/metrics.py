@@ -34,6 +34,11 @@ def hit_matrix(ranked: np.ndarray, targets: list[np.ndarray]) -> tuple[np.ndarra
         raise ValueError(f"{len(ranked)} ranked lists for {len(targets)} target sets")
     if (n_targets == 0).any():
         raise ValueError(f"user row {int(np.argmin(n_targets))} has no targets")
+    # A repeated item would be counted as two hits (recall above 1): a ranker bug, not a result.
+    ordered = np.sort(ranked, axis=1)
+    repeated = ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] != EMPTY)).any(axis=1)
+    if repeated.any():
+        raise ValueError(f"user row {int(np.argmax(repeated))} ranks the same item twice")
     # One membership test for all users: encode (row, item) pairs as single integers.
     span = int(max(ranked.max(initial=0), max((int(t[-1]) for t in targets), default=0))) + 2
     rows = np.repeat(np.arange(len(targets), dtype=np.int64), n_targets)
