@@ -21,9 +21,9 @@ VARIABLES = [f"{prefix}_{key}" for prefix in ("ELASTICSEARCH", "OPENSEARCH")
              for key in ("URL", "API_KEY", "USERNAME", "PASSWORD", "CA_CERTS")]
 ES_URL, OS_URL = "https://es.example:9200", "https://os.example:9201"
 ES_SECRETS = {"ELASTICSEARCH_API_KEY": "es-api-key-s3cret", "ELASTICSEARCH_USERNAME": "es-user",
-              "ELASTICSEARCH_PASSWORD": "es-pass-s3cret", "ELASTICSEARCH_CA_CERTS": "/certs/es-ca.pem"}
+              "ELASTICSEARCH_PASSWORD": "es-pass-s3cret", "ELASTICSEARCH_CA_CERTS": "certs/es-ca.pem"}
 OS_SECRETS = {"OPENSEARCH_USERNAME": "os-user", "OPENSEARCH_PASSWORD": "os-pass-s3cret",
-              "OPENSEARCH_CA_CERTS": "/certs/os-ca.pem"}
+              "OPENSEARCH_CA_CERTS": "certs/os-ca.pem"}
 
 
 class Server:
@@ -70,7 +70,11 @@ class FakeOpenSearch:
 
 
 @pytest.fixture(autouse=True)
-def clients(monkeypatch):
+def clients(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the CA_CERTS paths above are relative, and must exist
+    (tmp_path / "certs").mkdir()
+    for name in ("es-ca.pem", "os-ca.pem"):
+        (tmp_path / "certs" / name).write_text("-----BEGIN CERTIFICATE-----\n")
     for name in VARIABLES:
         monkeypatch.delenv(name, raising=False)
     # from_settings imports the client class when called, so the library attribute is the seam.
@@ -95,7 +99,7 @@ def test_an_api_key_is_sent_instead_of_username_and_password(monkeypatch):
     assert isinstance(engine, ElasticsearchEngine) and engine.version == "8.15.0" and engine.url == ES_URL
     (url, kwargs), = FakeElasticsearch.made
     assert url == ES_URL and kwargs["request_timeout"] == 30.0
-    assert auth_of(kwargs) == {"api_key": "es-api-key-s3cret", "ca_certs": "/certs/es-ca.pem"}
+    assert auth_of(kwargs) == {"api_key": "es-api-key-s3cret", "ca_certs": "certs/es-ca.pem"}
     assert FakeOpenSearch.made == []
 
 
@@ -121,7 +125,7 @@ def test_an_opensearch_url_uses_the_opensearch_credentials(monkeypatch):
     assert isinstance(engine, OpenSearchEngine) and engine.version == "2.15.0" and engine.url == OS_URL
     (hosts, kwargs), = FakeOpenSearch.made
     assert hosts == [OS_URL] and kwargs["timeout"] == 30.0
-    assert auth_of(kwargs) == {"http_auth": ("os-user", "os-pass-s3cret"), "ca_certs": "/certs/os-ca.pem"}
+    assert auth_of(kwargs) == {"http_auth": ("os-user", "os-pass-s3cret"), "ca_certs": "certs/os-ca.pem"}
     assert FakeElasticsearch.made == []
 
 
@@ -134,14 +138,14 @@ def test_elasticsearch_url_wins_when_both_are_set(monkeypatch):
 
 def test_an_elasticsearch_url_serving_opensearch_gets_the_elasticsearch_credentials(monkeypatch):
     environment(monkeypatch, ELASTICSEARCH_URL=ES_URL, ELASTICSEARCH_USERNAME="es-user",
-                ELASTICSEARCH_PASSWORD="es-pass-s3cret", ELASTICSEARCH_CA_CERTS="/certs/es-ca.pem", **OS_SECRETS)
+                ELASTICSEARCH_PASSWORD="es-pass-s3cret", ELASTICSEARCH_CA_CERTS="certs/es-ca.pem", **OS_SECRETS)
     monkeypatch.setattr(Server, "kind", "opensearch")
     engine = connect()
     assert isinstance(engine, OpenSearchEngine) and engine.url == ES_URL
     assert [url for url, _ in FakeElasticsearch.made] == [ES_URL]  # tried first, answered "not me"
     (hosts, kwargs), = FakeOpenSearch.made
     assert hosts == [ES_URL]
-    assert auth_of(kwargs) == {"http_auth": ("es-user", "es-pass-s3cret"), "ca_certs": "/certs/es-ca.pem"}
+    assert auth_of(kwargs) == {"http_auth": ("es-user", "es-pass-s3cret"), "ca_certs": "certs/es-ca.pem"}
 
 
 def test_an_opensearch_url_serving_elasticsearch_gets_the_opensearch_credentials(monkeypatch):
@@ -151,12 +155,12 @@ def test_an_opensearch_url_serving_elasticsearch_gets_the_opensearch_credentials
     assert [hosts for hosts, _ in FakeOpenSearch.made] == [[OS_URL]]
     (url, kwargs), = FakeElasticsearch.made
     assert url == OS_URL
-    assert auth_of(kwargs) == {"basic_auth": ("os-user", "os-pass-s3cret"), "ca_certs": "/certs/os-ca.pem"}
+    assert auth_of(kwargs) == {"basic_auth": ("os-user", "os-pass-s3cret"), "ca_certs": "certs/os-ca.pem"}
 
 
 @pytest.mark.parametrize("name, url, wanted", [
-    ("elasticsearch", ES_URL, {"api_key": "es-api-key-s3cret", "ca_certs": "/certs/es-ca.pem"}),
-    ("opensearch", OS_URL, {"http_auth": ("os-user", "os-pass-s3cret"), "ca_certs": "/certs/os-ca.pem"}),
+    ("elasticsearch", ES_URL, {"api_key": "es-api-key-s3cret", "ca_certs": "certs/es-ca.pem"}),
+    ("opensearch", OS_URL, {"http_auth": ("os-user", "os-pass-s3cret"), "ca_certs": "certs/os-ca.pem"}),
 ])
 def test_a_named_engine_reads_its_own_variables(monkeypatch, name, url, wanted):
     environment(monkeypatch, ELASTICSEARCH_URL=ES_URL, OPENSEARCH_URL=OS_URL, **ES_SECRETS, **OS_SECRETS)
@@ -167,6 +171,15 @@ def test_a_named_engine_reads_its_own_variables(monkeypatch, name, url, wanted):
     (_, kwargs), = made
     assert auth_of(kwargs) == wanted
     assert len(FakeElasticsearch.made) + len(FakeOpenSearch.made) == 1
+
+
+@pytest.mark.parametrize("name", ["elasticsearch", "opensearch"])
+def test_a_missing_ca_file_is_named_before_any_client_is_made(monkeypatch, name):
+    prefix = name.upper()
+    environment(monkeypatch, **{f"{prefix}_URL": ES_URL, f"{prefix}_CA_CERTS": "certs/missing.pem"})
+    with pytest.raises(ConnectionProblem, match=rf"^{prefix}_CA_CERTS is certs/missing.pem, which is not a file$"):
+        connect(engine=name)
+    assert FakeElasticsearch.made == FakeOpenSearch.made == []
 
 
 SECRETS = ("s3cret", "urlpass")
@@ -220,6 +233,6 @@ def test_auth_reads_only_its_own_prefix(monkeypatch):
     environment(monkeypatch, **ES_SECRETS, **OS_SECRETS)
     assert connect_module._auth("elasticsearch") == {
         "api_key": "es-api-key-s3cret", "username": "es-user", "password": "es-pass-s3cret",
-        "ca_certs": "/certs/es-ca.pem"}
+        "ca_certs": "certs/es-ca.pem"}
     assert connect_module._auth("opensearch") == {
-        "api_key": None, "username": "os-user", "password": "os-pass-s3cret", "ca_certs": "/certs/os-ca.pem"}
+        "api_key": None, "username": "os-user", "password": "os-pass-s3cret", "ca_certs": "certs/os-ca.pem"}

@@ -9,6 +9,7 @@ and library at the same node. Secrets are passed to the client and never printed
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from sparcode.pipeline.engine import ConnectionProblem, Engine, WrongEngine, redact  # noqa: F401 (re-exported)
 from sparcode.pipeline.local_node import SPECS, local_url
@@ -72,6 +73,10 @@ def connect(url: str | None = None, *, engine: str | None = None, request_timeou
 
 
 def _checked(name: str, url: str, auth_from: str, request_timeout: float) -> Engine:
-    instance = engine_class(name).from_settings(url, _auth(auth_from), request_timeout=request_timeout)
+    auth = _auth(auth_from)
+    # Checked here: a missing file otherwise surfaces only at the TLS handshake, as a TLS error.
+    if auth["ca_certs"] and not Path(auth["ca_certs"]).is_file():
+        raise ConnectionProblem(f"{_PREFIX[auth_from]}_CA_CERTS is {auth['ca_certs']}, which is not a file")
+    instance = engine_class(name).from_settings(url, auth, request_timeout=request_timeout)
     instance.version = instance.check()
     return instance
