@@ -5,6 +5,7 @@ embedded backend built from the export file rank every test user identically, so
 `sparcode evaluate` prints is the number the index delivers.
 """
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,6 +220,25 @@ def test_baselines_train_and_evaluate(trained, kind):
         refused = invoke("export", run, "--out", root / "export-all-to-all")
         assert refused.exit_code == 1 and not (root / "export-all-to-all").exists()
         assert refused.output.strip().endswith(f"{run} was trained with --model all-to-all")
+        quantized_after_training(root, run, metrics)
+
+
+def quantized_after_training(root, run, dense_metrics):
+    """scripts/posthoc_quantization.py turns the all-to-all into a SparCode run that serves."""
+    import subprocess
+    import sys
+
+    target, report = root / "run-posthoc", root / "posthoc.json"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "posthoc_quantization.py"
+    subprocess.run([sys.executable, str(script), str(run), str(target), "--windows", "2000", "--iters", "5",
+                    "--probes", "4", "--out", str(report)], check=True, capture_output=True)
+    rows = json.loads(report.read_text())["rows"]
+    # Its continuous stage is the all-to-all itself: same weights, same users, same exclusion.
+    assert rows["continuous"]["ndcg@50"] == round(dense_metrics["ndcg@50"], 4)  # recall@50 saturates here
+    assert set(rows) == {"continuous", "quantized", "served, 4 probes, uniform", "served, 4 probes, nnls"}
+    served = json.loads(invoke("evaluate", target, "--json").output)
+    assert served["model"] == "sparcode" and served["users"] == dense_metrics["users"]
+    assert invoke("export", target, "--out", root / "export-posthoc", "--quiet").exit_code == 0
 
 
 def test_ease_is_scored_each_way_at_the_lambda_chosen_for_it(tmp_path):
