@@ -24,10 +24,10 @@ from scipy.optimize import nnls
 from vector_quantize_pytorch.vector_quantize_pytorch import kmeans
 
 from sparcode.encoder import checkpoint as ckpt
-from sparcode.encoder.evaluation import load_for_serving
+from sparcode.encoder.evaluation import Unquantized, load_for_serving
 from sparcode.encoder.models import build_model
 from sparcode.encoder.runs import open_run
-from sparcode.encoder.serving import build_postings, code_table
+from sparcode.encoder.serving import build_postings, code_table, user_queries
 from sparcode.encoder.train import model_scores
 from sparcode.eval.harness import evaluate_scores
 
@@ -83,14 +83,7 @@ def measure(run_dir: Path, probes: int) -> dict:
         rows[name] = {k: round(float(metrics[k]), 4) for k in REPORTED}
         print(name, rows[name], flush=True)
 
-    class Continuous:  # the same model with its user tokens left unquantized
-        def __getattr__(self, name):
-            return getattr(model, name)
-
-        def encode_users(self, users, histories):
-            return model.pre_quantization_tokens(users, histories)
-
-    record("continuous", evaluate_scores(model_scores(Continuous(), evalset, device), evalset,
+    record("continuous", evaluate_scores(model_scores(Unquantized(model), evalset, device), evalset,
                                          run.dataset.n_items, exclude_seen=exclude))
     record("quantized", evaluate_scores(model_scores(model, evalset, device), evalset,
                                         run.dataset.n_items, exclude_seen=exclude))
@@ -98,22 +91,20 @@ def measure(run_dir: Path, probes: int) -> dict:
     postings = build_postings(model, codes, device, serve.bias, serve.stored_fraction, serve.max_postings,
                               progress=False, allocation=serve.allocation)
     table = code_table(model, codes[postings.nonempty()])
+    served = {"uniform": user_queries(model, evalset.users, evalset.histories, device, table, probes)}
     with torch.no_grad():
         tokens = model.pre_quantization_tokens(torch.as_tensor(evalset.users), torch.as_tensor(evalset.histories))
     per_user = tokens.shape[1]
     tokens = tokens.reshape(-1, tokens.shape[-1]).numpy()  # (users × K_u, d)
     nearest = table.nearest_to(tokens, probes)
-    weighings = {
-        "uniform": lambda token, words: np.ones(len(words)),
-        "nnls": lambda token, words: nnls(words.T.astype(np.float64), token.astype(np.float64))[0],
-    }
-    for name, weigh in weighings.items():
-        queries = [{} for _ in range(len(evalset))]
-        for row, (token, found) in enumerate(zip(tokens, nearest)):
-            query = queries[row // per_user]  # a user's K_u tokens add up in one query
-            for r, w in zip(found, weigh(token, table.vectors[found])):
-                if w > 0:
-                    query[table.terms[r]] = query.get(table.terms[r], 0.0) + float(w)
+    served["nnls"] = [{} for _ in range(len(evalset))]
+    for row, (token, found) in enumerate(zip(tokens, nearest)):
+        query = served["nnls"][row // per_user]  # a user's K_u tokens add up in one query
+        weights, _ = nnls(table.vectors[found].T.astype(np.float64), token.astype(np.float64))
+        for r, w in zip(found, weights):
+            if w > 0:
+                query[table.terms[r]] = query.get(table.terms[r], 0.0) + float(w)
+    for name, queries in served.items():
         metrics = evaluate_scores(lambda rs: np.stack([postings.user_scores(table, queries[r]) for r in rs]),
                                   evalset, run.dataset.n_items, exclude_seen=exclude)
         record(f"served, {probes} probes, {name}", metrics)

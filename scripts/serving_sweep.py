@@ -21,25 +21,12 @@ import json
 import time
 from pathlib import Path
 
-from sparcode.encoder.evaluation import evaluate_sparcode_served, load_for_serving
+from sparcode.encoder.evaluation import Unquantized, evaluate_sparcode_served, load_for_serving
 from sparcode.encoder.runs import open_run
 from sparcode.encoder.train import model_scores
 from sparcode.eval.harness import evaluate_scores
 
 REPORTED = ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "recall@20", "recall@50", "ndcg@50")
-
-
-class Unquantized:
-    """The model with its user tokens left unquantized: what its scorer does on continuous input."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-    def encode_users(self, users, histories):
-        return self.model.pre_quantization_tokens(users, histories)
 
 
 def main() -> None:

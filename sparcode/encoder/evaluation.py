@@ -15,6 +15,19 @@ from sparcode.encoder.train import model_scores
 from sparcode.eval.harness import evaluate_scores
 
 
+class Unquantized:
+    """The model with its user tokens left unquantized: what its scorer does on continuous input."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def encode_users(self, users, histories):
+        return self.model.pre_quantization_tokens(users, histories)
+
+
 def served_queries(model, run: Run, evalset, device, table: CodeTable) -> list[dict[str, float]]:
     return user_queries(model, evalset.users, evalset.histories, device, table, run.config.serve.query_probes)
 
