@@ -14,10 +14,12 @@ from sparcode.encoder.runs import Run, RunError, open_run
 
 def evaluate_run(run_dir: Path, backend: str = "model", alias: str | None = None, export_dir: Path | None = None,
                  exclude_seen: bool | None = None, part: str = "test", ks=(5, 10, 20, 50), ef: int | None = None,
-                 num_candidates: int | None = None, sample_users: int = 0, sample_seed: int = 0):
+                 num_candidates: int | None = None, sample_users: int = 0, sample_seed: int = 0,
+                 serve: dict | None = None):
     """→ (metrics, rankings, run, evalset); ``sample_users`` > 0 scores a seeded random subset of
-    that many users (a quick check of a slow model), recorded in the metrics."""
-    run = open_run(run_dir)
+    that many users (a quick check of a slow model), recorded in the metrics; ``serve`` overrides
+    the run's serve settings (`open_run`)."""
+    run = open_run(run_dir, serve=serve)
     evalset = run.split.test if part == "test" else run.split.valid
     population = len(evalset)
     evalset = evalset.sample(sample_users, sample_seed)
@@ -54,13 +56,14 @@ def evaluate_run(run_dir: Path, backend: str = "model", alias: str | None = None
 
 
 def _evaluate_backend(run: Run, evalset, backend: str, alias, export_dir, exclude: bool, ks):
-    from sparcode.commands.search import open_serving_backend
+    from sparcode.commands.search import export_query_probes, open_serving_backend
     from sparcode.encoder.evaluation import served_queries
     from sparcode.eval.harness import evaluate_rankings
 
     model, device = run.load_model()
     engine = open_serving_backend(backend, run.path, export_dir, alias, run.fingerprint())
-    queries = served_queries(model, run, evalset, device, engine.code_table)
+    probes = export_query_probes(run.path, export_dir, run.config.serve.query_probes)
+    queries = served_queries(model, run, evalset, device, engine.code_table, probes)
     item_ids = run.dataset.item_ids
     excludes = [[item_ids[i] for i in seen] for seen in evalset.seen] if exclude else None
     hits = engine.batch_search(queries, max(ks), exclude_items=excludes)

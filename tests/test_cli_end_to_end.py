@@ -216,6 +216,9 @@ def test_baselines_train_and_evaluate(trained, kind):
     # the taste groups must lift it well clear. Seeds 0-3 gave 0.5-1.0 for both kinds.
     popular = popularity_recall_at_10(data)
     assert metrics["users"] == 80 and metrics["recall@10"] >= 2 * popular, (metrics["recall@10"], popular)
+    unserved = invoke("evaluate", run, "--stored-fraction", "0.1")
+    assert unserved.exit_code == 1
+    assert unserved.output.strip().endswith(f"serve.stored_fraction apply to SparCode runs; {run} was trained with --model {kind}")
     if kind == "all-to-all":  # the unquantized bound has no codes to serve
         refused = invoke("export", run, "--out", root / "export-all-to-all")
         assert refused.exit_code == 1 and not (root / "export-all-to-all").exists()
@@ -408,3 +411,33 @@ def test_serving_sweep_rows_are_what_evaluate_prints(trained, tmp_path):
     for key in ("recall@5", "ndcg@10", "recall@50"):
         assert own[key] == round(served[key], 4), key
     assert own["pairs"] == served["pairs"]
+
+
+def test_serve_settings_chosen_after_training_are_what_the_export_serves(trained, tmp_path):
+    """`--stored-fraction`/`--query-probes` re-choose a trained run's serving without retraining:
+    the export made with them, served by the embedded backend, ranks every user as `evaluate`
+    with the same options does, and the run's own config is left as it was."""
+    _, _, _, run = trained
+    config_before = (run / "config.json").read_text()
+    export = tmp_path / "export"
+    chosen = ("--stored-fraction", "0.1", "--query-probes", "2")
+    result = invoke("export", run, "--out", export, *chosen, "--quiet")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["query_probes"] == 2 and 0 < manifest["stored_fraction"] <= 0.1 + 1e-9
+    lists, metrics = {}, {}
+    for backend, options in (("model", chosen), ("local", ("--export", export))):
+        path = tmp_path / f"{backend}.run"
+        result = invoke("evaluate", run, "--backend", backend, *options, "--json", "--run-file", path)
+        assert result.exit_code == 0, result.output
+        lists[backend], metrics[backend] = path.read_text().replace(f"-{backend}", ""), json.loads(result.output)
+    assert lists["local"] == lists["model"]
+    assert metrics["model"]["pairs"] == manifest["pairs"] and metrics["model"]["query_probes"] == 2
+    run_default = invoke("evaluate", run, "--json", "--run-file", tmp_path / "default.run")
+    assert run_default.exit_code == 0, run_default.output
+    assert json.loads(run_default.output)["pairs"] > manifest["pairs"]
+    assert (run / "config.json").read_text() == config_before
+    on_backend = invoke("evaluate", run, "--backend", "local", "--export", export, "--query-probes", "2")
+    assert on_backend.exit_code == 2 and "pass them to `sparcode export`" in on_backend.output
+    zero = invoke("export", run, "--out", tmp_path / "none", "--stored-fraction", "0")
+    assert zero.exit_code == 2 and not (tmp_path / "none").exists()

@@ -1,4 +1,5 @@
-"""What every command shares: turning user-caused failures into one clear line."""
+"""What every command shares: turning user-caused failures into one clear line, and the serve
+options that choose how a trained SparCode run is indexed and queried."""
 from __future__ import annotations
 
 import contextlib
@@ -39,3 +40,20 @@ def user_errors():
         # click's own handler would print a bare "Aborted!", as if the user had pressed Ctrl-D;
         # here it is a truncated file (gzip's message names no file, so the readers that can, do).
         raise click.ClickException(f"a file ended early, probably truncated: {err}") from None
+
+
+def serve_options(command):
+    """`--stored-fraction` and `--query-probes`: the run's serve settings, chosen after training."""
+    command = click.option(
+        "--query-probes", type=click.IntRange(min=1), default=None,
+        help="Overrides the run's serve.query_probes: each user token queries its this-many nearest "
+             "indexed codes.")(command)
+    return click.option(
+        "--stored-fraction", type=click.FloatRange(0, 1, min_open=True), default=None,
+        help="Overrides the run's serve.stored_fraction: per-code allocation keeps each code's best "
+             "this share of items, global allocation this share of all pairs.")(command)
+
+
+def serve_overrides(stored_fraction: float | None, query_probes: int | None) -> dict:
+    given = {"stored_fraction": stored_fraction, "query_probes": query_probes}
+    return {key: value for key, value in given.items() if value is not None}

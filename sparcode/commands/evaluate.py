@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sparcode.commands._common import user_errors
+from sparcode.commands._common import serve_options, serve_overrides, user_errors
 
 KS = (5, 10, 20, 50)
 
@@ -28,16 +28,21 @@ KS = (5, 10, 20, 50)
               help="Score a seeded random sample of this many users instead of all (a quick check of a slow model; "
                    "the metrics record the population and seed).")
 @click.option("--sample-seed", type=int, default=0, show_default=True, help="Seed of --sample-users.")
+@serve_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--run-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a TREC run file.")
 @click.option("--qrels", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write TREC qrels.")
-def command(run_dir, backend, alias, export_dir, exclude_seen, part, sample_users, sample_seed, as_json, run_file, qrels,
-            ef, num_candidates):
+def command(run_dir, backend, alias, export_dir, exclude_seen, part, sample_users, sample_seed, stored_fraction,
+            query_probes, as_json, run_file, qrels, ef, num_candidates):
     """Recall, NDCG and HitRate at 5/10/20/50 over full-catalog rankings."""
     if backend == "model" and (export_dir is not None or alias is not None):
         # Silently scoring the run while the user believes an export or index was checked is worse.
         raise click.UsageError("--export/--alias choose what a serving backend reads; --backend model scores the "
                                "run itself (add --backend local, es or opensearch)")
+    serve = serve_overrides(stored_fraction, query_probes)
+    if backend != "model" and serve:
+        raise click.UsageError("--stored-fraction/--query-probes choose how --backend model serves the run; a serving "
+                               "backend uses what its export was made with (pass them to `sparcode export`)")
     with user_errors():
         from sparcode.eval.trec import check_writable
         from sparcode.evaluation import evaluate_run
@@ -49,7 +54,7 @@ def command(run_dir, backend, alias, export_dir, exclude_seen, part, sample_user
         metrics, rankings, run, evalset = evaluate_run(run_dir, backend=backend, alias=alias, export_dir=export_dir,
                                                        exclude_seen=exclude_seen, part=part, ks=KS, ef=ef,
                                                        num_candidates=num_candidates, sample_users=sample_users or 0,
-                                                       sample_seed=sample_seed)
+                                                       sample_seed=sample_seed, serve=serve)
         if run_file is not None or qrels is not None:
             from sparcode.eval.trec import write_qrels, write_run
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sparcode.commands._common import user_errors
+from sparcode.commands._common import serve_options, serve_overrides, user_errors
 
 
 def _parse_shard(ctx, param, value):
@@ -24,15 +24,16 @@ def _parse_shard(ctx, param, value):
 @click.option("--bias", type=float, default=None,
               help="b̃, added to every stored score (stored = ReLU(S + b̃)); must be finite. Default: global "
                    "allocation stores serve.stored_fraction of pairs, per-code the median S. With per-code "
-                   "allocation b̃ can only drop postings: each code keeps at most its best stored_fraction.")
+                   "allocation b̃ can only drop postings: each code keeps at most its best --stored-fraction.")
 @click.option("--max-postings", type=click.IntRange(min=1), default=None, help="Keep at most N items per code (not with --shard: a shard cannot see a code's best items overall).")
 @click.option("--allocation", type=click.Choice(["per-code", "global"]), default=None,
-              help="per-code: each code keeps its best serve.stored_fraction of items; global: one b̃ "
+              help="per-code: each code keeps its best --stored-fraction of items; global: one b̃ "
                    "threshold for all pairs. Default: the run's serve.allocation (per-code).")
+@serve_options
 @click.option("--shard", callback=_parse_shard, default=None, help="i/n: export every n-th item from i (run n of these).")
 @click.option("--force", is_flag=True, help="Replace an existing export in --out.")
 @click.option("--quiet", is_flag=True)
-def command(run_dir, out_dir, bias, max_postings, allocation, shard, force, quiet):
+def command(run_dir, out_dir, bias, max_postings, allocation, stored_fraction, query_probes, shard, force, quiet):
     """Score every indexed code against every item and write the export directory.
 
     Two-tower runs export item vectors; TIGER runs export every item's semantic-ID prefix terms
@@ -41,7 +42,7 @@ def command(run_dir, out_dir, bias, max_postings, allocation, shard, force, quie
         from sparcode.encoder.export import export_run
         from sparcode.encoder.runs import open_run
 
-        run = open_run(run_dir)
+        run = open_run(run_dir, serve=serve_overrides(stored_fraction, query_probes))
         if run.kind == "tiger":
             _export_semantic_ids(run, out_dir, force, bias=bias, max_postings=max_postings, shard=shard)
             return

@@ -25,6 +25,14 @@ def resolve_export(run_dir: Path, export_dir: Path | None) -> Path:
     raise click.ClickException(f"no export for {run_dir}: run `sparcode export {run_dir} --out DIR` or pass --export DIR")
 
 
+def export_query_probes(run_dir: Path, export_dir: Path | None, default: int) -> int:
+    """The query probes the served export was made with: an index built with
+    `export --query-probes` is queried that way whatever the run's config says."""
+    from sparcode.pipeline.export import Export
+
+    return Export.open(resolve_export(run_dir, export_dir)).query_probes or default
+
+
 def open_serving_backend(backend: str, run_dir: Path, export_dir: Path | None, alias: str | None,
                          run_fingerprint: str | None = None):
     """The backend serving `run_dir`'s export; refuses an export made from another model."""
@@ -110,8 +118,9 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
                                          num_candidates=num_candidates)
         else:
             engine = open_serving_backend(backend, run_dir, export_dir, alias, run.fingerprint())
+            probes = export_query_probes(run_dir, export_dir, run.config.serve.query_probes)
             query = user_queries(model, np.asarray([user_index]), history[None, :], device, engine.code_table,
-                                 run.config.serve.query_probes)[0]
+                                 probes)[0]
         exclude = seen if exclude_seen else None
         if explain and not hasattr(engine, "explain"):
             raise click.ClickException(f"--explain shows a search-engine request; --backend {backend} sends none")

@@ -28,8 +28,8 @@ class Unquantized:
         return self.model.pre_quantization_tokens(users, histories)
 
 
-def served_queries(model, run: Run, evalset, device, table: CodeTable) -> list[dict[str, float]]:
-    return user_queries(model, evalset.users, evalset.histories, device, table, run.config.serve.query_probes)
+def served_queries(model, run: Run, evalset, device, table: CodeTable, probes: int | None = None) -> list[dict[str, float]]:
+    return user_queries(model, evalset.users, evalset.histories, device, table, probes or run.config.serve.query_probes)
 
 
 def load_for_serving(run: Run) -> tuple:

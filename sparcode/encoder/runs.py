@@ -1,7 +1,7 @@
 """Open a trained run directory: its config, dataset, split and model, all rebuilt from disk."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -42,11 +42,19 @@ class Run:
         return ckpt.fingerprint(self.path)
 
 
-def open_run(run_dir: Path) -> Run:
+def open_run(run_dir: Path, serve: dict | None = None) -> Run:
+    """`serve` overrides keys of the run's serve settings: how a trained model is indexed and
+    queried can be chosen after training, so it need not be fixed in the checkpoint's config."""
     run_dir = Path(run_dir)
     if not (run_dir / ckpt.CONFIG).is_file():
         raise RunError(f"{run_dir} is not a sparcode run directory (no {ckpt.CONFIG}); train one with `sparcode train`")
-    config = RunConfig.load(run_dir / ckpt.CONFIG).validate()
+    config = RunConfig.load(run_dir / ckpt.CONFIG)
+    if serve:
+        if config.model.kind != "sparcode":
+            names = ", ".join(f"serve.{key}" for key in serve)
+            raise RunError(f"{names} apply to SparCode runs; {run_dir} was trained with --model {config.model.kind}")
+        config.serve = replace(config.serve, **serve)
+    config = config.validate()
     info = ckpt.read_json(run_dir / ckpt.RUN_INFO) if (run_dir / ckpt.RUN_INFO).exists() else {}
     if config.model.kind not in ("ease", "tiger") and not (run_dir / ckpt.WEIGHTS).is_file():
         raise RunError(f"{run_dir} has no {ckpt.WEIGHTS}: training did not finish an epoch (resume with --resume)")

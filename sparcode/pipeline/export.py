@@ -95,6 +95,12 @@ class Export:
             fields[name] = kind
         return fields
 
+    @property
+    def query_probes(self) -> int | None:
+        """Codes each user token queries, as chosen when this export was made (None if unrecorded)."""
+        probes = self.manifest.get("query_probes")
+        return int(probes) if probes else None
+
     def summary(self) -> dict:
         return {k: self.manifest[k] for k in SUMMARY_KEYS if k in self.manifest}
 
