@@ -358,3 +358,50 @@ def check_cli_index_then_reindex(engine, alias, export_dir, run, env: dict, *eng
     (new,) = engine.alias_holders(alias)
     assert new != old and not engine.exists(old)
     assert engine.count(alias) == 400 and sorted(engine.matching(f"{alias}-*")) == [new]
+
+
+def test_a_numbered_index_scores_as_its_export_and_refuses_another_table(engine, alias, export_dir, tmp_path,
+                                                                        monkeypatch):
+    """Past Jackson's name budget, terms are numbered by their rank in the export's code table
+    (layout.py). The index must score exactly as the export does, and must not be read through
+    another export's table, where the same rank is another code."""
+    monkeypatch.setattr(layout, "NAME_BUDGET", 10)
+    monkeypatch.setattr(layout, "KEYS_PER_FIELD", 8)
+    terms = Export.open(export_dir).code_table().terms
+    result = indexer.build(engine, Export.open(export_dir), alias, progress=False)
+    mapping = engine.mappings(alias)[result.index]
+    assert mapping["_meta"]["layout"] == layout.NUMBERED
+    assert mapping["_meta"]["numbering"] == layout.Numbering(terms).meta()
+    groups = [f"n{g}" for g in range(-(-len(terms) // 8))]
+    assert mapping["properties"]["codes"] == {"properties": {g: {"type": engine.default_field_type} for g in groups}}
+    backend = EngineBackend.open(alias, export_dir, connection=engine)
+    assert backend.layout == layout.NUMBERED
+    local = LocalBackend(export_dir)
+    queries = random_queries(export_dir, 40, seed=6)
+    got = backend.batch_search(queries, 15)
+    assert got == local.batch_search(queries, 15) and sum(len(h) for h in got) > 0
+    other = write_export(tmp_path / "other", random_items(), indexed=terms[1:])  # same model, one code fewer
+    with pytest.raises(BackendError, match="built from another export of this model"):
+        EngineBackend.open(alias, other, connection=engine)
+    with pytest.raises(BackendError, match="--export DIR"):
+        EngineBackend(engine, alias)
+
+
+def test_a_numbered_load_resumes_only_with_the_table_it_started_with(engine, alias, export_dir, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.setattr(layout, "NAME_BUDGET", 10)
+    export = Export.open(export_dir)
+    other = Export.open(write_export(tmp_path / "other", random_items(), indexed=export.code_table().terms[1:]))
+
+    def crash(done: int):
+        raise Interrupt(done)
+
+    with pytest.raises(Interrupt):
+        indexer.build(engine, export, alias, chunk_size=100, on_chunk=crash, progress=False)
+    with pytest.raises(indexer.IndexProblem, match="started from another export of this model"):
+        indexer.build(engine, other, alias, resume=True, chunk_size=100, progress=False)
+    result = indexer.build(engine, export, alias, resume=True, chunk_size=100, progress=False)
+    assert result.resumed and engine.count(alias) == export.n_items
+    queries = random_queries(export_dir, 20, seed=7)
+    assert EngineBackend.open(alias, export_dir, connection=engine).batch_search(queries, 10) == \
+        LocalBackend(export_dir).batch_search(queries, 10)

@@ -153,8 +153,22 @@ class EngineBackend:
                             if k not in ("item_id", "ord", "codes")}
         # Indices from before `layout` existed are flat, and their codes field names its type.
         self.layout = self.served.meta.get("layout", layout.FLAT)
+        self.numbering = self._numbering() if self.layout == layout.NUMBERED else None
         field_type = self.served.meta.get("field_type") or props.get("codes", {}).get("type", "sparse_vector")
         self.form = self.requested_form or dsl.form_for(field_type, self.layout)
+
+    def _numbering(self) -> layout.Numbering:
+        """The numbering the index was built with, rebuilt from the export's code table; a
+        numbered index read with another table would score the wrong codes, so that is refused."""
+        recorded = self.served.meta.get("numbering") or {}
+        if self.code_table is None:
+            raise BackendError(f"{self.alias!r} numbers its codes by the export's code table; open it with "
+                               "the export it was built from (--export DIR)")
+        numbering = layout.Numbering(self.code_table.terms, recorded.get("keys_per_field"))
+        if numbering.digest != recorded.get("digest"):
+            raise BackendError(f"{self.alias!r} was built from another export of this model (its code table "
+                               "differs); serve it with the export it was built from, or reindex this one")
+        return numbering
 
     @classmethod
     def open(cls, alias: str, export_dir=None, *, connection: Engine | None = None, engine: str | None = None,
@@ -173,7 +187,7 @@ class EngineBackend:
                 exclude_items: Collection[str] | None = None) -> dict:
         """The exact request body `search` sends."""
         return dsl.search_body(_prepare(self.code_table, query), k, form=self.form, layout=self.layout,
-                               filters=dsl.coerce_filters(filters, self.field_types),
+                               numbering=self.numbering, filters=dsl.coerce_filters(filters, self.field_types),
                                exclude_items=exclude_items, tiebreak=self.tiebreak)
 
     def search(self, query: Query, k: int, filters=None, exclude_items=None) -> list[Hit]:
@@ -197,6 +211,7 @@ class LocalBackend:
         self.code_table = code_table if code_table is not None else export.code_table()
         self.field_types = export.item_fields
         self.layout = layout.choose(self.code_table.terms)  # the layout an index of this export gets
+        self.numbering = layout.Numbering(self.code_table.terms) if self.layout == layout.NUMBERED else None
         n = export.n_items
         self.item_ids: list[str] = [""] * n
         postings: dict[str, tuple[list[int], list[float]]] = {}
@@ -240,7 +255,7 @@ class LocalBackend:
     def explain(self, query: Query, k: int, filters=None, exclude_items=None) -> dict:
         """The engine body the same search would send (for comparison and debugging)."""
         return dsl.search_body(_prepare(self.code_table, query), k, form=dsl.form_for("sparse_vector", self.layout),
-                               layout=self.layout, filters=dsl.coerce_filters(filters, self.field_types),
+                               layout=self.layout, numbering=self.numbering, filters=dsl.coerce_filters(filters, self.field_types),
                                exclude_items=exclude_items)
 
     def search(self, query: Query, k: int, filters=None, exclude_items=None) -> list[Hit]:

@@ -57,7 +57,8 @@ class BulkReport:
         return "\n".join(lines)
 
 
-def source_line(line: bytes, term_layout: str = layout.FLAT) -> tuple[str, bytes]:
+def source_line(line: bytes, term_layout: str = layout.FLAT,
+                numbering: layout.Numbering | None = None) -> tuple[str, bytes]:
     """(item id, the document's JSON) for one export line, re-serialized only when it must be."""
     item = orjson.loads(line)
     codes = item.get("codes")
@@ -67,16 +68,19 @@ def source_line(line: bytes, term_layout: str = layout.FLAT) -> tuple[str, bytes
     if codes:
         if term_layout == layout.GROUPED:
             source["codes"] = layout.document_codes(codes)
+        elif term_layout == layout.NUMBERED:
+            source["codes"] = numbering.document_codes(codes)
     else:
         # An empty object is not a valid sparse_vector/rank_features value; the item stays a document.
         source.pop("codes", None)
     return item["item_id"], orjson.dumps(source)
 
 
-def actions(export, term_layout: str = layout.FLAT) -> Iterator[tuple[dict, bytes]]:
+def actions(export, term_layout: str = layout.FLAT,
+            numbering: layout.Numbering | None = None) -> Iterator[tuple[dict, bytes]]:
     """Bulk `(action, source)` pairs; the target index travels in the request URL, not per line."""
     for line in export.lines():
-        item_id, source = source_line(line, term_layout)
+        item_id, source = source_line(line, term_layout, numbering)
         yield {"index": {"_id": item_id}}, source
 
 
@@ -92,17 +96,20 @@ def _until(stop: threading.Event, pairs: Iterable[tuple[dict, bytes]]) -> Iterat
 RESPONSE_FILTER = "errors,items.*._id,items.*.status,items.*.error"
 
 
-def load(engine, export, index: str, *, term_layout: str = layout.FLAT, chunk_size: int = CHUNK_SIZE,
-         max_retries: int = MAX_RETRIES, streams: int = STREAMS, on_chunk: Callable[[int], None] | None = None,
-         progress: bool | None = None) -> BulkReport:
+def load(engine, export, index: str, *, term_layout: str = layout.FLAT, numbering: layout.Numbering | None = None,
+         chunk_size: int = CHUNK_SIZE, max_retries: int = MAX_RETRIES, streams: int = STREAMS,
+         on_chunk: Callable[[int], None] | None = None, progress: bool | None = None) -> BulkReport:
     """Index every item of `export` into `index`; raise BulkFailed listing rejected documents.
+    A `numbered` layout places terms by `numbering` (default: the export's own code table).
 
     `on_chunk(docs_done)` runs after each acknowledged chunk (tests use it to interrupt a load).
     """
+    if term_layout == layout.NUMBERED and numbering is None:
+        numbering = layout.Numbering(export.indexed_terms())
     report = BulkReport()
     pushed_back: set[str] = set()
     abandoned = threading.Event()
-    documents = _until(abandoned, actions(export, term_layout))
+    documents = _until(abandoned, actions(export, term_layout, numbering))
     if streams > 1:
         results = engine.parallel_bulk(documents, index=index, chunk_size=chunk_size, threads=streams,
                                        filter_path=RESPONSE_FILTER)
@@ -117,7 +124,7 @@ def load(engine, export, index: str, *, term_layout: str = layout.FLAT, chunk_si
             abandoned.set()  # before `closing` joins the pool: it then waits for in-flight chunks only
             raise
         if pushed_back:
-            again = (pair for pair in actions(export, term_layout) if pair[0]["index"]["_id"] in pushed_back)
+            again = (pair for pair in actions(export, term_layout, numbering) if pair[0]["index"]["_id"] in pushed_back)
             _count(engine.streaming_bulk(again, index=index, chunk_size=chunk_size, max_retries=max_retries,
                                          filter_path=RESPONSE_FILTER), report, None, chunk_size, None, None)
     if report.failed:

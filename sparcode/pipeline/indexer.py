@@ -159,17 +159,25 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
         meta = index_meta(engine, name)
         field_type, term_layout = meta.get("field_type", field_type), meta.get("layout", layout.FLAT)
         _step(engine.set_refresh_interval)(name, "-1")
+    numbering = None
+    if term_layout == layout.NUMBERED:
+        numbering = layout.Numbering(export.indexed_terms())
+        if resumed and index_meta(engine, name).get("numbering", {}).get("digest") != numbering.digest:
+            # Same model, another export of it (another stored fraction): its terms rank differently.
+            raise IndexProblem(f"{name} was started from another export of this model (its code table "
+                               f"differs); rebuild without --resume")
 
     try:
         with CpuMeter(engine) as meter:
-            _step(bulk.load)(engine, export, name, term_layout=term_layout, chunk_size=chunk_size,
-                             streams=streams, on_chunk=on_chunk, progress=progress)
+            _step(bulk.load)(engine, export, name, term_layout=term_layout, numbering=numbering,
+                             chunk_size=chunk_size, streams=streams, on_chunk=on_chunk, progress=progress)
         docs = _finalize(engine, name, export.n_items >= SETTLE_MIN_DOCS if settle is None else settle, status)
     except (bulk.BulkFailed, EngineError, EngineUnavailable) as exc:
         raise IncompleteLoad(exc, name, alias) from exc
     if docs != export.n_items:
         raise IncompleteLoad(f"{name} holds {docs} documents, the export has {export.n_items}", name, alias)
-    _step(engine.put_meta)(name, mappings.index_meta(export, field_type, term_layout, complete=True))
+    _step(engine.put_meta)(name, mappings.index_meta(export, field_type, term_layout, complete=True,
+                                                     numbering=numbering))
     _swap(engine, alias, name, previous)
     deleted = []
     if delete_old:

@@ -36,17 +36,22 @@ def index_body(export, field_type: str = "sparse_vector", *, shards: int = 1, re
         props[name] = {"type": kind}
     terms = export.indexed_terms()
     term_layout = layout.choose(terms)
-    if term_layout == layout.GROUPED:
-        groups = layout.groups(terms)
+    numbering = layout.Numbering(terms) if term_layout == layout.NUMBERED else None
+    if term_layout != layout.FLAT:
+        groups = layout.groups(terms) if numbering is None else numbering.groups
         props["codes"] = {"properties": {group: {"type": field_type} for group in groups}}
         fields = len(props) + len(groups)
         if fields > DEFAULT_FIELDS_LIMIT:
             index_settings["mapping"] = {"total_fields": {"limit": fields}}
-    body["mappings"]["_meta"] = index_meta(export, field_type, term_layout, complete=False)
+    body["mappings"]["_meta"] = index_meta(export, field_type, term_layout, complete=False, numbering=numbering)
     return body
 
 
-def index_meta(export, field_type: str, term_layout: str, *, complete: bool) -> dict:
+def index_meta(export, field_type: str, term_layout: str, *, complete: bool,
+               numbering: layout.Numbering | None = None) -> dict:
     # `complete` turns true only after the count check, so --resume can find unfinished loads.
-    return {"fingerprint": export.fingerprint, "field_type": field_type, "layout": term_layout,
+    meta = {"fingerprint": export.fingerprint, "field_type": field_type, "layout": term_layout,
             "complete": complete, "manifest": export.summary()}
+    if numbering is not None:
+        meta["numbering"] = numbering.meta()
+    return meta

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Collection, Iterable, Mapping
 
-from sparcode.pipeline.layout import FLAT, GROUPED, by_field
+from sparcode.pipeline.layout import FLAT, Numbering, by_field
 
 FORMS = ("sparse_vector", "term", "rank_feature")
 DEFAULT_FORM = "sparse_vector"
@@ -43,10 +43,10 @@ def form_for(field_type: str, layout: str = FLAT) -> str:
     """The form an index is queried with by default: `rank_feature` for `rank_features`; for a
     grouped `sparse_vector` index `term`, since one `sparse_vector` clause per group field cost
     more (200k items, 8-code queries: client p50 1.09–1.21 vs 1.01–1.07 ms, node CPU 0.68–0.81
-    vs 0.63–0.72 ms per query); `sparse_vector` for a flat one."""
+    vs 0.63–0.72 ms per query), and so for a numbered one; `sparse_vector` for a flat one."""
     if field_type == "rank_features":
         return "rank_feature"
-    return "term" if layout == GROUPED else DEFAULT_FORM
+    return DEFAULT_FORM if layout == FLAT else "term"
 
 
 def clean_query(query: Mapping[str, float]) -> dict[str, float]:
@@ -90,11 +90,13 @@ def parse_filter(text: str) -> tuple[str, str]:
     return name.strip(), value
 
 
-def scoring_query(query: Mapping[str, float], form: str = DEFAULT_FORM, layout: str = FLAT) -> dict:
-    """Σ count × stored value over the query's terms, addressed as the index `layout` stores them."""
+def scoring_query(query: Mapping[str, float], form: str = DEFAULT_FORM, layout: str = FLAT,
+                  numbering: Numbering | None = None) -> dict:
+    """Σ count × stored value over the query's terms, addressed as the index `layout` stores them
+    (a numbered layout also needs the `numbering` of the export the index was built from)."""
     if form not in FORMS:
         raise QueryError(f"query form {form!r}: expected one of {FORMS}")
-    fields = by_field(query, layout)
+    fields = by_field(query, layout, numbering)
     if form == "sparse_vector":
         clauses = [{"sparse_vector": {"field": f, "query_vector": keys}} for f, keys in fields.items()]
     elif form == "term":
@@ -109,10 +111,10 @@ def scoring_query(query: Mapping[str, float], form: str = DEFAULT_FORM, layout: 
 
 
 def search_body(query: Mapping[str, float], k: int, *, form: str = DEFAULT_FORM, layout: str = FLAT,
-                filters: Mapping[str, list] | None = None, exclude_items: Collection[str] | None = None,
-                tiebreak: bool = True) -> dict:
+                numbering: Numbering | None = None, filters: Mapping[str, list] | None = None,
+                exclude_items: Collection[str] | None = None, tiebreak: bool = True) -> dict:
     """The full `_search` body: top `k` by score, ties by `ord`, no total count, no stored fields."""
-    scoring = scoring_query(query, form, layout)
+    scoring = scoring_query(query, form, layout, numbering)
     filter_clauses = [_filter_clause(name, values) for name, values in (filters or {}).items()]
     must_not = [{"ids": {"values": sorted(set(exclude_items))}}] if exclude_items else []
     if filter_clauses or must_not:
