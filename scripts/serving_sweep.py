@@ -10,8 +10,9 @@ model once:
 
     python scripts/serving_sweep.py RUN --fractions 0.05,0.1 --probes 1,8,32 --out sweep.json
 
-A row is the same computation as `sparcode evaluate RUN --json` with those serve settings in
-the run's config, so a setting worth keeping can be written into the config and reproduced.
+A row is the same computation as `sparcode evaluate RUN --json --stored-fraction F
+--query-probes P`, and `sparcode export` takes the same two options, so a setting worth keeping
+is served without retraining.
 """
 from __future__ import annotations
 
