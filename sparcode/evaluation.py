@@ -56,13 +56,12 @@ def evaluate_run(run_dir: Path, backend: str = "model", alias: str | None = None
 
 
 def _evaluate_backend(run: Run, evalset, backend: str, alias, export_dir, exclude: bool, ks):
-    from sparcode.commands.search import export_query_probes, open_serving_backend
+    from sparcode.commands.search import open_serving_backend
     from sparcode.encoder.evaluation import served_queries
     from sparcode.eval.harness import evaluate_rankings
 
     model, device = run.load_model()
-    engine = open_serving_backend(backend, run.path, export_dir, alias, run.fingerprint())
-    probes = export_query_probes(run.path, export_dir, run.config.serve.query_probes)
+    engine, probes = open_serving_backend(backend, run, export_dir, alias)
     queries = served_queries(model, run, evalset, device, engine.code_table, probes)
     item_ids = run.dataset.item_ids
     excludes = [[item_ids[i] for i in seen] for seen in evalset.seen] if exclude else None

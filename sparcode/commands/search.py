@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 
@@ -25,32 +26,32 @@ def resolve_export(run_dir: Path, export_dir: Path | None) -> Path:
     raise click.ClickException(f"no export for {run_dir}: run `sparcode export {run_dir} --out DIR` or pass --export DIR")
 
 
-def export_query_probes(run_dir: Path, export_dir: Path | None, default: int) -> int:
-    """The query probes the served export was made with: an index built with
-    `export --query-probes` is queried that way whatever the run's config says."""
-    from sparcode.pipeline.export import Export
-
-    return Export.open(resolve_export(run_dir, export_dir)).query_probes or default
+class Serving(NamedTuple):
+    backend: object
+    query_probes: int  # what the export was made with: its index is queried that way
 
 
-def open_serving_backend(backend: str, run_dir: Path, export_dir: Path | None, alias: str | None,
-                         run_fingerprint: str | None = None):
-    """The backend serving `run_dir`'s export; refuses an export made from another model."""
+def open_serving_backend(backend: str, run, export_dir: Path | None, alias: str | None) -> Serving:
+    """The backend serving `run`'s export, and the query probes that export was made with (an
+    index built with `export --query-probes` is queried that way whatever the run's config says);
+    refuses an export made from another model."""
     from sparcode.pipeline.backends import open_backend
     from sparcode.pipeline.export import Export
 
+    run_dir = run.path
     export = resolve_export(run_dir, export_dir)
-    exported = Export.open(export).fingerprint
-    if run_fingerprint is not None and exported != run_fingerprint:
+    opened, expected = Export.open(export), run.fingerprint()
+    if opened.fingerprint != expected:
         raise click.ClickException(
-            f"{export} was exported from another model (fingerprint {exported[:12]}, run {run_dir} is "
-            f"{run_fingerprint[:12]}); re-export with `sparcode export {run_dir} --out DIR`")
+            f"{export} was exported from another model (fingerprint {opened.fingerprint[:12]}, run {run_dir} is "
+            f"{expected[:12]}); re-export with `sparcode export {run_dir} --out DIR`")
+    probes = opened.query_probes or run.config.serve.query_probes
     if backend == "local":
-        return open_backend(export_dir=export)
+        return Serving(open_backend(export_dir=export), probes)
     if not alias:
         raise click.ClickException(f"--backend {backend} needs --alias NAME (the alias `sparcode index` created)")
     engine = "opensearch" if backend == "opensearch" else "elasticsearch"
-    return open_backend(alias=alias, export_dir=export, engine=engine)
+    return Serving(open_backend(alias=alias, export_dir=export, engine=engine), probes)
 
 
 @click.command("search")
@@ -117,8 +118,7 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
             engine = open_vector_backend(backend, run_dir, export_dir, alias, run.fingerprint(), ef=ef,
                                          num_candidates=num_candidates)
         else:
-            engine = open_serving_backend(backend, run_dir, export_dir, alias, run.fingerprint())
-            probes = export_query_probes(run_dir, export_dir, run.config.serve.query_probes)
+            engine, probes = open_serving_backend(backend, run, export_dir, alias)
             query = user_queries(model, np.asarray([user_index]), history[None, :], device, engine.code_table,
                                  probes)[0]
         exclude = seen if exclude_seen else None

@@ -210,8 +210,7 @@ class LocalBackend:
         self.fingerprint = export.fingerprint
         self.code_table = code_table if code_table is not None else export.code_table()
         self.field_types = export.item_fields
-        self.layout = layout.choose(self.code_table.terms)  # the layout an index of this export gets
-        self.numbering = layout.Numbering(self.code_table.terms) if self.layout == layout.NUMBERED else None
+        self.layout, self.numbering = layout.placement(self.code_table.terms)  # as an index of this export
         n = export.n_items
         self.item_ids: list[str] = [""] * n
         postings: dict[str, tuple[list[int], list[float]]] = {}

@@ -111,6 +111,13 @@ class Numbering:
         return placed
 
 
+def placement(terms: Iterable[str]) -> tuple[str, Numbering | None]:
+    """The layout an index of these terms gets, with its numbering when it is `numbered`."""
+    terms = list(terms)
+    chosen = choose(terms)
+    return chosen, Numbering(terms) if chosen == NUMBERED else None
+
+
 def by_field(query: Mapping[str, float], layout: str,
              numbering: Numbering | None = None) -> dict[str, dict[str, float]]:
     """A query's {term: count} per document field: {`codes.c0412`: {`0077`: count}} when

@@ -35,8 +35,7 @@ def index_body(export, field_type: str = "sparse_vector", *, shards: int = 1, re
             raise ValueError(f"item field {name!r} clashes with a reserved field")
         props[name] = {"type": kind}
     terms = export.indexed_terms()
-    term_layout = layout.choose(terms)
-    numbering = layout.Numbering(terms) if term_layout == layout.NUMBERED else None
+    term_layout, numbering = layout.placement(terms)
     if term_layout != layout.FLAT:
         groups = layout.groups(terms) if numbering is None else numbering.groups
         props["codes"] = {"properties": {group: {"type": field_type} for group in groups}}
