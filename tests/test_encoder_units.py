@@ -43,6 +43,48 @@ def test_blocked_scoring_covers_every_item_across_slabs(linear_skip):
     assert torch.allclose(blocked, scorer.all_pairs(users, items), atol=1e-5)
 
 
+@pytest.mark.parametrize("linear_skip", [False, True])
+def test_code_tables_score_a_product_code_as_the_scorer_scores_its_codeword(linear_skip):
+    from sparcode.encoder.code_tables import CodeTables
+
+    torch.manual_seed(2)
+    scorer = AllToAllScorer(dim=6, item_tokens=2, hidden=5, linear_skip=linear_skip)
+    with torch.no_grad():
+        scorer.b1.normal_()
+        scorer.b2.fill_(-0.7)
+        if linear_skip:
+            scorer.w0.normal_()
+    codebook = torch.randn(3, 4, 2)  # M = 3 codebooks of N = 4 codes, 2 dims each
+    items = torch.randn(13, 2, 6)  # 13 items: the last block of 8 is partial
+    codes = torch.tensor([[a, b, c] for a in range(4) for b in range(4) for c in range(4)])
+    # A code's token is its M sub-codewords side by side.
+    words = torch.cat([codebook[m][codes[:, m]] for m in range(3)], dim=1)
+    with torch.no_grad():
+        tables = CodeTables(scorer, codebook, items, item_block=8)
+        assert torch.allclose(tables.scores(codes), scorer.all_pairs(words, items), atol=1e-5)
+        assert tables.scores(codes[:1]).shape == (1, 13)
+
+
+def test_code_scorer_keeps_the_gemm_when_the_tables_would_pass_the_budget(tmp_path, monkeypatch):
+    from sparcode.encoder import code_tables
+    from sparcode.encoder.serving import code_scorer
+
+    model = _tiny_sparcode(tmp_path)
+    codes = torch.tensor([[a, b] for a in range(4) for b in range(4)])
+    with torch.no_grad():
+        items = model.item_tokens()
+        assert code_tables.CodeTables.nbytes(model.scorer, model.quantizer.codebook, len(items)) > 64
+        within_budget = code_scorer(model, items)
+        monkeypatch.setattr(code_tables, "TABLE_BUDGET_BYTES", 64)
+        over_budget = code_scorer(model, items)
+        by_tables, by_gemm = within_budget.scores(codes), over_budget.scores(codes)
+    assert (within_budget.method, over_budget.method) == ("tables", "gemm")
+    with torch.no_grad():
+        expected = model.scorer.all_pairs(model.quantizer.decode(codes), items)
+    assert torch.equal(by_gemm, expected)
+    assert torch.allclose(by_tables, expected, atol=1e-5)
+
+
 def test_posting_cap_keeps_each_codes_best_scores_in_item_order():
     from sparcode.encoder.serving import _cap_postings
     scores = np.array([[0.5, 0.9, 0.0, 0.9, 0.1],

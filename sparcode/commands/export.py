@@ -55,8 +55,9 @@ def command(run_dir, out_dir, bias, max_postings, allocation, stored_fraction, q
     click.echo(
         f"exported {manifest['items']} items, {manifest['codes']} codes, {manifest['pairs']} postings "
         f"(stored fraction {manifest['stored_fraction']:.4f}, b̃ = {manifest['bias']:.4f}) → {out_dir}\n"
-        f"scoring: {scoring['pairs_per_second']:,} pairs/s = {scoring['fraction_of_ceiling']:.0%} of the "
-        f"{scoring['ceiling_pairs_per_second']:,} pairs/s GEMM ceiling on {scoring['device']}"
+        f"scoring ({scoring['method']}): {scoring['pairs_per_second']:,} pairs/s = "
+        f"{scoring['fraction_of_ceiling']:.2f} x the {scoring['ceiling_pairs_per_second']:,} pairs/s "
+        f"ceiling of the scorer's GEMM on {scoring['device']}"
     )
     if bias is not None and manifest["allocation"] == "per-code":
         click.echo(

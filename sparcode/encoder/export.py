@@ -1,8 +1,8 @@
 """`sparcode export`: a trained SparCode run → the export directory (docs/export-format.md).
 
-Scoring every (code, item) pair is a dense MLP over codes × items, so export is FLOP-bound;
-it reports its pairs/s next to the scorer's ceiling on this machine (measured GEMM rate ÷
-FLOPs per pair).
+Scoring every (code, item) pair is a dense MLP over codes × items. It reports its pairs/s next
+to what the scorer's GEMM could reach on this machine (measured GEMM rate ÷ FLOPs per pair):
+the GEMM path's ceiling, which the per-codebook tables (code_tables.py) exceed.
 """
 from __future__ import annotations
 
@@ -132,6 +132,7 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "export_seconds": round(time.perf_counter() - started, 2),
             "scoring": {
+                "method": postings.scored_by,
                 "pairs_per_second": round(pairs_per_s),
                 "ceiling_pairs_per_second": round(ceiling),
                 "fraction_of_ceiling": round(pairs_per_s / ceiling, 3),

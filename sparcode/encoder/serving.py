@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sparcode.codes_fallback import CodeTable
+from sparcode.encoder.code_tables import code_tables
 from sparcode.featurefield import storable, truncate
 from sparcode.terms import code_to_term
 
@@ -39,17 +40,39 @@ def distinct_codes(codes: np.ndarray) -> np.ndarray:
     return np.unique(codes.reshape(-1, codes.shape[-1]), axis=0)
 
 
+class GemmCodeScorer:
+    """S for (code, item) pairs by the scorer's own GEMM: any quantizer, any memory budget."""
+
+    method = "gemm"
+    CODES_PER_GEMM = 256  # the hidden slab of one block stays in cache (AllToAllScorer)
+
+    def __init__(self, model, item_tokens: torch.Tensor):
+        self.model, self.item_tokens = model, item_tokens
+
+    def scores(self, codes: torch.Tensor) -> torch.Tensor:
+        decode, all_pairs = self.model.quantizer.decode, self.model.scorer.all_pairs
+        return torch.cat([all_pairs(decode(codes[start:start + self.CODES_PER_GEMM]), self.item_tokens)
+                          for start in range(0, len(codes), self.CODES_PER_GEMM)])
+
+
+def code_scorer(model, item_tokens: torch.Tensor):
+    """What scores codes (C, M) → S (C, n) against `item_tokens`: per-codebook tables when they
+    fit (code_tables.py), else the scorer's GEMM. One export or evaluation uses one scorer for
+    every score it stores, so its thresholds and postings come from the same arithmetic."""
+    return code_tables(model.scorer, model.quantizer.codebook, item_tokens) or GemmCodeScorer(model, item_tokens)
+
+
 @torch.no_grad()
 def code_item_scores(model, codes: np.ndarray, device, items: np.ndarray | None = None,
-                     batch_codes: int = 256) -> torch.Tensor:
-    """S (before bias and ReLU) for every (code, item): (C, M) → (C, n) float32 on CPU."""
+                     batch_codes: int = 1024, scorer=None) -> torch.Tensor:
+    """S (before bias and ReLU) for every (code, item): (C, M) → (C, n) float32 on CPU.
+    `scorer` = `code_scorer(model, item tokens of items)`, when the caller already has one."""
     model.eval()
-    item_tokens = model.item_tokens(None if items is None else torch.as_tensor(items, device=device))
-    out = []
-    for start in range(0, len(codes), batch_codes):
-        words = model.quantizer.decode(torch.as_tensor(codes[start:start + batch_codes], device=device))
-        out.append(model.scorer.all_pairs(words, item_tokens).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, len(item_tokens))
+    if scorer is None:
+        scorer = code_scorer(model, model.item_tokens(None if items is None else torch.as_tensor(items, device=device)))
+    out = [scorer.scores(torch.as_tensor(codes[start:start + batch_codes], device=device)).float().cpu()
+           for start in range(0, len(codes), batch_codes)]
+    return torch.cat(out) if out else torch.zeros(0, model.n_items if items is None else len(items))
 
 
 def choose_bias(sample_scores: torch.Tensor, stored_fraction: float) -> float:
@@ -72,6 +95,7 @@ class Postings:
     n_items: int
     bias: float
     seconds: float = 0.0
+    scored_by: str = ""  # "tables" or "gemm": which code scorer computed the scores
 
     @property
     def pairs(self) -> int:
@@ -125,7 +149,7 @@ THRESHOLD_SAMPLE_ITEMS = 16_384
 
 
 def build_postings(model, codes: np.ndarray, device, bias: float | None, stored_fraction: float,
-                   max_postings: int | None, items: np.ndarray | None = None, batch_codes: int = 256,
+                   max_postings: int | None, items: np.ndarray | None = None, batch_codes: int = 1024,
                    progress: bool = True, allocation: str = "per-code") -> Postings:
     """Score every indexed code against every item (or the given items, for one export
     shard) and keep the storable postings.
@@ -143,42 +167,42 @@ def build_postings(model, codes: np.ndarray, device, bias: float | None, stored_
     if allocation not in ("global", "per-code"):
         raise ValueError(f"allocation must be global or per-code, not {allocation!r}")
     per_code = allocation == "per-code"
-    if bias is None:
-        rng = np.random.default_rng(0)
-        sample = codes if len(codes) <= 4096 else codes[np.sort(rng.choice(len(codes), 4096, replace=False))]
-        bias = choose_bias(code_item_scores(model, sample, device),
-                           PER_CODE_BIAS_FRACTION if per_code else stored_fraction)
     threshold_items = _threshold_sample(n_items) if per_code else None
     # The shard's own block already holds every sample score when it covers every item.
     thresholds_from_block = per_code and items is None and len(threshold_items) == n_items
-    # Timed from here: the scoring pass proper, which the export's pairs/s reports.
+    # Timed from here: building the scorer, choosing b̃ and scoring, which the export's pairs/s reports.
     started = time.perf_counter()
     model.eval()
-    item_index = torch.arange(n_items) if items is None else torch.as_tensor(items)
-    item_tokens = model.item_tokens(item_index.to(device))
-    sample_tokens = (model.item_tokens(torch.as_tensor(threshold_items, device=device))
-                     if per_code and not thresholds_from_block else None)
-    global_items = item_index.numpy().astype(np.int32)
     counts = []
     kept_items, kept_scores = [], []
-    bar = tqdm(total=len(codes), desc="scoring codes", unit="code", disable=not progress, dynamic_ncols=True)
     with torch.no_grad():
+        item_index = torch.arange(n_items) if items is None else torch.as_tensor(items)
+        scorer = code_scorer(model, model.item_tokens(item_index.to(device)))
+        sample_scorer = (code_scorer(model, model.item_tokens(torch.as_tensor(threshold_items, device=device)))
+                        if per_code and not thresholds_from_block else None)
+        if bias is None:
+            rng = np.random.default_rng(0)
+            sample = codes if len(codes) <= 4096 else codes[np.sort(rng.choice(len(codes), 4096, replace=False))]
+            bias = choose_bias(code_item_scores(model, sample, device, scorer=scorer if items is None else None),
+                               PER_CODE_BIAS_FRACTION if per_code else stored_fraction)
+        global_items = item_index.numpy().astype(np.int32)
+        bar = tqdm(total=len(codes), desc="scoring codes", unit="code", disable=not progress, dynamic_ncols=True)
         for start in range(0, len(codes), batch_codes):
-            words = model.quantizer.decode(torch.as_tensor(codes[start:start + batch_codes], device=device))
-            raw = model.scorer.all_pairs(words, item_tokens).float()
+            block_codes = torch.as_tensor(codes[start:start + batch_codes], device=device)
+            raw = scorer.scores(block_codes).float()
             keep = None
             if per_code:
-                sample = raw if thresholds_from_block else model.scorer.all_pairs(words, sample_tokens).float()
+                sample = raw if thresholds_from_block else sample_scorer.scores(block_codes).float()
                 keep = (raw >= _per_code_thresholds(sample, stored_fraction)[:, None]).cpu().numpy()
             s = truncate(raw.add_(bias).relu_().cpu().numpy())
             mask = storable(s) if keep is None else storable(s) & keep
             rows, cols = np.nonzero(mask)  # row-major: each code's postings in item order
             if max_postings is not None:
                 rows, cols = _cap_postings(s, rows, cols, max_postings)
-            counts.append(np.bincount(rows, minlength=len(words)))
+            counts.append(np.bincount(rows, minlength=len(block_codes)))
             kept_items.append(global_items[cols])
             kept_scores.append(s[rows, cols])
-            bar.update(len(words))
+            bar.update(len(block_codes))
     indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts))]) if counts else np.zeros(1, np.int64)
     bar.close()
     return Postings(
@@ -189,6 +213,7 @@ def build_postings(model, codes: np.ndarray, device, bias: float | None, stored_
         n_items=n_items,
         bias=float(bias),
         seconds=time.perf_counter() - started,
+        scored_by=scorer.method,
     )
 
 
