@@ -112,6 +112,10 @@ class ServeConfig:
     # Each user token queries its this-many nearest indexed codes (1 = the paper's own code).
     query_probes: int = 8
     max_postings: int | None = None
+    # Index a seeded sample of at most this many of the training windows' distinct codes (None:
+    # all of them). A query token probes its nearest indexed codes, so a sample costs little
+    # quality where codes are fine-grained (8 codebooks on ml-1m: one code per window, README).
+    max_codes: int | None = None
     bias: float | None = None  # set explicitly to override the fraction-based choice
 
 
@@ -230,6 +234,7 @@ _BOUNDS: dict[str, tuple[str, Any]] = {
     "train.eval_users": _noted(at_least(0), "0 = every validation user"),
     "train.threads": _noted(at_least(0), "0 = torch default"),
     "serve.max_postings": at_least(1),
+    "serve.max_codes": at_least(1),
 }
 
 

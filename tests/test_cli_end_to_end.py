@@ -413,6 +413,32 @@ def test_serving_sweep_rows_are_what_evaluate_prints(trained, tmp_path):
     assert own["pairs"] == served["pairs"]
 
 
+def test_max_codes_indexes_a_seeded_sample_that_export_and_evaluate_share(trained, tmp_path):
+    _, _, _, run = trained
+    full = json.loads(invoke("evaluate", run, "--json").output)
+    assert full["training_codes"] >= 4
+    keep = full["training_codes"] // 2
+    export = tmp_path / "export"
+    result = invoke("export", run, "--out", export, "--max-codes", keep)
+    assert result.exit_code == 0, result.output
+    assert f"{keep} codes (a sample of the training windows' {full['training_codes']})" in result.output
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert (manifest["codes"], manifest["training_codes"], manifest["max_codes"]) == (keep, full["training_codes"], keep)
+    terms = np.load(export / "codes.npz", allow_pickle=False)["terms"]
+    assert len(terms) == manifest["codes_with_postings"] <= keep and list(terms) == sorted(terms)
+    lists = {}
+    for backend, options in (("model", ("--max-codes", keep)), ("local", ("--export", export))):
+        path = tmp_path / f"{backend}.run"
+        result = invoke("evaluate", run, "--backend", backend, *options, "--json", "--run-file", path)
+        assert result.exit_code == 0, result.output
+        lists[backend] = path.read_text().replace(f"-{backend}", "")
+        if backend == "model":
+            sampled = json.loads(result.output)
+            assert sampled["codes"] == keep and sampled["pairs"] == manifest["pairs"] < full["pairs"]
+    assert lists["local"] == lists["model"]
+    assert invoke("export", run, "--out", tmp_path / "none", "--max-codes", "0").exit_code == 2
+
+
 def test_serve_settings_chosen_after_training_are_what_the_export_serves(trained, tmp_path):
     """`--stored-fraction`/`--query-probes` re-choose a trained run's serving without retraining:
     the export made with them, served by the embedded backend, ranks every user as `evaluate`

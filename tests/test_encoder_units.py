@@ -85,6 +85,19 @@ def test_code_scorer_keeps_the_gemm_when_the_tables_would_pass_the_budget(tmp_pa
     assert torch.allclose(by_tables, expected, atol=1e-5)
 
 
+def test_index_sample_is_a_seeded_sorted_subset():
+    from sparcode.encoder.serving import index_sample
+
+    codes = np.array([[a, b] for a in range(8) for b in range(8)])
+    assert index_sample(codes, None) is codes and index_sample(codes, 64) is codes
+    sample = index_sample(codes, 10)
+    assert len(sample) == 10 and len(np.unique(sample, axis=0)) == 10
+    assert sample.tolist() == sorted(sample.tolist())  # codes stay in term order
+    assert set(map(tuple, sample)) <= set(map(tuple, codes))
+    assert np.array_equal(index_sample(codes, 10), sample)  # export and evaluate draw the same codes
+    assert not np.array_equal(sample, codes[:10])
+
+
 def test_posting_cap_keeps_each_codes_best_scores_in_item_order():
     from sparcode.encoder.serving import _cap_postings
     scores = np.array([[0.5, 0.9, 0.0, 0.9, 0.1],

@@ -43,7 +43,12 @@ def user_errors():
 
 
 def serve_options(command):
-    """`--stored-fraction` and `--query-probes`: the run's serve settings, chosen after training."""
+    """`--stored-fraction`, `--query-probes` and `--max-codes`: the run's serve settings, chosen
+    after training."""
+    command = click.option(
+        "--max-codes", type=click.IntRange(min=1), default=None,
+        help="Overrides the run's serve.max_codes: index a seeded sample of at most this many of the "
+             "training windows' codes (queries probe the nearest indexed ones).")(command)
     command = click.option(
         "--query-probes", type=click.IntRange(min=1), default=None,
         help="Overrides the run's serve.query_probes: each user token queries its this-many nearest "
@@ -54,6 +59,6 @@ def serve_options(command):
              "this share of items, global allocation this share of all pairs.")(command)
 
 
-def serve_overrides(stored_fraction: float | None, query_probes: int | None) -> dict:
-    given = {"stored_fraction": stored_fraction, "query_probes": query_probes}
+def serve_overrides(stored_fraction: float | None, query_probes: int | None, max_codes: int | None = None) -> dict:
+    given = {"stored_fraction": stored_fraction, "query_probes": query_probes, "max_codes": max_codes}
     return {key: value for key, value in given.items() if value is not None}

@@ -33,15 +33,15 @@ KS = (5, 10, 20, 50)
 @click.option("--run-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a TREC run file.")
 @click.option("--qrels", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write TREC qrels.")
 def command(run_dir, backend, alias, export_dir, exclude_seen, part, sample_users, sample_seed, stored_fraction,
-            query_probes, as_json, run_file, qrels, ef, num_candidates):
+            query_probes, max_codes, as_json, run_file, qrels, ef, num_candidates):
     """Recall, NDCG and HitRate at 5/10/20/50 over full-catalog rankings."""
     if backend == "model" and (export_dir is not None or alias is not None):
         # Silently scoring the run while the user believes an export or index was checked is worse.
         raise click.UsageError("--export/--alias choose what a serving backend reads; --backend model scores the "
                                "run itself (add --backend local, es or opensearch)")
-    serve = serve_overrides(stored_fraction, query_probes)
+    serve = serve_overrides(stored_fraction, query_probes, max_codes)
     if backend != "model" and serve:
-        raise click.UsageError("--stored-fraction/--query-probes choose how --backend model serves the run; a serving "
+        raise click.UsageError("--stored-fraction/--query-probes/--max-codes choose how --backend model serves the run; a serving "
                                "backend uses what its export was made with (pass them to `sparcode export`)")
     with user_errors():
         from sparcode.eval.trec import check_writable

@@ -33,7 +33,8 @@ def _parse_shard(ctx, param, value):
 @click.option("--shard", callback=_parse_shard, default=None, help="i/n: export every n-th item from i (run n of these).")
 @click.option("--force", is_flag=True, help="Replace an existing export in --out.")
 @click.option("--quiet", is_flag=True)
-def command(run_dir, out_dir, bias, max_postings, allocation, stored_fraction, query_probes, shard, force, quiet):
+def command(run_dir, out_dir, bias, max_postings, allocation, stored_fraction, query_probes, max_codes, shard, force,
+            quiet):
     """Score every indexed code against every item and write the export directory.
 
     Two-tower runs export item vectors; TIGER runs export every item's semantic-ID prefix terms
@@ -42,7 +43,7 @@ def command(run_dir, out_dir, bias, max_postings, allocation, stored_fraction, q
         from sparcode.encoder.export import export_run
         from sparcode.encoder.runs import open_run
 
-        run = open_run(run_dir, serve=serve_overrides(stored_fraction, query_probes))
+        run = open_run(run_dir, serve=serve_overrides(stored_fraction, query_probes, max_codes))
         if run.kind == "tiger":
             _export_semantic_ids(run, out_dir, force, bias=bias, max_postings=max_postings, shard=shard)
             return
@@ -52,8 +53,10 @@ def command(run_dir, out_dir, bias, max_postings, allocation, stored_fraction, q
         manifest = export_run(run, out_dir, bias=bias, max_postings=max_postings, allocation=allocation,
                               shard=shard, progress=not quiet, force=force)
     scoring = manifest["scoring"]
+    sampled = (f" (a sample of the training windows' {manifest['training_codes']})"
+               if manifest["codes"] < manifest["training_codes"] else "")
     click.echo(
-        f"exported {manifest['items']} items, {manifest['codes']} codes, {manifest['pairs']} postings "
+        f"exported {manifest['items']} items, {manifest['codes']} codes{sampled}, {manifest['pairs']} postings "
         f"(stored fraction {manifest['stored_fraction']:.4f}, b̃ = {manifest['bias']:.4f}) → {out_dir}\n"
         f"scoring ({scoring['method']}): {scoring['pairs_per_second']:,} pairs/s = "
         f"{scoring['fraction_of_ceiling']:.2f} x the {scoring['ceiling_pairs_per_second']:,} pairs/s "

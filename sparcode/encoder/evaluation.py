@@ -9,7 +9,7 @@ import numpy as np
 
 from sparcode.encoder.runs import Run
 from sparcode.codes_fallback import CodeTable
-from sparcode.encoder.serving import build_postings, code_table, user_queries
+from sparcode.encoder.serving import build_postings, code_table, index_sample, user_queries
 from sparcode.encoder.export import indexed_codes
 from sparcode.encoder.train import model_scores
 from sparcode.eval.harness import evaluate_scores
@@ -41,8 +41,9 @@ def load_for_serving(run: Run) -> tuple:
 def evaluate_sparcode_served(run: Run, evalset, exclude_seen: bool, progress: bool = False,
                              loaded: tuple | None = None) -> tuple[dict, list]:
     """`loaded` = `load_for_serving(run)`, for a caller that serves one model several ways."""
-    model, device, codes = loaded or load_for_serving(run)
+    model, device, training_codes = loaded or load_for_serving(run)
     serve = run.config.serve
+    codes = index_sample(training_codes, serve.max_codes)
     postings = build_postings(model, codes, device, serve.bias, serve.stored_fraction, serve.max_postings,
                               progress=progress, allocation=serve.allocation)
     # A code whose every score fell below b̃ would serve nothing; like an unseen code, it falls
@@ -63,6 +64,7 @@ def evaluate_sparcode_served(run: Run, evalset, exclude_seen: bool, progress: bo
         "codes_used": len(user_terms),
         "query_probes": serve.query_probes,
         "query_terms_without_postings": fallback,
+        "training_codes": len(training_codes),
         "codebook_utilisation": _codebook_utilisation(codes, run.config.model.codes),
     })
     return metrics, rankings

@@ -40,6 +40,14 @@ def distinct_codes(codes: np.ndarray) -> np.ndarray:
     return np.unique(codes.reshape(-1, codes.shape[-1]), axis=0)
 
 
+def index_sample(codes: np.ndarray, max_codes: int | None) -> np.ndarray:
+    """The codes an index holds: all of `codes`, or a seeded sample of `max_codes` of them, in
+    their sorted order. Seed 0 whatever the run's seed: export and evaluate must draw the same."""
+    if max_codes is None or len(codes) <= max_codes:
+        return codes
+    return codes[np.sort(np.random.default_rng(0).choice(len(codes), max_codes, replace=False))]
+
+
 class GemmCodeScorer:
     """S for (code, item) pairs by the scorer's own GEMM: any quantizer, any memory budget."""
 
