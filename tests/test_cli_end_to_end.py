@@ -436,7 +436,20 @@ def test_max_codes_indexes_a_seeded_sample_that_export_and_evaluate_share(traine
             sampled = json.loads(result.output)
             assert sampled["codes"] == keep and sampled["pairs"] == manifest["pairs"] < full["pairs"]
     assert lists["local"] == lists["model"]
-    assert invoke("export", run, "--out", tmp_path / "none", "--max-codes", "0").exit_code == 2
+    for bad in ("0", "some"):
+        refused = invoke("export", run, "--out", tmp_path / "none", "--max-codes", bad)
+        assert refused.exit_code == 2 and "--max-codes" in refused.output and not (tmp_path / "none").exists()
+    # `all` lifts a run's own serve.max_codes: every training code is indexed again.
+    original = (run / "config.json").read_text()
+    config = json.loads(original)
+    config["serve"]["max_codes"] = keep
+    try:
+        (run / "config.json").write_text(json.dumps(config))
+        sampled_by_config = json.loads(invoke("evaluate", run, "--json").output)
+        every = json.loads(invoke("evaluate", run, "--json", "--max-codes", "all").output)
+    finally:  # the run is shared with other tests, and its fingerprint covers config.json
+        (run / "config.json").write_text(original)
+    assert sampled_by_config["codes"] == keep and every["codes"] == every["training_codes"] == full["codes"]
 
 
 def test_serve_settings_chosen_after_training_are_what_the_export_serves(trained, tmp_path):

@@ -46,9 +46,9 @@ def serve_options(command):
     """`--stored-fraction`, `--query-probes` and `--max-codes`: the run's serve settings, chosen
     after training."""
     command = click.option(
-        "--max-codes", type=click.IntRange(min=1), default=None,
+        "--max-codes", type=MaxCodes(), default=None,
         help="Overrides the run's serve.max_codes: index a seeded sample of at most this many of the "
-             "training windows' codes (queries probe the nearest indexed ones).")(command)
+             "training windows' codes (queries probe the nearest indexed ones); `all` indexes every one.")(command)
     command = click.option(
         "--query-probes", type=click.IntRange(min=1), default=None,
         help="Overrides the run's serve.query_probes: each user token queries its this-many nearest "
@@ -59,6 +59,29 @@ def serve_options(command):
              "this share of items, global allocation this share of all pairs.")(command)
 
 
-def serve_overrides(stored_fraction: float | None, query_probes: int | None, max_codes: int | None = None) -> dict:
+class MaxCodes(click.ParamType):
+    """A positive count, or `all` (returned as ALL_CODES): every training code indexed."""
+
+    name = "N|all"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or str(value).strip().lower() == "all":
+            return value if isinstance(value, int) else ALL_CODES
+        try:
+            count = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a count nor 'all'", param, ctx)
+        if count < 1:
+            self.fail(f"{count} is not ≥ 1 (use 'all' to index every code)", param, ctx)
+        return count
+
+
+ALL_CODES = "all"
+
+
+def serve_overrides(stored_fraction: float | None, query_probes: int | None, max_codes: int | str | None = None) -> dict:
     given = {"stored_fraction": stored_fraction, "query_probes": query_probes, "max_codes": max_codes}
-    return {key: value for key, value in given.items() if value is not None}
+    overrides = {key: value for key, value in given.items() if value is not None}
+    if overrides.get("max_codes") == ALL_CODES:
+        overrides["max_codes"] = None  # the config's own spelling of "no sample"
+    return overrides
