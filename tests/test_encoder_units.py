@@ -167,7 +167,9 @@ def test_presets_layer_model_then_dataset_then_config_file_then_flags(tmp_path):
     assert (beauty.train.epochs, beauty.train.patience, beauty.train.select_metric) == (20, 3, "recall@10")
     assert (beauty.model.codebooks, beauty.serve.stored_fraction, beauty.train.window_fraction) == (8, 0.005, 1.0)
     assert ml1m.train.window_fraction == 0.4
-    assert (ml1m.model.codebooks, ml1m.serve.stored_fraction) == (2, 0.05)
+    # ml-1m: 8 codebooks give nearly one code per window, so its index holds a sample of them.
+    assert (ml1m.model.codebooks, ml1m.serve.stored_fraction, ml1m.serve.max_codes) == (8, 0.02, 50_000)
+    assert beauty.serve.max_codes is None
     # The unindexed upper bound trains as SparCode does on every dataset.
     assert run_config("all-to-all", "beauty", "leave-one-out").train == beauty.train
     assert run_config("all-to-all", "ml-1m", "multi-target").train == ml1m.train
