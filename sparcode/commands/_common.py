@@ -59,14 +59,19 @@ def serve_options(command):
              "this share of items, global allocation this share of all pairs.")(command)
 
 
+ALL_CODES = "all"
+
+
 class MaxCodes(click.ParamType):
     """A positive count, or `all` (returned as ALL_CODES): every training code indexed."""
 
     name = "N|all"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, int) or str(value).strip().lower() == "all":
-            return value if isinstance(value, int) else ALL_CODES
+        if isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "all":
+            return ALL_CODES
         try:
             count = int(value)
         except ValueError:
@@ -74,9 +79,6 @@ class MaxCodes(click.ParamType):
         if count < 1:
             self.fail(f"{count} is not ≥ 1 (use 'all' to index every code)", param, ctx)
         return count
-
-
-ALL_CODES = "all"
 
 
 def serve_overrides(stored_fraction: float | None, query_probes: int | None, max_codes: int | str | None = None) -> dict:

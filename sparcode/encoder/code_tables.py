@@ -40,7 +40,7 @@ class CodeTables:
         self.books, self.codes, self.n_items, self.item_block = books, codes, n, item_block
         self.hidden, self.skip = scorer.hidden, scorer.w0 is not None
         self.w2, self.b2 = scorer.w2.detach(), float(scorer.b2)
-        width = self.hidden + self.skip  # the linear path rides as one more column, outside the ReLU
+        width = _row_width(scorer)
         blocks = math.ceil(n / item_block)
         items = F.pad(item_tokens, (0, 0, 0, 0, 0, blocks * item_block - n)).view(-1, k_c, books, sub)
         weights = scorer.w1.detach().view(self.hidden, k_c, books, sub)
@@ -58,8 +58,7 @@ class CodeTables:
     @staticmethod
     def nbytes(scorer: AllToAllScorer, codebook: torch.Tensor, n_items: int, item_block: int = ITEM_BLOCK) -> int:
         books, codes, _ = codebook.shape
-        width = scorer.hidden + (scorer.w0 is not None)
-        return books * codes * math.ceil(n_items / item_block) * item_block * width * 4
+        return books * codes * math.ceil(n_items / item_block) * item_block * _row_width(scorer) * 4
 
     def scores(self, codes: torch.Tensor) -> torch.Tensor:
         """(C, M) code indices → (C, n) S before bias and ReLU."""
@@ -75,10 +74,13 @@ class CodeTables:
         return out.transpose(0, 1).reshape(count, -1)[:, :self.n_items].add_(self.b2)
 
 
-def code_tables(scorer: AllToAllScorer, codebook: torch.Tensor, item_tokens: torch.Tensor,
-                budget: int | None = None) -> CodeTables | None:
-    """Tables for these items, or None when they would take more than `budget` bytes
-    (TABLE_BUDGET_BYTES unless given)."""
-    if CodeTables.nbytes(scorer, codebook, item_tokens.shape[0]) > (TABLE_BUDGET_BYTES if budget is None else budget):
+def _row_width(scorer: AllToAllScorer) -> int:
+    """Floats per (code, item) entry: H, plus the linear path as one more column outside the ReLU."""
+    return scorer.hidden + (scorer.w0 is not None)
+
+
+def code_tables(scorer: AllToAllScorer, codebook: torch.Tensor, item_tokens: torch.Tensor) -> CodeTables | None:
+    """Tables for these items, or None when they would take more than TABLE_BUDGET_BYTES."""
+    if CodeTables.nbytes(scorer, codebook, item_tokens.shape[0]) > TABLE_BUDGET_BYTES:
         return None
     return CodeTables(scorer, codebook, item_tokens)

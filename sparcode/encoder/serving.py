@@ -189,9 +189,13 @@ def build_postings(model, codes: np.ndarray, device, bias: float | None, stored_
         sample_scorer = (code_scorer(model, model.item_tokens(torch.as_tensor(threshold_items, device=device)))
                         if per_code and not thresholds_from_block else None)
         if bias is None:
+            # b̃ is chosen over every item; a shard reuses the threshold sample's scorer when that
+            # sample is every item, rather than building the same tables a third time.
+            every_item = scorer if items is None else (
+                sample_scorer if per_code and len(threshold_items) == n_items else None)
             rng = np.random.default_rng(0)
             sample = codes if len(codes) <= 4096 else codes[np.sort(rng.choice(len(codes), 4096, replace=False))]
-            bias = choose_bias(code_item_scores(model, sample, device, scorer=scorer if items is None else None),
+            bias = choose_bias(code_item_scores(model, sample, device, scorer=every_item),
                                PER_CODE_BIAS_FRACTION if per_code else stored_fraction)
         global_items = item_index.numpy().astype(np.int32)
         bar = tqdm(total=len(codes), desc="scoring codes", unit="code", disable=not progress, dynamic_ncols=True)
