@@ -480,3 +480,54 @@ def test_serve_settings_chosen_after_training_are_what_the_export_serves(trained
     assert on_backend.exit_code == 2 and "pass them to `sparcode export`" in on_backend.output
     zero = invoke("export", run, "--out", tmp_path / "none", "--stored-fraction", "0")
     assert zero.exit_code == 2 and not (tmp_path / "none").exists()
+
+
+def test_training_codes_are_cached_in_the_run_and_encoded_again_when_the_model_changes(trained, tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+
+    from sparcode.encoder import training_codes as cache
+    from sparcode.encoder.runs import open_run
+    from sparcode.encoder.serving import distinct_codes
+
+    _, _, _, shared_run = trained
+    run_dir = tmp_path / "run"
+    shutil.copytree(shared_run, run_dir)
+    (run_dir / cache.CACHE_NAME).unlink(missing_ok=True)
+    encodings = []
+    real_user_codes = cache.user_codes
+    monkeypatch.setattr(cache, "user_codes", lambda *a, **k: encodings.append(1) or real_user_codes(*a, **k))
+
+    def codes_of(run_dir):
+        run = open_run(run_dir)
+        model, device = run.load_model()
+        train = run.split.train
+        return cache.training_codes(model, run, device), distinct_codes(real_user_codes(model, train.users, train.histories, device))
+
+    first, encoded = codes_of(run_dir)
+    assert np.array_equal(first, encoded) and len(encodings) == 1 and (run_dir / cache.CACHE_NAME).is_file()
+    again, _ = codes_of(run_dir)
+    assert np.array_equal(again, encoded) and len(encodings) == 1  # read back, not encoded
+
+    (run_dir / cache.CACHE_NAME).write_bytes(b"PK\x03\x04 not a zip")  # a damaged cache is encoded again
+    repaired, _ = codes_of(run_dir)
+    assert np.array_equal(repaired, encoded) and len(encodings) == 2
+    assert np.array_equal(codes_of(run_dir)[0], encoded) and len(encodings) == 2  # and rewritten whole
+
+    weights = torch.load(run_dir / "weights.pt", weights_only=True)
+    name = next(k for k in weights if "codebook" in k or "embed" in k)
+    weights[name] = weights[name] + 0.5 * torch.randn_like(weights[name].float()).to(weights[name].dtype)
+    torch.save(weights, run_dir / "weights.pt")
+    changed, encoded_changed = codes_of(run_dir)  # another model: its own codes, not the cached ones
+    assert np.array_equal(changed, encoded_changed) and len(encodings) == 3
+
+    # A run directory nobody may write to still serves; the codes are just not kept.
+    (run_dir / cache.CACHE_NAME).unlink()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(cache.tempfile, "mkstemp", refuse)
+    unwritable, _ = codes_of(run_dir)
+    assert np.array_equal(unwritable, encoded_changed) and not (run_dir / cache.CACHE_NAME).exists()

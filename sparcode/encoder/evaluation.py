@@ -10,7 +10,7 @@ import numpy as np
 from sparcode.encoder.runs import Run
 from sparcode.codes_fallback import CodeTable
 from sparcode.encoder.serving import build_postings, code_table, index_sample, user_queries
-from sparcode.encoder.export import indexed_codes
+from sparcode.encoder.training_codes import training_codes
 from sparcode.encoder.train import model_scores
 from sparcode.eval.harness import evaluate_scores
 
@@ -35,7 +35,7 @@ def served_queries(model, run: Run, evalset, device, table: CodeTable, probes: i
 def load_for_serving(run: Run) -> tuple:
     """(model, device, indexed codes): what serving a run needs before any serve setting applies."""
     model, device = run.load_model()
-    return model, device, indexed_codes(model, run, device)
+    return model, device, training_codes(model, run, device)
 
 
 def evaluate_sparcode_served(run: Run, evalset, exclude_seen: bool, progress: bool = False,

@@ -19,17 +19,11 @@ import torch
 from sparcode.codes_fallback import CodeTable
 from sparcode.encoder import checkpoint as ckpt
 from sparcode.encoder.runs import Run, RunError
-from sparcode.encoder.serving import (Postings, build_postings, code_table, distinct_codes, index_sample,
-                                      user_codes)
+from sparcode.encoder.serving import Postings, build_postings, code_table, index_sample
+from sparcode.encoder.training_codes import training_codes
 from sparcode.staging import check_export_target, is_export, staged_directory
 
 FORMAT = "sparcode-export/1"
-
-
-def indexed_codes(model, run: Run, device) -> np.ndarray:
-    """Every code the training users' tokens produce, over all their sliding windows."""
-    train = run.split.train
-    return distinct_codes(user_codes(model, train.users, train.histories, device))
 
 
 def measure_gemm_rate(model, device, seconds: float = 0.5) -> float:
@@ -84,8 +78,8 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
                        "a shard cannot tell which of a code's items are its best overall; export unsharded")
     started = time.perf_counter()
     model, device = run.load_model()
-    training_codes = indexed_codes(model, run, device)
-    codes = index_sample(training_codes, run.config.serve.max_codes)
+    window_codes = training_codes(model, run, device)
+    codes = index_sample(window_codes, run.config.serve.max_codes)
     items = np.arange(run.dataset.n_items)[index::count]
     allocation = allocation or run.config.serve.allocation
     postings = build_postings(model, codes, device, bias, run.config.serve.stored_fraction, max_postings,
@@ -114,7 +108,7 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
             table.save(tmp / "codes.npz")
         stats = postings.stats()
         stats["codes_with_postings"] = int(nonempty.sum())
-        stats["training_codes"] = len(training_codes)
+        stats["training_codes"] = len(window_codes)
         stats["pairs"] = int(postings.pairs)
         stats["stored_fraction"] = postings.pairs / max(len(codes) * len(items), 1)
         manifest = {
