@@ -413,6 +413,34 @@ def test_serving_sweep_rows_are_what_evaluate_prints(trained, tmp_path):
     assert own["pairs"] == served["pairs"]
 
 
+def test_ease_hybrid_weight_zero_is_the_served_model_and_engine_semantics_hold(trained, tmp_path):
+    """scripts/ease_hybrid.py: its weight-0 row must be `sparcode evaluate`'s number, and its sum must
+    behave as an engine's would (unmatched items absent, EASE alone can reach an item)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    _, _, _, run = trained
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ease_hybrid.py"
+    out = tmp_path / "hybrid.json"
+    subprocess.run([sys.executable, str(script), str(run), "--weights", "0,1", "--positive-only", "--lambda", "10",
+                    "--out", str(out)], check=True, capture_output=True)
+    result = json.loads(out.read_text())
+    served = json.loads(invoke("evaluate", run, "--json").output)
+    for key in ("recall@20", "ndcg@50"):
+        assert result["test_model_alone"][key] == round(served[key], 4), key
+    assert [row["weight"] for row in result["valid"]] == [0.0, 1.0] and result["scale"] > 0
+
+    spec = importlib.util.spec_from_file_location("ease_hybrid", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = np.array([[2.0, -np.inf, -np.inf, 1.0]])
+    ease = np.array([[0.0, 3.0, 0.0, 0.5]])
+    assert module.hybrid(model, ease, 0.0, True) is model
+    assert module.hybrid(model, ease, 2.0, True).tolist() == [[2.0, 6.0, -np.inf, 2.0]]
+    assert module.hybrid(model, ease, 2.0, False).tolist() == [[2.0, 6.0, 0.0, 2.0]]
+
+
 def test_max_codes_indexes_a_seeded_sample_that_export_and_evaluate_share(trained, tmp_path):
     _, _, _, run = trained
     full = json.loads(invoke("evaluate", run, "--json").output)

@@ -38,34 +38,45 @@ def load_for_serving(run: Run) -> tuple:
     return model, device, training_codes(model, run, device)
 
 
+class ServedIndex:
+    """A run's postings and code table as `sparcode export` would write them, held in memory."""
+
+    def __init__(self, run: Run, progress: bool = False, loaded: tuple | None = None):
+        self.run = run
+        self.model, self.device, self.training_codes = loaded or load_for_serving(run)
+        serve = run.config.serve
+        self.codes = index_sample(self.training_codes, serve.max_codes)
+        self.postings = build_postings(self.model, self.codes, self.device, serve.bias, serve.stored_fraction,
+                                       serve.max_postings, progress=progress, allocation=serve.allocation)
+        # A code whose every score fell below b̃ would serve nothing; like an unseen code, it falls
+        # back to the nearest code that has postings (the export's code table does the same).
+        self.table = code_table(self.model, self.codes[self.postings.nonempty()])
+
+    def queries(self, evalset) -> list[dict[str, float]]:
+        return served_queries(self.model, self.run, evalset, self.device, self.table)
+
+    def score_fn(self, queries: list[dict[str, float]]):
+        """score_fn for the harness: what the engine sums per item, -inf where no term matches."""
+        return lambda rows: np.stack([self.postings.user_scores(self.table, queries[r]) for r in rows])
+
+
 def evaluate_sparcode_served(run: Run, evalset, exclude_seen: bool, progress: bool = False,
                              loaded: tuple | None = None) -> tuple[dict, list]:
     """`loaded` = `load_for_serving(run)`, for a caller that serves one model several ways."""
-    model, device, training_codes = loaded or load_for_serving(run)
-    serve = run.config.serve
-    codes = index_sample(training_codes, serve.max_codes)
-    postings = build_postings(model, codes, device, serve.bias, serve.stored_fraction, serve.max_postings,
-                              progress=progress, allocation=serve.allocation)
-    # A code whose every score fell below b̃ would serve nothing; like an unseen code, it falls
-    # back to the nearest code that has postings (the export's code table does the same).
-    table = code_table(model, codes[postings.nonempty()])
-    queries = served_queries(model, run, evalset, device, table)
-
-    def score(rows: np.ndarray) -> np.ndarray:
-        return np.stack([postings.user_scores(table, queries[r]) for r in rows])
-
-    metrics, rankings = evaluate_scores(score, evalset, run.dataset.n_items, exclude_seen=exclude_seen,
-                                        return_rankings=True)
+    index = ServedIndex(run, progress, loaded)
+    queries = index.queries(evalset)
+    metrics, rankings = evaluate_scores(index.score_fn(queries), evalset, run.dataset.n_items,
+                                        exclude_seen=exclude_seen, return_rankings=True)
     user_terms = {t for q in queries for t in q}
-    fallback = sum(1 for q in queries for t in q if t not in table)
-    metrics.update(postings.stats())
+    fallback = sum(1 for q in queries for t in q if t not in index.table)
+    metrics.update(index.postings.stats())
     metrics.update({
-        "bias": postings.bias,
+        "bias": index.postings.bias,
         "codes_used": len(user_terms),
-        "query_probes": serve.query_probes,
+        "query_probes": run.config.serve.query_probes,
         "query_terms_without_postings": fallback,
-        "training_codes": len(training_codes),
-        "codebook_utilisation": _codebook_utilisation(codes, run.config.model.codes),
+        "training_codes": len(index.training_codes),
+        "codebook_utilisation": _codebook_utilisation(index.codes, run.config.model.codes),
     })
     return metrics, rankings
 
