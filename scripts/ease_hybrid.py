@@ -32,12 +32,15 @@ REPORTED = ("recall@20", "ndcg@20", "recall@50", "ndcg@50")
 WEIGHTS = "0,0.05,0.1,0.2,0.3,0.5,0.75,1,1.5,2"
 
 
-def model_score_matrix(run, evalset, index: ServedIndex | None) -> np.ndarray:
-    rows = np.arange(len(evalset))
-    if index is not None:
-        return index.score_fn(index.queries(evalset))(rows).astype(np.float64)
-    model, device = run.load_model()
-    return model_scores(model, evalset, device)(rows).astype(np.float64)
+def model_score_matrices(run):
+    """evalset → full score matrix, with the model (and SparCode's postings) loaded once for both parts."""
+    if run.kind == "sparcode":
+        index = ServedIndex(run)
+        score_fn = lambda evalset: index.score_fn(index.queries(evalset))  # noqa: E731
+    else:
+        model, device = run.load_model()
+        score_fn = lambda evalset: model_scores(model, evalset, device)  # noqa: E731
+    return lambda evalset: score_fn(evalset)(np.arange(len(evalset))).astype(np.float64)
 
 
 def ease_score_matrix(run, evalset, part: str, lam: float, positive_only: bool) -> np.ndarray:
@@ -70,11 +73,11 @@ def main() -> None:
 
     run = open_run(args.run)
     exclude = run.split.exclude_seen_default
-    index = ServedIndex(run) if run.kind == "sparcode" else None
+    model_matrix = model_score_matrices(run)
     scores = {}
     for part in ("valid", "test"):
         evalset = getattr(run.split, part)
-        scores[part] = (evalset, model_score_matrix(run, evalset, index),
+        scores[part] = (evalset, model_matrix(evalset),
                         ease_score_matrix(run, evalset, part, args.lam, args.positive_only))
 
     _, model_valid, ease_valid = scores["valid"]
