@@ -37,6 +37,10 @@ class ModelConfig:
     ema_decay: float = 0.99
     commit_weight: float = 0.25  # λ
     kmeans_iters: int = 10
+    # Training windows whose untrained tokens seed the codebooks' k-means before the first step.
+    # 0 = the library's default, the first batch: 128 tokens for 256 codes, so half the codes
+    # start as duplicates and only dead-code re-seeding spreads them (the recorded presets).
+    kmeans_init_windows: int = 0
     # EMA of a code's assignments per training step below which it is re-seeded from the batch.
     # None = DEAD_CODE_SHARE of the uniform rate (batch x K_u / N), resolved by validate(). The
     # library's usual absolute 2 sits above that rate at our batch shapes (0.5 per step for
@@ -223,6 +227,7 @@ _BOUNDS: dict[str, tuple[str, Any]] = {
     "model.ema_decay": PROBABILITY,
     "model.commit_weight": at_least(0),
     "model.kmeans_iters": at_least(0),
+    "model.kmeans_init_windows": _noted(at_least(0), "0 = the first training batch"),
     "model.dropout": PROBABILITY,
     "model.ease_history": _noted(at_least(0), "0 = the whole history"),
     **{f"train.{key}": at_least(1) for key in ("epochs", "batch_size", "patience", "max_history", "future_targets")},

@@ -559,3 +559,25 @@ def test_training_codes_are_cached_in_the_run_and_encoded_again_when_the_model_c
     monkeypatch.setattr(cache.tempfile, "mkstemp", refuse)
     unwritable, _ = codes_of(run_dir)
     assert np.array_equal(unwritable, encoded_changed) and not (run_dir / cache.CACHE_NAME).exists()
+
+
+def test_codebooks_are_seeded_from_many_windows_once_per_run_not_on_resume(trained, tmp_path, monkeypatch):
+    import sparcode.encoder.train as training
+
+    root, data, _, _ = trained
+    seeded = []
+    real = training.seed_codebooks
+    monkeypatch.setattr(training, "seed_codebooks", lambda model, train_set, windows, *a, **k: (
+        seeded.append(windows), real(model, train_set, windows, *a, **k)))
+    cfg = tmp_path / "seeded.json"
+    cfg.write_text(json.dumps({**TINY, "model": {**TINY["model"], "kmeans_init_windows": 200},
+                               "train": {**TINY["train"], "epochs": 1}}))
+    run = tmp_path / "run"
+    args = ("train", "--model", "sparcode", "--dataset", data, "--split", "leave-one-out", "--out", run, "--quiet")
+    result = invoke(*args, "--config", cfg)
+    assert result.exit_code == 0, result.output
+    assert seeded == [200]
+    assert RunConfig.load(run / "config.json").model.kmeans_init_windows == 200
+    result = invoke(*args, "--config", cfg, "--epochs", 2, "--resume")
+    assert result.exit_code == 0, result.output
+    assert seeded == [200]  # the resumed codebook is the trained one, not a second k-means

@@ -470,3 +470,55 @@ def test_rotation_gradient_changes_only_the_backward_pass():
 def test_unknown_quantizer_gradient_is_a_config_error():
     with pytest.raises(ConfigError, match="quantizer_gradient"):
         RunConfig.from_dict({"model": {"quantizer_gradient": "gumbel"}}).validate()
+
+
+def test_codebook_seeding_clusters_many_windows_once(tmp_path):
+    """`model.kmeans_init_windows`: k-means over many windows' tokens gives N distinct codewords
+    that fit those tokens better than the first batch's few, touches no parameter, and is not
+    redone by the first training step."""
+    from sparcode.config import ModelConfig
+    from sparcode.data.readers import load_dataset
+    from sparcode.data.splits import make_split
+    from sparcode.encoder.models import build_model
+    from sparcode.encoder.train import seed_codebooks
+
+    rng = np.random.default_rng(0)
+    lines = [f"u{u} " + " ".join(f"i{i}" for i in rng.choice(60, 10, replace=False)) for u in range(60)]
+    (tmp_path / "sequences.txt").write_text("\n".join(lines) + "\n")
+    dataset = load_dataset(tmp_path)
+    train = make_split(dataset, "leave-one-out", seed=0, max_history=5).train
+    windows = 300
+    assert len(train) >= windows
+    cfg = ModelConfig(dim=8, codebooks=2, codes=16, user_tokens=1, scorer_hidden=4, tokenizer="dnn", kmeans_iters=10,
+                      ema_decay=1.0, dead_code_threshold=0.0)  # the codebook moves only if k-means runs again
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_model(cfg, dataset, 5)
+
+    def distortion(model, rows):
+        model.eval()
+        with torch.no_grad():
+            tokens = model.pre_quantization_tokens(torch.as_tensor(train.users[rows]), torch.as_tensor(train.histories[rows]))
+            quantized = model.quantizer.decode(model.quantizer.encode(tokens))
+        model.train()
+        return float((tokens - quantized).pow(2).sum(-1).mean())
+
+    seeded = fresh()
+    params = {k: v.clone() for k, v in seeded.named_parameters()}
+    seed_codebooks(seeded, train, windows, seed=0, device=torch.device("cpu"), chunk=64)  # 5 chunks
+    assert seeded.training
+    assert all(torch.equal(v, params[k]) for k, v in seeded.named_parameters())
+    assert int(seeded.quantizer.usage.sum()) == 0  # the init is not a training step
+    book = seeded.quantizer.codebook.clone()
+    for m in range(cfg.codebooks):
+        assert torch.unique(book[m], dim=0).shape[0] == cfg.codes
+
+    first_batch = fresh()
+    eight = np.arange(8)
+    first_batch.user_tokens(torch.as_tensor(train.users[eight]), torch.as_tensor(train.histories[eight]))  # 8 tokens, 16 codes
+    every = np.arange(len(train))
+    assert distortion(seeded, every) < 0.5 * distortion(first_batch, every)
+
+    seeded.user_tokens(torch.as_tensor(train.users[eight]), torch.as_tensor(train.histories[eight]))
+    assert torch.equal(seeded.quantizer.codebook, book)

@@ -188,6 +188,8 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
         rng = np.random.default_rng([cfg.seed, start_epoch])
     elif not resume:
         (run_dir / ckpt.HISTORY).unlink(missing_ok=True)
+    if start_epoch == 0 and cfg.model.kmeans_init_windows:
+        seed_codebooks(model, split.train, cfg.model.kmeans_init_windows, cfg.seed, device)
     cfg.save(run_dir / ckpt.CONFIG)
 
     train_set = split.train
@@ -253,6 +255,29 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
             break
     return {"best_epoch": best_epoch, f"valid_{cfg.train.select_metric}": best, "train_seconds": round(elapsed, 1),
             "device": str(device), "torch": torch.__version__}
+
+
+def seed_codebooks(model, train_set, windows: int, seed: int, device, chunk: int = 4096) -> None:
+    """Run the quantizer's k-means init on the untrained tokens of `windows` random training
+    windows, so that it clusters many tokens instead of the first batch's few. The window draw
+    has its own generator: the epochs' orders stay those of a run without it."""
+    quantizer = getattr(model, "quantizer", None)
+    if quantizer is None:
+        return
+    rows = np.random.default_rng([seed, _CODEBOOK_SEED_STREAM]).permutation(len(train_set))[:windows]
+    was_training = model.training
+    model.eval()  # no dropout, no EMA step, no usage counts: the init alone
+    with torch.no_grad():
+        tokens = torch.cat([
+            model.pre_quantization_tokens(torch.as_tensor(train_set.users[part], device=device),
+                                          torch.as_tensor(train_set.histories[part], device=device))
+            for part in np.array_split(rows, max(1, math.ceil(len(rows) / chunk)))])
+        quantizer(tokens)  # the first forward runs the library's k-means init; later ones skip it
+    model.train(was_training)
+
+
+# Second entry of the window-draw seed: any constant apart from the epoch numbers --resume uses.
+_CODEBOOK_SEED_STREAM = 0x6B6D
 
 
 def _check_shapes(run_dir: Path, saved: dict, fresh: dict) -> None:
