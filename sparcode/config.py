@@ -40,6 +40,8 @@ class ModelConfig:
     # Training windows whose untrained tokens seed the codebooks' k-means before the first step.
     # 0 = the library's default, the first batch: 128 tokens for 256 codes, so half the codes
     # start as duplicates and only dead-code re-seeding spreads them (the recorded presets).
+    # The library's k-means holds a windows x codes distance matrix per codebook: tens of
+    # thousands of windows are plenty.
     kmeans_init_windows: int = 0
     # EMA of a code's assignments per training step below which it is re-seeded from the batch.
     # None = DEAD_CODE_SHARE of the uniform rate (batch x K_u / N), resolved by validate(). The

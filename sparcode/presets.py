@@ -2,8 +2,6 @@
 `--config` file overrides it. Each value here was chosen by a measured run (see README)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from sparcode.config import RunConfig
 
 # SparCode and its unindexed upper bound train identically; only quantization differs.
@@ -77,27 +75,21 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def run_config(model: str, dataset: str, split: str, config_file: Path | None = None,
+def run_config(model: str, dataset: str, split: str, overrides: dict | None = None,
                seed: int | None = None, epochs: int | None = None) -> RunConfig:
+    """The preset for (model, dataset), then `overrides` (a config file's JSON object, read once by
+    the caller: a file given as <(…) or /dev/stdin cannot be read twice), then the flags."""
     data = _merge({"dataset": dataset, "split": split, "model": {"kind": model}}, _PRESETS.get(model, {}))
     for (name, kind), extra in _DATASET_OVERRIDES.items():
         if name == dataset and kind in ("*", model):
             data = _merge(data, extra)
     cfg = RunConfig.from_dict(data)
-    if config_file is not None:
-        override = _read(config_file)
-        cfg = RunConfig.from_dict(_merge(cfg.to_dict(), override))
+    if overrides is not None:
+        RunConfig.from_dict(_merge(RunConfig().to_dict(), overrides))  # unknown keys and bad values fail here, naming the key
+        cfg = RunConfig.from_dict(_merge(cfg.to_dict(), overrides))
     if seed is not None:
         cfg.seed = seed
     if epochs is not None:
         cfg.train.epochs = epochs
     cfg.model.kind = model
     return cfg.validate()
-
-
-def _read(path: Path) -> dict:
-    from sparcode.config import read_config_file
-
-    data = read_config_file(path)
-    RunConfig.from_dict(_merge(RunConfig().to_dict(), data))  # unknown keys and bad values fail here, naming the key
-    return data

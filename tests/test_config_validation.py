@@ -219,3 +219,27 @@ def test_resume_after_the_dataset_file_changed_is_one_line(trained_run):
     result = invoke("train", "--dataset", data, "--split", "leave-one-out", "--out", run, "--config", cfg,
                     "--resume", "--quiet")
     one_line_error(result, "cannot resume", "shape")
+
+
+@pytest.mark.timeout(30)  # reading this FIFO twice blocks for good
+def test_a_config_that_can_be_read_only_once_is_read_once(tmp_path):
+    """`--config <(…)` or `--config /dev/stdin`: a pipe. A second read of `<(…)` got nothing, and
+    the run failed with "not valid JSON" about a valid file."""
+    import os
+    import threading
+
+    data = write_dataset(tmp_path / "seq.txt")
+    pipe = tmp_path / "config.pipe"
+    os.mkfifo(pipe)
+
+    def write_once():
+        with open(pipe, "w") as fh:
+            fh.write(json.dumps({"train": {"epochs": -3}}))
+
+    writer = threading.Thread(target=write_once, daemon=True)
+    writer.start()
+    result = invoke("train", "--model", "sparcode", "--dataset", data, "--split", "leave-one-out",
+                    "--out", tmp_path / "run", "--config", pipe, "--quiet")
+    writer.join(timeout=5)
+    one_line_error(result, "train.epochs must be ≥ 1, got -3")
+    assert not (tmp_path / "run").exists()

@@ -176,8 +176,7 @@ def test_presets_layer_model_then_dataset_then_config_file_then_flags(tmp_path):
     # ml-1m's neural models train on each window's next 10 items; Beauty was measured on 1.
     assert {run_config(m, "ml-1m", "multi-target").train.future_targets for m in ("sparcode", "two-tower")} == {10}
     assert beauty.train.future_targets == run_config("two-tower", "beauty", "leave-one-out").train.future_targets == 1
-    override = tmp_path / "override.json"
-    override.write_text('{"train": {"epochs": 5}}')
+    override = {"train": {"epochs": 5}}
     from_file = run_config("sparcode", "beauty", "leave-one-out", override)
     assert (from_file.train.epochs, from_file.train.patience) == (5, 3)
     assert run_config("sparcode", "beauty", "leave-one-out", override, epochs=7).train.epochs == 7

@@ -27,11 +27,14 @@ DEFAULT_SPLIT = {"ml-1m": "multi-target", "beauty": "leave-one-out"}
 def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resume, quiet):
     """Train a model and record config, weights and validation history in RUN_DIR."""
     with user_errors():
+        from sparcode.config import read_config_file
         from sparcode.presets import run_config
 
+        overrides = None
         if config_file is not None:
-            model_kind, dataset, split = _settle_with_file(config_file, model_kind, dataset, split)
-        cfg = run_config(model_kind, dataset, split or DEFAULT_SPLIT.get(dataset, "leave-one-out"), config_file, seed, epochs)
+            overrides = read_config_file(config_file)
+            model_kind, dataset, split = _settle_with_file(config_file, overrides, model_kind, dataset, split)
+        cfg = run_config(model_kind, dataset, split or DEFAULT_SPLIT.get(dataset, "leave-one-out"), overrides, seed, epochs)
         if (run_dir / "run.json").exists() and not resume:
             raise click.ClickException(f"{run_dir} already holds a finished run; choose another --out or pass --resume")
         from sparcode.training import train_run
@@ -40,7 +43,7 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
     click.echo(f"trained {model_kind} on {cfg.dataset} ({cfg.split}) in {summary['train_seconds']:.0f}s → {run_dir}")
 
 
-def _settle_with_file(config_file: Path, model_kind: str, dataset: str, split: str | None):
+def _settle_with_file(config_file: Path, data: dict, model_kind: str, dataset: str, split: str | None):
     """--model, --dataset and --split against the config file's model.kind, dataset and split.
 
     An explicit flag and a different file value is an error naming both (either silently
@@ -48,9 +51,8 @@ def _settle_with_file(config_file: Path, model_kind: str, dataset: str, split: s
     left at its default takes the file's value, so presets follow the dataset the run uses."""
     from click.core import ParameterSource
 
-    from sparcode.config import ConfigError, read_config_file, same_dataset
+    from sparcode.config import ConfigError, same_dataset
 
-    data = read_config_file(config_file)
     ctx = click.get_current_context()
     model = data.get("model") if isinstance(data.get("model"), dict) else {}
     settled = []
