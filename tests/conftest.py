@@ -109,17 +109,34 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
+_MARKER = {"elasticsearch": "es", "opensearch": "opensearch"}
+_FIXTURE = {"elasticsearch": "es_engine", "opensearch": "os_engine"}
+
+
 def live_engine(name: str):
-    """A checked engine at <ENGINE>_URL; fail under CI=true when there is none, else skip."""
+    """A checked engine at <ENGINE>_URL. None is a failure, never a skip: a run without a node
+    deselects these tests by their marker instead (scripts/test.sh does, saying so)."""
     from sparcode.pipeline.connect import ConnectionProblem, connect
 
     try:
         return connect(engine=name)
     except ConnectionProblem as exc:
         problem = str(exc)
-    if in_ci():
-        pytest.fail(f"CI=true and no usable {name}: {problem}", pytrace=False)
-    pytest.skip(f"no {name}: {problem}")
+    prefix = "CI=true and no" if in_ci() else "no"
+    pytest.fail(f"{prefix} usable {name}: {problem} (`bash scripts/test.sh` starts one; "
+                f"-m 'not {_MARKER[name]}' leaves these tests out)", pytrace=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that reaches a live engine carries its marker, so `-m 'not es'` leaves out
+    exactly the tests that would fail without a node."""
+    for item in items:
+        names = set(item.fixturenames)
+        if "engine" in names:
+            names.add(_FIXTURE[item.module.ENGINE])
+        for engine, fixture in _FIXTURE.items():
+            if fixture in names:
+                item.add_marker(_MARKER[engine])
 
 
 def pytest_unconfigure(config):
@@ -156,7 +173,7 @@ def os_engine():
 @pytest.fixture(scope="module")
 def engine(request):
     """The live engine named by the test module's `ENGINE` ("elasticsearch" or "opensearch")."""
-    return request.getfixturevalue({"elasticsearch": "es_engine", "opensearch": "os_engine"}[request.module.ENGINE])
+    return request.getfixturevalue(_FIXTURE[request.module.ENGINE])
 
 
 def run_cli(*args, env=None):
