@@ -127,7 +127,8 @@ def live_engine(name: str):
                 f"-m 'not {_MARKER[name]}' leaves these tests out)", pytrace=False)
 
 
-def pytest_collection_modifyitems(config, items):
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items):
     """Every test that reaches a live engine carries its marker, so `-m 'not es'` leaves out
     exactly the tests that would fail without a node."""
     for item in items:
