@@ -232,7 +232,9 @@ _BOUNDS: dict[str, tuple[str, Any]] = {
     "model.kmeans_init_windows": _noted(at_least(0), "0 = the first training batch"),
     "model.dropout": PROBABILITY,
     "model.ease_history": _noted(at_least(0), "0 = the whole history"),
-    **{f"train.{key}": at_least(1) for key in ("epochs", "batch_size", "patience", "max_history", "future_targets")},
+    **{f"train.{key}": at_least(1) for key in ("epochs", "batch_size", "patience", "future_targets")},
+    # Every training window stores this many item ids: 10,000 is already 64 GB on ml-1m.
+    "train.max_history": ("in [1, 10000]", lambda v: 1 <= v <= 10_000),
     "train.lr": POSITIVE,
     "train.weight_decay": at_least(0),
     "train.negatives": _noted(at_least(0), "0 = full softmax"),
@@ -256,7 +258,7 @@ def same_dataset(a: str, b: str) -> bool:
 def read_config_file(path: Path) -> dict[str, Any]:
     """A config file's JSON object, or a ConfigError naming the file."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))  # Windows editors write a BOM
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except json.JSONDecodeError as err:

@@ -19,9 +19,11 @@ def evaluate_run(run_dir: Path, backend: str = "model", alias: str | None = None
     """→ (metrics, rankings, run, evalset); ``sample_users`` > 0 scores a seeded random subset of
     that many users (a quick check of a slow model), recorded in the metrics; ``serve`` overrides
     the run's serve settings (`open_run`)."""
-    run = open_run(run_dir, serve=serve)
+    run = open_run(run_dir, serve=serve, allow_unfinished=True)
     evalset = run.split.test if part == "test" else run.split.valid
     population = len(evalset)
+    if not population:  # runs trained before the split was checked at training time
+        raise RunError(f"{run_dir} has no {'test' if part == 'test' else 'validation'} users to evaluate")
     evalset = evalset.sample(sample_users, sample_seed)
     exclude = run.split.exclude_seen_default if exclude_seen is None else exclude_seen
     if run.kind == "tiger":
@@ -50,6 +52,8 @@ def evaluate_run(run_dir: Path, backend: str = "model", alias: str | None = None
 
         metrics, rankings = evaluate_model_scores(run, evalset, exclude)
     metrics.update({"exclude_seen": exclude, "backend": backend, "model": run.kind, "dataset": run.config.dataset})
+    if not run.info:
+        metrics["unfinished"] = True
     if len(evalset) < population:
         metrics.update({"sampled_from": population, "sample_seed": sample_seed})
     return metrics, rankings, run, evalset

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sparcode.config import ConfigError, RunConfig, same_dataset
 from sparcode.data.readers import NAMED, load_dataset
-from sparcode.data.splits import make_split, split_summary
+from sparcode.data.splits import check_usable, make_split, split_summary
 
 
 def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict:
@@ -19,6 +19,7 @@ def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: boo
         check_resumable(run_dir, cfg)
     dataset = load_dataset(cfg.dataset)
     split = make_split(dataset, cfg.split, seed=cfg.seed, max_history=cfg.train.max_history)
+    check_usable(split, dataset.n_users, cfg.dataset)
     kind = cfg.model.kind
     if kind == "tiger":  # its `tiger` keys are checked here, before RUN_DIR is made, not in the trainer
         from sparcode.generative.config import TigerConfig

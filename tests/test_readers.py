@@ -93,6 +93,11 @@ def test_generic_round_trip(tmp_path):
     ({"sequences.txt": "u1 a\nu1 b\n"}, "appears twice", 2),
     ({"sequences.txt": "u1 a\n", "items.tsv": "a\tcolor=red\nzz\tcolor=blue\n"}, "does not occur", 2),
     ({"sequences.txt": "u1 a\n", "items.tsv": "a\tcolor\n"}, "feature=value", 1),
+    ({"sequences.txt": "u1 a b\n", "items.tsv": "a\tcolor=red\nb\tcolor=red\na\tcolor=blue\n"},
+     "item 'a' appears twice, on line 1 and line 3", 3),
+    ({"sequences.txt": "u1 a\n", "users.tsv": "u1 age=3\n"}, "separated by TABs, not spaces", 1),
+    ({"sequences.txt": "u1 a b\ru2 b c\r"}, "carriage return inside a line", 1),
+    ({"sequences.txt": "u1 a b\r\nu2 b c\nu3 c\rd\n"}, "carriage return inside a line", 3),
 ])
 def test_generic_errors_name_file_and_line(tmp_path, files, message, line):
     for name, text in files.items():

@@ -26,8 +26,9 @@ def user_errors():
     handled += (BackendError, BulkFailed, ConnectionProblem, EngineError, EngineUnavailable, ExportError,
                 IndexProblem, OccupiedTarget, QueryError)
     try:
+        from sparcode.encoder.checkpoint import UnreadableFile
         from sparcode.encoder.runs import RunError
-        handled += (RunError,)
+        handled += (RunError, UnreadableFile)
     except ImportError:  # torch-free installs still get clean messages for the rest
         pass
     try:
@@ -40,6 +41,11 @@ def user_errors():
         # click's own handler would print a bare "Aborted!", as if the user had pressed Ctrl-D;
         # here it is a truncated file (gzip's message names no file, so the readers that can, do).
         raise click.ClickException(f"a file ended early, probably truncated: {err}") from None
+    except MemoryError as err:  # numpy names the array's size, which tells the user which setting to lower
+        raise click.ClickException(f"out of memory: {err or 'an allocation failed'}") from None
+    except OSError as err:  # read-only or full disk, no permission, a file where a folder should be
+        where = f": {err.filename}" if err.filename else ""
+        raise click.ClickException(f"{err.strerror or err}{where}") from None
 
 
 def serve_options(command):

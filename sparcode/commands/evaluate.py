@@ -62,6 +62,8 @@ def command(run_dir, backend, alias, export_dir, exclude_seen, part, sample_user
                 write_run(run_file, rankings, evalset, run.dataset, tag=f"sparcode-{run.kind}-{backend}")
             if qrels is not None:
                 write_qrels(qrels, evalset, run.dataset)
+    if metrics.get("unfinished"):
+        click.echo(f"warning: {run_dir} has not finished training; these are its best epoch so far", err=True)
     if as_json:
         click.echo(json.dumps(metrics, sort_keys=True, default=float))
         return

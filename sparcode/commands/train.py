@@ -30,17 +30,38 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
         from sparcode.config import read_config_file
         from sparcode.presets import run_config
 
+        from sparcode.config import ConfigError
+
         overrides = None
         if config_file is not None:
             overrides = read_config_file(config_file)
             model_kind, dataset, split = _settle_with_file(config_file, overrides, model_kind, dataset, split)
-        cfg = run_config(model_kind, dataset, split or DEFAULT_SPLIT.get(dataset, "leave-one-out"), overrides, seed, epochs)
-        if (run_dir / "run.json").exists() and not resume:
-            raise click.ClickException(f"{run_dir} already holds a finished run; choose another --out or pass --resume")
+        try:
+            cfg = run_config(model_kind, dataset, split or DEFAULT_SPLIT.get(dataset, "leave-one-out"), overrides,
+                             seed, epochs)
+        except ConfigError as err:
+            if config_file is None or str(err).startswith(str(config_file)):
+                raise
+            raise ConfigError(f"{config_file}: {err}") from None
+        _check_out(run_dir, resume)
         from sparcode.training import train_run
 
         summary = train_run(run_dir, cfg, resume=resume, progress=not quiet)
     click.echo(f"trained {model_kind} on {cfg.dataset} ({cfg.split}) in {summary['train_seconds']:.0f}s → {run_dir}")
+
+
+def _check_out(run_dir: Path, resume: bool) -> None:
+    """RUN_DIR is new, empty, or a run of ours that --resume continues; training into any other
+    folder would mix its files with the run's (and leave stale weights beside a new model)."""
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    if not (run_dir / "config.json").is_file():
+        raise click.ClickException(f"{run_dir} is not empty and holds no sparcode run; choose a new or empty --out")
+    if (run_dir / "run.json").exists() and not resume:
+        raise click.ClickException(f"{run_dir} already holds a finished run; choose another --out or pass --resume")
+    if not resume:
+        raise click.ClickException(f"{run_dir} holds an unfinished run; pass --resume to continue it, "
+                                   f"or choose another --out")
 
 
 def _settle_with_file(config_file: Path, data: dict, model_kind: str, dataset: str, split: str | None):

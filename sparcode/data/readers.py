@@ -23,8 +23,9 @@ All files are UTF-8 (plain or gzip; a byte-order mark at the start of a file is 
 get dense indices in order of first appearance in the sequences file, users in line order. Every
 feature of items.tsv/users.tsv becomes a categorical (multi-valued when ``|`` separates values)
 feature; item features are also item attributes (Elasticsearch type ``keyword``). A user or item
-listed in a feature file but absent from the sequences, a duplicate user line, an empty sequence
-or a field without ``=`` is an error.
+listed in a feature file but absent from the sequences, a second line for one user (or for one
+id of a feature file), an empty sequence, a field without ``=`` or a bare carriage return
+inside a line (CR-only line ends) is an error.
 Items or users without a line in a feature file simply have no values for it.
 
 Every problem with the files raises `DataError` naming the file and, where it applies, the line.
@@ -75,7 +76,11 @@ def text_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]
             for lineno, raw in enumerate(fh, 1):
                 if lineno == 1 and strip_bom and raw.startswith(codecs.BOM_UTF8):
                     raw = raw[len(codecs.BOM_UTF8):]
-                yield lineno, raw.decode(encoding).rstrip("\r\n")
+                line = raw.decode(encoding).rstrip("\r\n")
+                if "\r" in line:  # CR-only line ends would otherwise make the whole file one line
+                    raise DataError("carriage return inside a line: lines must end in LF or CRLF "
+                                    "(old Mac CR-only line ends?)", path, lineno)
+                yield lineno, line
     except FileNotFoundError:
         raise DataError("missing file", path) from None
     except UnicodeDecodeError as err:
@@ -84,14 +89,15 @@ def text_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]
         raise DataError(f"cannot read file: {err}", path, lineno + 1) from None
 
 
-def _first_line(first_lines: dict[str, int], user: str, path: Path, lineno: int) -> None:
-    """Record that `user` starts line `lineno`; a second line for the same user is an error.
+def _first_line(first_lines: dict[str, int], key: str, path: Path, lineno: int, kind: str = "user") -> None:
+    """Record that `key` starts line `lineno`; a second line for the same user (or item) is an
+    error rather than a silent merge or overwrite.
 
-    Callers pass the user id exactly as their loader parsed it, so the check can never
-    disagree with the loader about what the id is or which lines count."""
-    first = first_lines.setdefault(user, lineno)
+    Callers pass the id exactly as their loader parsed it, so the check can never disagree
+    with the loader about what the id is or which lines count."""
+    first = first_lines.setdefault(key, lineno)
     if first != lineno:
-        raise DataError(f"user {user!r} appears twice, on line {first} and line {lineno}", path, lineno)
+        raise DataError(f"{kind} {key!r} appears twice, on line {first} and line {lineno}", path, lineno)
 
 
 def _int(text: str, what: str, path: Path, lineno: int) -> int:
@@ -317,12 +323,15 @@ def load_generic(path: Path) -> Dataset:
 def _read_feature_file(path: Path, index: dict[str, int], kind: str) -> tuple[list[CategoricalFeature], list[dict]]:
     rows: list[dict[str, list[str]]] = [{} for _ in index]
     names: dict[str, None] = {}  # insertion-ordered set: features keep their file order
+    first_lines: dict[str, int] = {}
     for lineno, line in text_lines(path):
         if not line.strip() or line.startswith("#"):
             continue
         key, *fields = line.split("\t")
         if key not in index:
-            raise DataError(f"{kind} id {key!r} does not occur in the sequences", path, lineno)
+            hint = " (fields are separated by TABs, not spaces)" if " " in key and "=" in key else ""
+            raise DataError(f"{kind} id {key!r} does not occur in the sequences{hint}", path, lineno)
+        _first_line(first_lines, key, path, lineno, kind)
         for field in fields:
             feature, sep, values = field.partition("=")
             if not sep or not feature:

@@ -24,6 +24,7 @@ import hashlib
 import numpy as np
 
 from sparcode.data.dataset import Dataset, EvalSet, Split, TrainExamples
+from sparcode.data.errors import DataError
 
 KINDS = ("multi-target", "leave-one-out")
 TRAIN_FRACTION, VALID_FRACTION = 0.8, 0.1
@@ -72,6 +73,27 @@ def _leave_one_out(dataset: Dataset, seed: int, max_history: int) -> Split:
 
     return Split("leave-one-out", seed, max_history, train, holdout(2), holdout(1), users,
                  exclude_seen_default=False)
+
+
+# What each part of a split needs from a user's sequence, for the message when a dataset is too small.
+_NEEDS = {
+    "multi-target": {"train": "train users (80 % of all) with ≥ 2 items",
+                     "valid": "validation users (10 % of all) with ≥ 2 items",
+                     "test": "test users (10 % of all) with ≥ 2 items"},
+    "leave-one-out": {"train": "users with ≥ 4 items", "valid": "users with ≥ 3 items",
+                      "test": "users with ≥ 3 items"},
+}
+
+
+def check_usable(split: Split, n_users: int, dataset: str) -> None:
+    """A split with no training windows, no validation users or no test users would train on
+    nothing, select the model on recall 0, or report metrics over nobody: refused before
+    anything is written."""
+    for part, count in (("train", len(split.train)), ("valid", len(split.valid)), ("test", len(split.test))):
+        if count == 0:
+            what = "training windows" if part == "train" else f"{'validation' if part == 'valid' else 'test'} users"
+            raise DataError(f"the {split.kind} split of its {n_users} users leaves no {what}: "
+                            f"it needs {_NEEDS[split.kind][part]}", dataset)
 
 
 def _first_occurrences(items: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sparcode.data.dataset import Dataset, EvalSet, Split
+from sparcode.encoder import checkpoint as ckpt
 from sparcode.eval.harness import evaluate_scores
 
 log = logging.getLogger(__name__)
@@ -128,12 +129,12 @@ class EaseModel:
     @classmethod
     def load(cls, directory: Path) -> "EaseModel":
         directory = Path(directory)
-        meta = json.loads((directory / META).read_text())
+        meta = ckpt.read_json(directory / META)
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{directory / META}: format {meta.get('format')!r}, expected {FORMAT!r}")
-        b = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)["B"]
+            raise ckpt.UnreadableFile(f"{directory / META}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        b = ckpt.load_tensors(directory / WEIGHTS)["B"]
         if b.shape != (meta["n_items"], meta["n_items"]):
-            raise ValueError(f"{directory / WEIGHTS}: B has shape {tuple(b.shape)}, "
+            raise ckpt.UnreadableFile(f"{directory / WEIGHTS}: B has shape {tuple(b.shape)}, "
                              f"expected ({meta['n_items']}, {meta['n_items']})")
         return cls(b, meta["lambda"], meta["history"], meta["fold_in"], meta.get("info", {}))
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from sparcode.config import RunConfig
+from sparcode.config import ConfigError, RunConfig
 from sparcode.data.dataset import Dataset, Split
 from sparcode.data.readers import load_dataset
-from sparcode.data.splits import make_split
+from sparcode.data.splits import make_split, split_summary
 from sparcode.encoder import checkpoint as ckpt
 from sparcode.encoder.models import build_model
 from sparcode.encoder.train import pick_device
@@ -42,13 +42,20 @@ class Run:
         return ckpt.fingerprint(self.path)
 
 
-def open_run(run_dir: Path, serve: dict | None = None) -> Run:
+def open_run(run_dir: Path, serve: dict | None = None, allow_unfinished: bool = False) -> Run:
     """`serve` overrides keys of the run's serve settings: how a trained model is indexed and
-    queried can be chosen after training, so it need not be fixed in the checkpoint's config."""
+    queried can be chosen after training, so it need not be fixed in the checkpoint's config.
+
+    A run whose training has not finished (no run.json) is refused unless `allow_unfinished`:
+    its weights.pt is the best epoch so far and changes when training goes on, so exporting or
+    serving it is almost always a mistake, while evaluating it is a fair look at progress."""
     run_dir = Path(run_dir)
     if not (run_dir / ckpt.CONFIG).is_file():
         raise RunError(f"{run_dir} is not a sparcode run directory (no {ckpt.CONFIG}); train one with `sparcode train`")
-    config = RunConfig.load(run_dir / ckpt.CONFIG)
+    try:
+        config = RunConfig.load(run_dir / ckpt.CONFIG)
+    except ConfigError as err:
+        raise RunError(f"{run_dir / ckpt.CONFIG}: {err}") from None
     if serve:
         if config.model.kind != "sparcode":
             names = ", ".join(f"serve.{key}" for key in serve)
@@ -58,9 +65,25 @@ def open_run(run_dir: Path, serve: dict | None = None) -> Run:
     info = ckpt.read_json(run_dir / ckpt.RUN_INFO) if (run_dir / ckpt.RUN_INFO).exists() else {}
     if config.model.kind not in ("ease", "tiger") and not (run_dir / ckpt.WEIGHTS).is_file():
         raise RunError(f"{run_dir} has no {ckpt.WEIGHTS}: training did not finish an epoch (resume with --resume)")
+    if not info and not allow_unfinished:
+        raise RunError(f"{run_dir} has not finished training (no {ckpt.RUN_INFO}); finish it with "
+                       f"`sparcode train ... --out {run_dir} --resume` (evaluate can look at it meanwhile)")
     dataset = load_dataset(info.get("dataset_path", config.dataset))
     split = make_split(dataset, config.split, seed=config.seed, max_history=config.train.max_history)
+    _check_same_split(run_dir, info.get("split"), split_summary(split), info.get("dataset_path", config.dataset))
     return Run(run_dir, config, dataset, split, info)
+
+
+def _check_same_split(run_dir: Path, recorded: dict | None, now: dict, dataset: str) -> None:
+    """The split rebuilt from the data today must be the one the run trained and selected on;
+    an edited sequence file otherwise shows up as a size-mismatch traceback (new items) or,
+    worse, as quietly different test users (new users shift the seeded permutation)."""
+    if not isinstance(recorded, dict):
+        return  # an unfinished run records no split yet
+    for key, value in now.items():
+        if key in recorded and recorded[key] != value:
+            raise RunError(f"{dataset} has changed since {run_dir} was trained: its split now has {key} {value!r}, "
+                           f"the run recorded {recorded[key]!r}; restore the data or train again")
 
 
 def set_threads(config: RunConfig) -> None:

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sparcode.data.dataset import sample_rows
+from sparcode.encoder import checkpoint as ckpt
 from sparcode.encoder.train import bf16_supported
 from sparcode.generative.beam import ColdIndex, beam_search
 from sparcode.generative.config import TigerConfig
@@ -50,10 +51,6 @@ def _save_tensors(obj, path: Path) -> None:
     from sparcode.encoder.checkpoint import atomic_torch_save
 
     atomic_torch_save(obj, path)
-
-
-def _load_tensors(path: Path):
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # --- semantic IDs -----------------------------------------------------------------------------
@@ -101,8 +98,8 @@ def build_semantic_ids(run_dir: Path, dataset, cfg: TigerConfig | None = None, d
 
 def load_rqvae(run_dir: Path) -> RQVAE:
     folder = tiger_dir(run_dir) / "rqvae"
-    model = RQVAE(RQVAEConfig.from_dict(json.loads((folder / CONFIG).read_text())))
-    model.load_state_dict(_load_tensors(folder / WEIGHTS))
+    model = RQVAE(RQVAEConfig.from_dict(ckpt.read_json(folder / CONFIG)))
+    model.load_state_dict(ckpt.load_tensors(folder / WEIGHTS))
     return model.eval()
 
 
@@ -169,12 +166,12 @@ def load_tiger(run_dir: Path, dataset, device=None) -> Tiger:
     folder = tiger_dir(run_dir)
     if not (folder / WEIGHTS).is_file():
         raise FileNotFoundError(f"{folder} has no {WEIGHTS}: train with `sparcode train --model tiger --out {run_dir}`")
-    cfg = TigerConfig.from_dict(json.loads((folder / CONFIG).read_text()))
+    cfg = TigerConfig.from_dict(ckpt.read_json(folder / CONFIG))
     ids, meta = load_ids(folder)
     if meta.get("item_ids") != list(dataset.item_ids):
         raise ValueError(f"{folder} was trained on other items than dataset {dataset.name!r}")
     tiger = _make_tiger(cfg, dataset, ids, meta, torch.device(device) if device else pick_device())
-    tiger.model.load_state_dict(_load_tensors(folder / WEIGHTS))
+    tiger.model.load_state_dict(ckpt.load_tensors(folder / WEIGHTS))
     tiger.model.eval()
     return tiger
 
@@ -246,7 +243,7 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
     if resume is None:
         resume = state_path.is_file() and not (folder / "finished").exists()
     if resume and state_path.is_file():
-        state = _load_tensors(state_path)
+        state = ckpt.load_tensors(state_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         epoch, step, best, bad_epochs = int(state["epoch"]), int(state["step"]), float(state["best"]), int(state["bad_epochs"])
@@ -459,7 +456,7 @@ class TigerSearcher:
         items then come from Elasticsearch term lookups instead of the in-process ColdIndex."""
         from sparcode.data.readers import load_dataset
 
-        cfg = TigerConfig.from_dict(json.loads((tiger_dir(run_dir) / CONFIG).read_text()))
+        cfg = TigerConfig.from_dict(ckpt.read_json(tiger_dir(run_dir) / CONFIG))
         self.dataset = dataset or load_dataset(cfg.dataset)
         self.tiger = load_tiger(run_dir, self.dataset, device)
         self.user_index = {u: i for i, u in enumerate(self.dataset.user_ids)}

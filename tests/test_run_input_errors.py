@@ -1,0 +1,113 @@
+"""What a user can do wrong around a run directory — too little data, a damaged or unfinished
+run, data edited after training, an occupied --out — ends in one line naming the cause, a
+non-zero exit, and nothing half-written."""
+import json
+import shutil
+
+import pytest
+
+from test_cli_end_to_end import TINY, invoke, make_dataset, trained  # noqa: F401  (module-scoped fixture)
+
+
+def one_line_error(result, *fragments):
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("split,lines,missing", [
+    ("multi-target", ["u1 i1 i2 i3", "u2 i2 i3 i4", "u3 i1 i4 i2"], "no validation users"),
+    ("leave-one-out", ["u1 i1 i2", "u2 i2 i3"], "no training windows"),
+    ("leave-one-out", ["u1 i1 i2 i3", "u2 i2 i3 i1"], "no training windows"),
+])
+def test_a_dataset_too_small_to_split_is_refused_before_anything_is_written(tmp_path, split, lines, missing):
+    data = tmp_path / "small.txt"
+    data.write_text("\n".join(lines) + "\n")
+    result = invoke("train", "--model", "ease", "--dataset", data, "--split", split, "--out", tmp_path / "run")
+    one_line_error(result, str(data), missing)
+    assert not (tmp_path / "run").exists()
+
+
+def test_damaged_run_files_are_named_in_one_line(trained, tmp_path):
+    _, _, _, run = trained
+    for name, content in (("weights.pt", b""), ("weights.pt", b"PK\x03\x04 not a zip"), ("run.json", b"{\"a\": "),
+                          ("run.json", b"[1]"), ("config.json", b"{\"model\": {\"foo\": 1}}")):
+        copy = tmp_path / f"{name}-{len(content)}"
+        shutil.copytree(run, copy)
+        (copy / name).write_bytes(content)
+        one_line_error(invoke("evaluate", copy), str(copy / name))
+
+
+def test_a_damaged_ease_model_is_named_in_one_line(trained, tmp_path):
+    _, data, _, _ = trained
+    assert invoke("train", "--model", "ease", "--dataset", data, "--out", tmp_path / "ease").exit_code == 0
+    (tmp_path / "ease" / "ease" / "ease.json").write_text("{")
+    one_line_error(invoke("evaluate", tmp_path / "ease"), "ease.json", "not valid JSON")
+
+
+def test_an_unfinished_run_is_evaluated_with_a_warning_but_not_exported_or_served(trained, tmp_path):
+    _, _, _, run = trained
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run, unfinished)
+    (unfinished / "run.json").unlink()
+    looked = invoke("evaluate", unfinished, "--json")
+    assert looked.exit_code == 0, looked.output
+    assert "has not finished training" in looked.stderr
+    assert json.loads(looked.stdout)["unfinished"] is True
+    one_line_error(invoke("export", unfinished, "--out", tmp_path / "export"), "has not finished training", "--resume")
+    assert not (tmp_path / "export").exists()
+    one_line_error(invoke("search", "--run", unfinished, "--user", "u1", "--backend", "local"),
+                   "has not finished training")
+
+
+def test_data_edited_after_training_is_noticed(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    assert invoke("train", "--model", "ease", "--dataset", data, "--out", tmp_path / "ease").exit_code == 0
+    sequences = data / "sequences.txt"
+    sequences.write_text(sequences.read_text() + "u999 i1 i2 i3 i4\n")  # known items, one more user
+    one_line_error(invoke("evaluate", tmp_path / "ease"), "has changed since", "train again")
+
+
+def test_out_must_be_new_empty_or_a_run_resumed(trained, tmp_path):
+    _, data, cfg, run = trained
+    occupied = tmp_path / "notes"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("mine")
+    one_line_error(invoke("train", "--model", "ease", "--dataset", data, "--out", occupied), "holds no sparcode run")
+    assert sorted(p.name for p in occupied.iterdir()) == ["notes.txt"]
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run, unfinished)
+    (unfinished / "run.json").unlink()
+    one_line_error(invoke("train", "--dataset", data, "--out", unfinished, "--config", cfg), "unfinished run",
+                   "--resume")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert invoke("train", "--model", "ease", "--dataset", data, "--out", empty).exit_code == 0
+
+
+def test_an_out_below_a_file_is_one_line_not_a_traceback(trained, tmp_path):
+    _, data, _, _ = trained
+    (tmp_path / "afile").write_text("")
+    one_line_error(invoke("train", "--model", "ease", "--dataset", data, "--out", tmp_path / "afile" / "run"),
+                   str(tmp_path / "afile"))
+
+
+def test_config_file_errors_name_the_file_and_a_bom_is_accepted(trained, tmp_path):
+    _, data, _, _ = trained
+    wrong_type = tmp_path / "wrong.json"
+    wrong_type.write_text(json.dumps({"train": {"epochs": "3"}}))
+    one_line_error(invoke("train", "--dataset", data, "--out", tmp_path / "r", "--config", wrong_type),
+                   str(wrong_type), "train.epochs must be an integer")
+    too_long = tmp_path / "long.json"
+    too_long.write_text(json.dumps({"train": {"max_history": 10**9}}))
+    one_line_error(invoke("train", "--dataset", data, "--out", tmp_path / "r", "--config", too_long),
+                   "train.max_history must be in [1, 10000]")
+    with_bom = tmp_path / "bom.json"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + json.dumps({**TINY, "train": {**TINY["train"], "epochs": 1}}).encode())
+    result = invoke("train", "--model", "two-tower", "--dataset", data, "--out", tmp_path / "r", "--config", with_bom,
+                    "--quiet")
+    assert result.exit_code == 0, result.output
