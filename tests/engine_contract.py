@@ -193,6 +193,23 @@ def test_alias_swap_loses_no_query(engine, alias, export_dir, tmp_path):
     assert len(result.deleted) == 1 and not engine.exists(result.deleted[0])
 
 
+def test_two_builds_at_once_leave_the_alias_on_one_index(engine, alias, export_dir, tmp_path):
+    """A build that swaps after another one moved the alias (both read the old holder at their
+    start) must still leave the alias on exactly one index, or no search can use it."""
+    indexer.build(engine, Export.open(export_dir), alias, progress=False)
+    second = Export.open(write_export(tmp_path / "v2", random_items(300, seed=8), fingerprint="ab" * 32))
+    third = Export.open(write_export(tmp_path / "v3", random_items(300, seed=9), fingerprint="9c" * 32))
+    meanwhile = []
+
+    def another_build_swaps_first(_chunk):
+        if not meanwhile:
+            meanwhile.append(indexer.build(engine, third, alias, progress=False))
+
+    result = indexer.build(engine, second, alias, progress=False, chunk_size=100, on_chunk=another_build_swaps_first)
+    assert meanwhile and engine.alias_holders(meanwhile[0].alias) == [result.index]
+    assert EngineBackend(engine, alias).search(random_queries(export_dir, 1, seed=2, unindexed=False)[0], 3)
+
+
 def test_a_backend_follows_its_alias_to_another_layout(engine, alias, export_dir, tmp_path):
     """A reindex may move the alias to an index whose codes are laid out differently; a backend
     opened before keeps answering, with the new index's query form, not an empty list."""

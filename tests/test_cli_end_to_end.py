@@ -291,6 +291,8 @@ def test_user_errors_are_one_clear_line(trained, tmp_path):
     root, data, cfg, run = trained
     unknown = invoke("search", "--run", run, "--user", "nobody", "--backend", "local", "--export", root / "export")
     assert unknown.exit_code != 0 and "unknown user 'nobody'" in unknown.output
+    too_many = invoke("search", "--run", run, "--user", "u1", "--k", 10001, "--backend", "local")
+    assert too_many.exit_code == 2 and "1<=x<=10000" in too_many.output
     assert "Traceback" not in unknown.output
     not_a_run = invoke("evaluate", tmp_path)
     assert not_a_run.exit_code != 0 and "not a sparcode run directory" in not_a_run.output

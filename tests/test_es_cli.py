@@ -27,6 +27,41 @@ def test_es_start_without_java_is_one_clear_line(tmp_path, monkeypatch, engine_n
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("engine_name,home_var", [("elasticsearch", "SPARCODE_ES_HOME"),
+                                                   ("opensearch", "SPARCODE_OPENSEARCH_HOME")])
+def test_es_start_on_a_taken_port_is_one_line_before_java_runs(tmp_path, monkeypatch, engine_name, home_var):
+    import socket
+
+    monkeypatch.setenv(home_var, str(tmp_path / "node"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("es", "start", "--engine", engine_name, "--port", str(port))
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == f"Error: port {port} on 127.0.0.1 is taken by another program; choose another --port"
+
+
+@pytest.mark.parametrize("port", ["0", "-5", "65536"])
+def test_es_start_refuses_a_port_that_cannot_be(port):
+    result = run("es", "start", "--port", port)
+    assert result.exit_code == 2 and "1<=x<=65535" in result.output
+
+
+def test_a_server_error_is_its_most_specific_reason_on_one_line():
+    from sparcode.pipeline.engine import error_reason
+
+    shards = {"error": {"root_cause": [{"type": "illegal_argument_exception",
+                                        "reason": "Result window is too large, from + size must be less than or equal "
+                                                  "to: [10000] but was [10001]."}],
+                        "type": "search_phase_execution_exception", "reason": "all shards failed"}}
+    assert error_reason(shards, "?").startswith("Result window is too large")
+    parse = {"error": {"reason": "Numeric value (99999999999999999999) out of range of int\n at [Source: {\"size\"..."}}
+    assert error_reason(parse, "?") == "Numeric value (99999999999999999999) out of range of int"
+    assert error_reason({"error": {"reason": "x" * 1000}}, "?") == "x" * 300 + "…"
+    assert error_reason("<html>bad gateway</html>", "HTTP 502") == "HTTP 502"
+
+
 def test_es_start_on_another_port_leaves_the_running_node_alone(tmp_path, monkeypatch):
     home = tmp_path / "node"
     (home / "run").mkdir(parents=True)
@@ -60,7 +95,8 @@ def test_unreachable_node_is_one_line_without_secrets(export_dir, engine_name, l
 
 @pytest.mark.parametrize("engine_name", ["elasticsearch", "opensearch"])
 @pytest.mark.parametrize("url", ["http://bob:s3cret@127.0.0.1:notaport", "http://bob:s3cret@[::1",
-                                 "bob:s3cret@127.0.0.1:9"])
+                                 "bob:s3cret@127.0.0.1:9", "http://bob:s3cret/x@127.0.0.1:9",
+                                 "http://bob:s3cret#?x@127.0.0.1:9"])
 def test_malformed_url_is_one_line_without_secrets(export_dir, engine_name, url):
     # Malformed URLs are where parsers raise or misread the userinfo, and where we print the URL.
     result = run("index", str(export_dir), "--alias", "x", "--engine", engine_name,

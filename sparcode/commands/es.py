@@ -27,7 +27,8 @@ def command():
 
 @command.command("start")
 @_ENGINE
-@click.option("--port", type=int, default=None, help="HTTP port (default: 9250 elasticsearch, 9260 opensearch).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="HTTP port (default: 9250 elasticsearch, 9260 opensearch).")
 @click.option("--heap", default=DEFAULT_HEAP, show_default=True, help="JVM heap, e.g. 512m, 1g.")
 def start(engine: str, port: int | None, heap: str):
     """Fetch (via Maven), unpack and start the node; wait until it is healthy."""
@@ -51,7 +52,8 @@ def stop(engine: str):
 
 @command.command("status")
 @_ENGINE
-@click.option("--port", type=int, default=None, help="Port to check (default: the one last started).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Port to check (default: the one last started).")
 def status(engine: str, port: int | None):
     """Print the URL the local node (`es start`) serves; exit 1 when it is down. ELASTICSEARCH_URL is not consulted."""
     node = _node(engine, port, from_state=True)

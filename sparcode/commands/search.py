@@ -54,12 +54,16 @@ def open_serving_backend(backend: str, run, export_dir: Path | None, alias: str 
     return Serving(open_backend(alias=alias, export_dir=export, engine=engine), probes)
 
 
+MAX_K = 10_000
+
+
 @click.command("search")
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--user", "user_id", default=None, help="External user id, as in the dataset.")
 @click.option("--history", "history_items", default=None,
               help="Instead of --user: the items an unknown user interacted with, oldest first, comma-separated.")
-@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--k", type=click.IntRange(1, MAX_K), default=10, show_default=True,
+              help=f"How many items (at most {MAX_K:,}, a search node's default result window).")
 @click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="Default: es when ELASTICSEARCH_URL is set, else the embedded local backend; "
                    "hnsw for two-tower runs (hnsw, es-knn and exact serve two-tower vector exports).")

@@ -16,7 +16,7 @@ from sparcode.codes_fallback import CodeTable
 from sparcode.featurefield import truncate
 from sparcode.pipeline import layout
 from sparcode.pipeline import query as dsl
-from sparcode.pipeline.engine import Engine, EngineError
+from sparcode.pipeline.engine import Engine, EngineError, error_reason
 from sparcode.pipeline.export import Export
 
 Query = Mapping[str, float]
@@ -84,8 +84,7 @@ class ServedIndex:
             responses = self._send(bodies())
         for response in responses:
             if "error" in response:
-                reason = response["error"].get("reason", response["error"])
-                raise BackendError(f"{what} on {self.alias!r} failed: {reason}")
+                raise BackendError(f"{what} on {self.alias!r} failed: {error_reason(response, response['error'])}")
         return responses
 
     def _send(self, bodies: list[dict]) -> list[dict]:

@@ -52,12 +52,11 @@ def redact(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    authority = rest[:end]
-    if "@" not in authority:
+    if "@" not in rest:
         return url
-    host = authority.rpartition("@")[2]
-    return f"{scheme}{sep}***@{host}{rest[end:]}"
+    # Everything up to the last "@" goes, even past a "/", "?" or "#": those are unescaped
+    # characters of a password far more often than an "@" is part of a search node's path.
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
 def scrub(text: str, url: str) -> str:
@@ -72,11 +71,17 @@ def major_version(version: str) -> int | None:
 
 
 def error_reason(body, fallback) -> str:
-    """The server's own `error.reason` from an error body, else `fallback`."""
+    """The server's most specific reason from an error body (its first `root_cause`, where
+    "all shards failed" would otherwise hide "Result window is too large"), else `fallback`;
+    one line, as every message we print is."""
     try:
-        return str(body["error"]["reason"])
-    except (TypeError, KeyError):
-        return str(fallback)
+        error = body["error"]
+        causes = error.get("root_cause") or [error]
+        reason = str(causes[0].get("reason") or error["reason"])
+    except (TypeError, KeyError, AttributeError, IndexError):
+        reason = str(fallback)
+    first = reason.strip().splitlines()[0] if reason.strip() else reason
+    return first if len(first) <= 300 else first[:300] + "…"
 
 
 class Engine(ABC):

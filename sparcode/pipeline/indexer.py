@@ -178,7 +178,7 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
         raise IncompleteLoad(f"{name} holds {docs} documents, the export has {export.n_items}", name, alias)
     _step(engine.put_meta)(name, mappings.index_meta(export, field_type, term_layout, complete=True,
                                                      numbering=numbering))
-    _swap(engine, alias, name, previous)
+    _swap(engine, alias, name)
     deleted = []
     if delete_old:
         deleted = [old for old in previous if old != name] + unfinished_indices(engine, alias)
@@ -241,7 +241,10 @@ def _await_history_release(engine: Engine, name: str, timeout_s: float) -> float
 
 
 @_step
-def _swap(engine: Engine, alias: str, name: str, previous: list[str]) -> None:
-    actions = [{"remove": {"index": old, "alias": alias}} for old in previous if old != name]
-    actions.append({"add": {"index": name, "alias": alias}})
-    engine.update_aliases(actions)
+def _swap(engine: Engine, alias: str, name: str) -> None:
+    """Take the alias off every index that holds it and onto `name`, in one request. Naming
+    only the holders read when the build began would let two builds running at once each
+    remove the old index and add their own, leaving the alias on two indices, which no search
+    (nor the next build) can use; this way the last swap wins."""
+    engine.update_aliases([{"remove": {"index": "*", "alias": alias, "must_exist": False}},
+                           {"add": {"index": name, "alias": alias}}])

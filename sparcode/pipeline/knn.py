@@ -110,7 +110,7 @@ def build(engine: Engine, export_dir, alias: str, *, m: int = 16, ef_constructio
     if docs != export.n_items:
         raise IndexProblem(f"{name} holds {docs} documents, the export has {export.n_items}; alias not moved")
     _step(engine.put_meta)(name, index_meta(export, m, ef_construction, transform, complete=True))
-    _swap(engine, alias, name, previous)
+    _swap(engine, alias, name)
     deleted = [old for old in previous if old != name] if delete_old else []
     if deleted:
         _step(engine.delete_indices)(deleted)

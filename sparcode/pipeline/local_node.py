@@ -16,6 +16,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -146,6 +147,10 @@ class LocalNode:
                                      f"{self.spec.home_var} to another directory for a second node")
             if self.healthy():
                 return 0.0
+        elif not _port_free(self.port):
+            # Checked here: the node itself would fail with a screenful of Java stack trace.
+            raise LocalNodeError(f"port {self.port} on 127.0.0.1 is taken by another program; "
+                                 f"choose another --port")
         java_home = _java_home(self.spec.java_home_var)
         self._ensure_unpacked()
         user = _ensure_user()
@@ -310,6 +315,16 @@ class LocalNode:
 
 class _NodeDied(Exception):
     pass
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed node's TIME_WAIT is no owner
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _alive(pid: int) -> bool:
