@@ -1,4 +1,5 @@
-"""Write a directory all at once: readers see the old one or the finished new one, never half.
+"""Write a file or a directory all at once: readers see the old one or the finished new one,
+never half.
 
 Exports, vector exports, hnsw indexes and bench results are directories of several files that
 only make sense together; each is built in a temporary sibling and moved into place at the end.
@@ -12,6 +13,7 @@ at all (--force) is the caller's decision, made before it gets here.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -21,6 +23,45 @@ from pathlib import Path
 import orjson
 
 EXPORT_FORMAT = "sparcode-export/1"  # the `format` every export's manifest.json carries
+
+
+class UnreadableFile(Exception):
+    """A file sparcode wrote that exists but cannot be loaded: truncated, overwritten or hand-edited."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+    write_then_rename(path, write)
+
+
+def write_then_rename(path: Path, write: Callable[[str], None]) -> None:
+    """`write(tmp)` a temporary sibling, then rename it over `path`: the file appears whole or
+    not at all, and a failed write (disk full) leaves no temporary file behind."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        usual_permissions(tmp)
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path: Path, expect: type = dict):
+    """A JSON file sparcode wrote, as `expect`; anything else names the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UnreadableFile(f"{path}: not valid JSON ({err}); was it truncated or edited by hand?") from None
+    if not isinstance(data, expect):
+        raise UnreadableFile(f"{path}: expected a JSON {expect.__name__}, got {type(data).__name__}")
+    return data
 
 
 class OccupiedTarget(ValueError):
@@ -107,6 +148,15 @@ def check_export_target(out_dir: Path, run_dir: Path, *, force: bool, sharded: b
         raise OccupiedTarget(f"{out_dir} already holds an export; pass --force to replace it")
 
 
+def usual_permissions(path: str | Path) -> None:
+    """Give a temporary file or folder the mode a plain open() or mkdir() would have: tempfile
+    makes them private (0600/0700), and renamed into place they would lock out the other
+    accounts (a search node's user, a teammate) that the user's umask lets read outputs."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def staged_file(path: Path) -> Iterator:
     """A text file handle whose contents replace `path` only when the block finishes: readers
@@ -114,6 +164,7 @@ def staged_file(path: Path) -> Iterator:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.absolute().parent, prefix=f".{path.name}.")
     try:
+        usual_permissions(tmp)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             yield fh
         os.replace(tmp, path)
@@ -136,6 +187,7 @@ def staged_directory(target: Path, replace: bool = True, marker=None) -> Iterato
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
+        usual_permissions(tmp)
         yield tmp
         if replace:
             check_replaceable(target, marker)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
+import click
 import numpy as np
 import pytest
 
@@ -210,6 +211,19 @@ def test_two_builds_at_once_leave_the_alias_on_one_index(engine, alias, export_d
     assert EngineBackend(engine, alias).search(random_queries(export_dir, 1, seed=2, unindexed=False)[0], 3)
 
 
+def test_ctrl_c_during_a_load_names_the_partial_index_it_leaves(engine, alias, export_dir):
+    from sparcode.commands._common import user_errors
+
+    def ctrl_c(_done: int):
+        raise KeyboardInterrupt
+
+    with pytest.raises(click.ClickException) as err, user_errors():
+        indexer.build(engine, Export.open(export_dir), alias, chunk_size=100, on_chunk=ctrl_c, progress=False)
+    partial = indexer.unfinished_index(engine, alias, Export.open(export_dir).fingerprint)
+    assert partial is not None and engine.alias_holders(alias) == []
+    assert err.value.message.startswith(f"interrupted; alias {alias} not moved; the partial index {partial} is kept")
+
+
 def test_a_backend_follows_its_alias_to_another_layout(engine, alias, export_dir, tmp_path):
     """A reindex may move the alias to an index whose codes are laid out differently; a backend
     opened before keeps answering, with the new index's query form, not an empty list."""
@@ -408,7 +422,9 @@ def test_a_numbered_load_resumes_only_with_the_table_it_started_with(engine, ali
                                                                      monkeypatch):
     monkeypatch.setattr(layout, "NAME_BUDGET", 10)
     export = Export.open(export_dir)
-    other = Export.open(write_export(tmp_path / "other", random_items(), indexed=export.code_table().terms[1:]))
+    terms = export.code_table().terms
+    unused = next(t for t in (f"c{a:04d}_{b:04d}" for a in range(16) for b in range(16)) if t not in terms)
+    other = Export.open(write_export(tmp_path / "other", random_items(), indexed=sorted([*terms, unused])))
 
     def crash(done: int):
         raise Interrupt(done)

@@ -247,3 +247,76 @@ def test_an_export_missing_a_promised_file_is_refused_by_index_before_connecting
     monkeypatch.setenv("ELASTICSEARCH_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("OPENSEARCH_URL", "http://127.0.0.1:9")
     one_line_error(invoke("index", copy, "--alias", "sparcode-test-never-created"), "codes.npz", "missing")
+
+
+# --- content the reader accepts line by line but an index cannot serve ------------------------------
+
+def edit_items(export, change):
+    items = [json.loads(line) for line in gzip.decompress((export / "items.jsonl.gz").read_bytes()).splitlines()]
+    change(items)
+    (export / "items.jsonl.gz").write_bytes(gzip.compress(b"".join(json.dumps(i).encode() + b"\n" for i in items)))
+
+
+def edit_manifest(export, **values):
+    manifest = json.loads((export / "manifest.json").read_text())
+    (export / "manifest.json").write_text(json.dumps({**manifest, **values}))
+
+
+def repeat_an_ord(items):
+    items[5]["ord"] = items[4]["ord"]
+
+
+def unknown_term(items):
+    scored = next(i for i in items if i["codes"])
+    scored["codes"]["c9999_9999"] = 1.0
+
+
+CONTENT = {
+    "repeated-ord": (lambda e: edit_items(e, repeat_an_ord), ["ord 4 is not a new whole number"]),
+    "text-ord": (lambda e: edit_items(e, lambda items: items[0].update(ord="x")), ["ord 'x'"]),
+    "unknown-term": (lambda e: edit_items(e, unknown_term), ["term 'c9999_9999' is not in the export's code table"]),
+    "items-not-a-count": (lambda e: edit_manifest(e, items="many"), ["'items' must be a count, not 'many'"]),
+    "no-fingerprint": (lambda e: edit_manifest(e, fingerprint=None), ["'fingerprint' must be"]),
+}
+
+
+@pytest.mark.parametrize("damage", CONTENT)
+def test_content_an_index_cannot_serve_is_refused_before_any_index_exists(trained, tmp_path, monkeypatch, damage):
+    """These used to create an index and fail half-way (a term the mapping does not know), or
+    be served with ties broken wrongly (a repeated ord), or fail with a traceback. `build`
+    validates before it creates anything (engine_contract checks that order)."""
+    spoil, fragments = CONTENT[damage]
+    copy = damaged_copy(trained[2], tmp_path, damage)
+    spoil(copy)
+    with pytest.raises(ExportError) as err:
+        Export.open(copy).validate()
+    for fragment in fragments:
+        assert fragment in str(err.value)
+    if damage.startswith(("items", "no-")):  # manifest damage: refused on opening, before connecting
+        monkeypatch.setenv("ELASTICSEARCH_URL", "http://127.0.0.1:9")
+        one_line_error(invoke("index", copy, "--alias", "sparcode-test-never-created"), *fragments)
+
+
+def test_shards_of_another_model_in_the_folder_are_refused_before_the_work(trained, tmp_path):
+    _, run, _ = trained
+    folder = tmp_path / "shards"
+    assert invoke("export", run, "--out", folder, "--shard", "0/2", "--quiet").exit_code == 0
+    part = next(folder.glob("items.part-*.manifest.json"))
+    part.write_text(json.dumps({**json.loads(part.read_text()), "fingerprint": "ab" * 32}))
+    before = listing(folder)
+    one_line_error(invoke("export", run, "--out", folder, "--shard", "1/2", "--quiet"),
+                   "holds parts of another export", "new folder")
+    assert listing(folder) == before
+    mixed = tmp_path / "mixed"
+    assert invoke("export", run, "--out", mixed, "--shard", "0/2", "--quiet").exit_code == 0
+    one_line_error(invoke("export", run, "--out", mixed, "--shard", "1/3", "--quiet"), "2 shards")
+
+
+def test_a_damaged_last_export_record_is_one_line(trained, tmp_path):
+    import shutil
+
+    _, run, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "last_export.json").write_text("{")
+    one_line_error(invoke("search", "--run", copy, "--user", "u3", "--backend", "local"), "last_export.json is damaged")

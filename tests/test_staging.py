@@ -1,7 +1,11 @@
 """A staged directory replaces its target only when the writer finishes."""
+import os
+import stat
+
 import pytest
 
-from sparcode.staging import OccupiedTarget, check_replaceable, is_export, staged_directory
+from sparcode.staging import (OccupiedTarget, atomic_write_bytes, check_replaceable, is_export, staged_directory,
+                              staged_file, write_then_rename)
 
 
 def test_success_replaces_the_old_directory_and_leaves_no_temporary(tmp_path):
@@ -128,3 +132,33 @@ def test_an_export_is_recognised_by_its_manifest_format(tmp_path):
     with pytest.raises(OccupiedTarget, match="is not an export"):
         check_replaceable(tmp_path / "other", is_export)
     check_replaceable(tmp_path / "export", is_export)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_staged_outputs_get_the_modes_plain_writes_would(tmp_path, umask):
+    """tempfile makes private files and folders; renamed into place, they locked other accounts
+    out of exports that a plain mkdir/open would have let them read."""
+    old = os.umask(umask)
+    try:
+        with staged_directory(tmp_path / "export") as tmp:
+            (tmp / "manifest.json").write_text("{}")
+        with staged_file(tmp_path / "file.txt") as fh:
+            fh.write("x")
+        atomic_write_bytes(tmp_path / "run.json", b"{}")
+    finally:
+        os.umask(old)
+    mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "export") == 0o777 & ~umask
+    for path in (tmp_path / "export" / "manifest.json", tmp_path / "file.txt", tmp_path / "run.json"):
+        assert mode(path) == 0o666 & ~umask, path
+
+
+def test_a_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
+    def disk_full(tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        write_then_rename(tmp_path / "weights.pt", disk_full)
+    assert list(tmp_path.iterdir()) == []

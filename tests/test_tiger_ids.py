@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from sparcode.generative.beam import ColdIndex
 from sparcode.generative.rqvae import RQVAE, RQVAEConfig, fit_rqvae, kmeans, usage
 from sparcode.generative.semantic_ids import PrefixTrie, add_dedup_token, collision_stats, load_ids, save_ids
+from sparcode.staging import UnreadableFile
 
 torch.set_num_threads(1)
 
@@ -85,6 +87,10 @@ def test_trie_lookup_and_prefixes(tmp_path):
     save_ids(tmp_path, ids, {"vocab": [4, 4, 4, 2]})
     loaded, meta = load_ids(tmp_path)
     assert np.array_equal(loaded, ids) and meta["vocab"] == [4, 4, 4, 2]
+    array = tmp_path / "semantic_ids.npy"
+    array.write_bytes(array.read_bytes()[:60])  # cut inside the header
+    with pytest.raises(UnreadableFile, match="semantic_ids.npy: not a complete array file"):
+        load_ids(tmp_path)
 
 
 def test_prefix_retrieval_surfaces_item_never_trained():

@@ -21,14 +21,13 @@ def user_errors():
     from sparcode.pipeline.export import ExportError
     from sparcode.pipeline.indexer import IndexProblem
     from sparcode.pipeline.query import QueryError
-    from sparcode.staging import OccupiedTarget
+    from sparcode.staging import OccupiedTarget, UnreadableFile
 
     handled += (BackendError, BulkFailed, ConnectionProblem, EngineError, EngineUnavailable, ExportError,
-                IndexProblem, OccupiedTarget, QueryError)
+                IndexProblem, OccupiedTarget, QueryError, UnreadableFile)
     try:
-        from sparcode.encoder.checkpoint import UnreadableFile
         from sparcode.encoder.runs import RunError
-        handled += (RunError, UnreadableFile)
+        handled += (RunError,)
     except ImportError:  # torch-free installs still get clean messages for the rest
         pass
     try:
@@ -37,6 +36,11 @@ def user_errors():
         raise
     except handled as err:
         raise click.ClickException(str(err)) from None
+    except KeyboardInterrupt as err:
+        notes = getattr(err, "__notes__", None)  # e.g. which partial index a stopped load left
+        if not notes:
+            raise
+        raise click.ClickException(notes[-1]) from None
     except EOFError as err:
         # click's own handler would print a bare "Aborted!", as if the user had pressed Ctrl-D;
         # here it is a truncated file (gzip's message names no file, so the readers that can, do).

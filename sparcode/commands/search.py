@@ -22,7 +22,10 @@ def resolve_export(run_dir: Path, export_dir: Path | None) -> Path:
         return export_dir
     record = run_dir / "last_export.json"
     if record.exists():
-        return Path(json.loads(record.read_text())["path"])
+        try:
+            return Path(json.loads(record.read_text())["path"])
+        except (ValueError, KeyError, TypeError):  # ValueError covers bad JSON and bad UTF-8
+            raise click.ClickException(f"{record} is damaged; pass --export DIR, or export again") from None
     raise click.ClickException(f"no export for {run_dir}: run `sparcode export {run_dir} --out DIR` or pass --export DIR")
 
 

@@ -8,15 +8,14 @@
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
+
+from sparcode.staging import UnreadableFile, atomic_write_bytes, read_json, write_then_rename  # noqa: F401
 
 WEIGHTS = "weights.pt"
 STATE = "state.pt"
@@ -25,34 +24,8 @@ RUN_INFO = "run.json"
 HISTORY = "history.jsonl"
 
 
-class UnreadableFile(Exception):
-    """A run file that exists but cannot be loaded: truncated, overwritten or hand-edited."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-
-    _write_then_rename(path, write)
-
-
 def atomic_torch_save(obj, path: Path) -> None:
-    _write_then_rename(path, lambda tmp: torch.save(obj, tmp))
-
-
-def _write_then_rename(path: Path, write) -> None:
-    """The file appears whole or not at all; a failed write (disk full) leaves no temp file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_then_rename(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_tensors(path: Path):
@@ -68,17 +41,6 @@ def load_tensors(path: Path):
 
 def write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
-
-
-def read_json(path: Path, expect: type = dict):
-    """A JSON file sparcode wrote, as `expect`; anything else names the file."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UnreadableFile(f"{path}: not valid JSON ({err}); was it truncated or edited by hand?") from None
-    if not isinstance(data, expect):
-        raise UnreadableFile(f"{path}: expected a JSON {expect.__name__}, got {type(data).__name__}")
-    return data
 
 
 def fingerprint(run_dir: Path) -> str:

@@ -76,6 +76,8 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
         # A shard sees only its own items, so n shards capped at N could store n x N per code.
         raise RunError(f"--max-postings / serve.max_postings ({max_postings}) cannot be combined with --shard: "
                        "a shard cannot tell which of a code's items are its best overall; export unsharded")
+    if sharded:
+        _check_shard_folder(out_dir, run.fingerprint(), count)
     started = time.perf_counter()
     model, device = run.load_model()
     window_codes = training_codes(model, run, device)
@@ -158,6 +160,7 @@ def _check_scores_rank(postings: Postings) -> None:
 
 def _place_shard(tmp: Path, out_dir: Path, items_name: str, manifest: dict, count: int) -> None:
     """Move one shard's files in; the shard that completes the set writes the merged manifest."""
+    _check_shard_folder(out_dir, manifest["fingerprint"], count)  # again: another export may have begun meanwhile
     out_dir.mkdir(parents=True, exist_ok=True)
     (tmp / items_name).replace(out_dir / items_name)
     codes_part = f"{items_name}.codes.npz"
@@ -176,6 +179,22 @@ def _place_shard(tmp: Path, out_dir: Path, items_name: str, manifest: dict, coun
     merged["files"] = {"items": sorted(f"{m['files']['items'][0]}" for m in same), "codes": "codes.npz"}
     merged["codes_with_postings"] = _merge_code_tables(out_dir, merged["files"]["items"])
     ckpt.write_json(out_dir / "manifest.json", merged)
+
+
+def _check_shard_folder(out_dir: Path, fingerprint: str, count: int) -> None:
+    """The shards of one export share a folder. Parts of another model's export, or of a split
+    into another number of shards, would stay beside ours and end up in (or under) a manifest
+    that serves neither, so they are refused before any work."""
+    if not out_dir.is_dir():
+        return
+    found = [out_dir / "manifest.json"] if (out_dir / "manifest.json").is_file() else []
+    for path in found + sorted(out_dir.glob("items.part-*.jsonl.gz.manifest.json")):
+        other = ckpt.read_json(path)
+        shards = (other.get("shard") or [None, count])[1]
+        if other.get("fingerprint") != fingerprint or shards != count:
+            raise RunError(f"{out_dir} holds parts of another export ({path.name}: model "
+                           f"{str(other.get('fingerprint'))[:12]}…, {shards} shards); put these {count} shards "
+                           "in a new folder")
 
 
 def _merge_code_tables(out_dir: Path, item_files: list[str]) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 
 from sparcode.encoder.runs import Run
 from sparcode.encoder.serving import distinct_codes, user_codes
+from sparcode.staging import usual_permissions
 
 CACHE_NAME = "training-codes.npz"
 
@@ -63,6 +64,7 @@ def _write(path: Path, key: str, codes: np.ndarray) -> None:
     except OSError:
         return
     try:
+        usual_permissions(tmp)
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, key=np.asarray(key), codes=codes)
         os.replace(tmp, path)

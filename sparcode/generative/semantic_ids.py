@@ -13,11 +13,14 @@ Files in the ID directory:
 """
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from sparcode.staging import UnreadableFile, atomic_write_bytes, read_json
 
 IDS = "semantic_ids.npy"
 IDS_META = "semantic_ids.json"
@@ -117,12 +120,19 @@ class PrefixTrie:
 def save_ids(out_dir: Path, ids: np.ndarray, meta: dict) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / IDS, np.asarray(ids, dtype=np.int64))
-    (out_dir / IDS_META).write_text(json.dumps(meta, indent=2) + "\n")
+    # Each file appears whole or not at all, the IDs before the metadata that vouches for them.
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(ids, dtype=np.int64))
+    atomic_write_bytes(out_dir / IDS, buffer.getvalue())
+    atomic_write_bytes(out_dir / IDS_META, (json.dumps(meta, indent=2) + "\n").encode())
 
 
 def load_ids(out_dir: Path) -> tuple[np.ndarray, dict]:
     out_dir = Path(out_dir)
-    if not (out_dir / IDS).is_file():
+    if not (out_dir / IDS).is_file() or not (out_dir / IDS_META).is_file():
         raise FileNotFoundError(f"no semantic IDs in {out_dir}; build them with `sparcode semantic-ids --out RUN_DIR`")
-    return np.load(out_dir / IDS), json.loads((out_dir / IDS_META).read_text())
+    try:
+        ids = np.load(out_dir / IDS)
+    except (ValueError, EOFError, OSError) as err:
+        raise UnreadableFile(f"{out_dir / IDS}: not a complete array file ({err})") from None
+    return ids, read_json(out_dir / IDS_META)

@@ -43,6 +43,12 @@ class Export:
         for key in ("fingerprint", "items", "files"):
             if key not in manifest:
                 raise ExportError(f"{path}/manifest.json lacks {key!r}")
+        if not isinstance(manifest["fingerprint"], str) or not manifest["fingerprint"]:
+            raise ExportError(f"{path}/manifest.json: 'fingerprint' must be the model's fingerprint string, "
+                              f"not {manifest['fingerprint']!r}")
+        items = manifest["items"]
+        if not isinstance(items, int) or isinstance(items, bool) or items < 0:
+            raise ExportError(f"{path}/manifest.json: 'items' must be a count, not {items!r}")
         export.item_fields  # validates the declared types early
         export.check_files()
         return export
@@ -157,8 +163,13 @@ class Export:
             yield item
 
     def validate(self) -> int:
-        """Check every item before anything is sent: ids unique, codes storable. Returns the count."""
+        """Check every item before anything is sent: ids unique, ords a permutation of the items
+        (they break score ties, and the embedded backend indexes arrays by them), codes storable
+        and in the code table (a term the mapping does not know would fail mid-load and leave a
+        partial index). Returns the count."""
         seen: set[str] = set()
+        ords: set[int] = set()
+        known = set(self.indexed_terms()) or None
         for item in self.items():
             item_id = item.get("item_id")
             if not isinstance(item_id, str) or not item_id:
@@ -166,7 +177,15 @@ class Export:
             if item_id in seen:
                 raise ExportError(f"item {item_id!r} appears twice")
             seen.add(item_id)
-            check_codes(item_id, item.get("codes") or {})
+            ord_ = item.get("ord")
+            if not isinstance(ord_, int) or isinstance(ord_, bool) or not 0 <= ord_ < self.n_items or ord_ in ords:
+                raise ExportError(f"item {item_id!r}: ord {ord_!r} is not a new whole number below {self.n_items}")
+            ords.add(ord_)
+            codes = item.get("codes") or {}
+            check_codes(item_id, codes)
+            if known is not None and not known.issuperset(codes):
+                unknown = sorted(set(codes) - known)[0]
+                raise ExportError(f"item {item_id!r}: term {unknown!r} is not in the export's code table")
             extra = set(item) - {"item_id", "ord", "codes"} - set(self.item_fields)
             if extra:
                 raise ExportError(f"item {item_id!r} has undeclared fields {sorted(extra)}")

@@ -174,6 +174,10 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
         docs = _finalize(engine, name, export.n_items >= SETTLE_MIN_DOCS if settle is None else settle, status)
     except (bulk.BulkFailed, EngineError, EngineUnavailable) as exc:
         raise IncompleteLoad(exc, name, alias) from exc
+    except KeyboardInterrupt as exc:
+        # Still an interrupt (callers and click treat it as one), carrying what the user must know.
+        exc.add_note(str(IncompleteLoad("interrupted", name, alias)))
+        raise
     if docs != export.n_items:
         raise IncompleteLoad(f"{name} holds {docs} documents, the export has {export.n_items}", name, alias)
     _step(engine.put_meta)(name, mappings.index_meta(export, field_type, term_layout, complete=True,
