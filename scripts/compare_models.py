@@ -55,6 +55,8 @@ def main() -> None:
             override = args.config_dir / f"{model}.json" if args.config_dir else None
             if override is not None and override.exists():
                 extra = ["--config", str(override)]
+            if (run_dir / "config.json").exists():
+                extra.append("--resume")  # an interrupted run continues rather than being refused
             run("train", "--model", model, "--dataset", dataset, "--split", split, "--out", str(run_dir),
                 "--seed", str(args.seed), *extra)
         info = json.loads((run_dir / "run.json").read_text())

@@ -14,8 +14,13 @@ EPOCHS=${SPARCODE_DEMO_EPOCHS:-1}
 if [ -f "$RUN/run.json" ]; then
   echo "== reusing trained run $RUN (delete it to retrain)"
 else
+  resume=${SPARCODE_DEMO_RESUME:+--resume}
+  if [ -f "$RUN/config.json" ]; then
+    echo "== $RUN was interrupted: resuming it"
+    resume=--resume
+  fi
   echo "== train SparCode on ml-1m ($EPOCHS epochs; the benchmark uses the full preset)"
-  $SC train --model sparcode --dataset ml-1m --split multi-target --out "$RUN" --epochs "$EPOCHS" ${SPARCODE_DEMO_RESUME:+--resume}
+  $SC train --model sparcode --dataset ml-1m --split multi-target --out "$RUN" --epochs "$EPOCHS" $resume
 fi
 echo "== evaluate (served-exact: quantized codes, ReLU(S + b), 9-bit FeatureField values)"
 $SC evaluate "$RUN"
