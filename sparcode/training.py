@@ -26,6 +26,7 @@ def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: boo
 
         TigerConfig.from_run_config(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / ckpt.CONFIG)  # first, so an interrupted run of any kind is recognised and resumable
     if kind == "ease":
         from sparcode.encoder.ease_run import train_ease
 
