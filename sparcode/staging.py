@@ -108,7 +108,7 @@ def _contains(outer: Path, inner: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
-def _listing(path: Path, limit: int = 3) -> str:
+def listing(path: Path, limit: int = 3) -> str:
     names = sorted(p.name for p in path.iterdir())
     shown = ", ".join(names[:limit])
     return shown + (f", … {len(names)} entries" if len(names) > limit else "")
@@ -133,7 +133,7 @@ def check_replaceable(target: Path, marker=None, *, protect: Iterable[Path] = ()
     if not target.is_dir():
         raise OccupiedTarget(f"{target} is a file, not a folder; pick another --out (nothing was deleted)")
     if not _owned(marker)(target):
-        raise OccupiedTarget(f"{target} exists and is not {_describe(marker)}: it holds {_listing(target)}; "
+        raise OccupiedTarget(f"{target} exists and is not {_describe(marker)}: it holds {listing(target)}; "
                              "pick a new or empty folder (nothing was deleted)")
 
 

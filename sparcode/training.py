@@ -15,6 +15,10 @@ def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: boo
 
     run_dir = Path(run_dir)
     started = time.perf_counter()
+    if cfg.dataset not in NAMED:
+        # Absolute from the start: an unfinished run (config.json only) must open, and --resume
+        # must compare datasets, from any working directory.
+        cfg.dataset = str(Path(cfg.dataset).resolve())
     if resume:
         check_resumable(run_dir, cfg)
     dataset = load_dataset(cfg.dataset)
@@ -26,7 +30,10 @@ def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: boo
 
         TigerConfig.from_run_config(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / ckpt.CONFIG)  # first, so an interrupted run of any kind is recognised and resumable
+    if not (run_dir / ckpt.CONFIG).exists():
+        cfg.save(run_dir / ckpt.CONFIG)  # first, so an interrupted run of any kind is recognised and resumable
+    if kind in ("ease", "tiger"):  # the torch trainer does this itself, once its checkpoint is checked
+        mark_unfinished(run_dir)
     if kind == "ease":
         from sparcode.encoder.ease_run import train_ease
 
@@ -34,7 +41,7 @@ def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: boo
     elif kind == "tiger":
         from sparcode.generative.train_tiger import train_tiger
 
-        summary = train_tiger(run_dir, dataset, split, cfg, progress=progress)
+        summary = train_tiger(run_dir, dataset, split, cfg, resume=True if resume else None, progress=progress)
     else:
         from sparcode.encoder.train import train
 
@@ -44,10 +51,19 @@ def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: boo
     summary.setdefault("train_seconds", summary["wall_seconds"])
     ckpt.write_json(run_dir / ckpt.RUN_INFO, {
         "model": kind, "dataset": cfg.dataset, **_dataset_path(cfg.dataset), "split": split_summary(split),
+        "dataset_digest": dataset.digest(),
         "seed": cfg.seed,
         "python": platform.python_version(), **summary,
     })
     return summary
+
+
+def mark_unfinished(run_dir: Path) -> None:
+    """A resumed run is unfinished until it finishes again: export and search must not take
+    weights that are changing for the finished model the old run.json describes."""
+    from sparcode.encoder import checkpoint as ckpt
+
+    (Path(run_dir) / ckpt.RUN_INFO).unlink(missing_ok=True)
 
 
 def _dataset_path(dataset: str) -> dict:
@@ -71,6 +87,10 @@ def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
         recorded = RunConfig.load(recorded_path)
     except ConfigError as err:
         raise RunError(f"cannot resume {run_dir}: its {ckpt.CONFIG} is unreadable ({err})") from None
+    info_path = Path(run_dir) / ckpt.RUN_INFO
+    recorded_path_of_data = ckpt.read_json(info_path).get("dataset_path") if info_path.is_file() else None
+    if isinstance(recorded_path_of_data, str):
+        recorded.dataset = recorded_path_of_data  # runs trained before config.json held it absolute
     for what, flag, then, now in (("dataset", "--dataset", recorded.dataset, cfg.dataset),
                                   ("split", "--split", recorded.split, cfg.split),
                                   ("seed", "--seed", recorded.seed, cfg.seed),

@@ -184,7 +184,8 @@ def test_agreeing_config_and_flags_train_and_defaults_follow_the_file(tmp_path, 
     result = invoke("train", "--out", "run2", "--config", agree, "--quiet")
     assert result.exit_code == 0, result.output
     info = json.loads((tmp_path / "run2" / "run.json").read_text())
-    assert info["model"] == "ease" and info["dataset"] == "./seq.txt"
+    # Recorded absolute, so the run (finished or not) opens and resumes from any folder.
+    assert info["model"] == "ease" and info["dataset"] == str((tmp_path / "seq.txt").resolve())
 
 
 @pytest.fixture

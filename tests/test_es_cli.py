@@ -48,6 +48,15 @@ def test_es_start_refuses_a_port_that_cannot_be(port):
     assert result.exit_code == 2 and "1<=x<=65535" in result.output
 
 
+@pytest.mark.parametrize("port,message", [("80", "port 80 is privileged"),
+                                          ("65500", "no room for the transport port")])
+def test_es_start_refuses_ports_the_node_cannot_bind_before_java_runs(tmp_path, monkeypatch, port, message):
+    monkeypatch.setenv("SPARCODE_ES_HOME", str(tmp_path / "node"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # were Java reached, the error would be "java not found"
+    result = run("es", "start", "--port", port)
+    assert result.exit_code == 1 and message in result.output and len(result.output.strip().splitlines()) == 1
+
+
 def test_a_server_error_is_its_most_specific_reason_on_one_line():
     from sparcode.pipeline.engine import error_reason
 

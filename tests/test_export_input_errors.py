@@ -277,6 +277,9 @@ CONTENT = {
     "unknown-term": (lambda e: edit_items(e, unknown_term), ["term 'c9999_9999' is not in the export's code table"]),
     "items-not-a-count": (lambda e: edit_manifest(e, items="many"), ["'items' must be a count, not 'many'"]),
     "no-fingerprint": (lambda e: edit_manifest(e, fingerprint=None), ["'fingerprint' must be"]),
+    "list-codes": (lambda e: edit_items(e, lambda items: items[1].update(codes=[1, 2])), ["codes must be a map"]),
+    "text-score": (lambda e: edit_items(e, lambda items: items[2].update(codes={"c0000_0000": "1"})),
+                   ["cannot be stored"]),
 }
 
 
@@ -295,6 +298,9 @@ def test_content_an_index_cannot_serve_is_refused_before_any_index_exists(traine
     if damage.startswith(("items", "no-")):  # manifest damage: refused on opening, before connecting
         monkeypatch.setenv("ELASTICSEARCH_URL", "http://127.0.0.1:9")
         one_line_error(invoke("index", copy, "--alias", "sparcode-test-never-created"), *fragments)
+    else:  # the embedded backend refuses what an index would
+        one_line_error(invoke("search", "--run", trained[1], "--user", "u3", "--backend", "local", "--export", copy),
+                       *fragments)
 
 
 def test_shards_of_another_model_in_the_folder_are_refused_before_the_work(trained, tmp_path):

@@ -111,3 +111,72 @@ def test_config_file_errors_name_the_file_and_a_bom_is_accepted(trained, tmp_pat
     result = invoke("train", "--model", "two-tower", "--dataset", data, "--out", tmp_path / "r", "--config", with_bom,
                     "--quiet")
     assert result.exit_code == 0, result.output
+
+
+def test_a_refused_resume_leaves_the_run_as_it_was(trained, tmp_path):
+    _, data, _, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
+    wider = tmp_path / "wider.json"
+    wider.write_text(json.dumps({**TINY, "model": {**TINY["model"], "dim": 32}}))
+    refused = invoke("train", "--dataset", data, "--split", "leave-one-out", "--out", copy, "--config", wider,
+                     "--resume", "--quiet")
+    assert refused.exit_code != 0 and "cannot resume" in refused.output
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
+    assert invoke("evaluate", copy).exit_code == 0
+
+
+def test_a_resumed_run_is_unfinished_until_it_finishes_again(trained, tmp_path, monkeypatch):
+    from sparcode.config import RunConfig
+    from sparcode.encoder import checkpoint
+    from sparcode.training import train_run
+
+    _, _, _, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+
+    def ctrl_c_at_the_first_checkpoint(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "atomic_torch_save", ctrl_c_at_the_first_checkpoint)
+    more = RunConfig.load(copy / "config.json")
+    more.train.epochs += 1
+    with pytest.raises(KeyboardInterrupt):
+        train_run(copy, more, resume=True, progress=False)
+    assert not (copy / "run.json").exists()
+    one_line_error(invoke("export", copy, "--out", tmp_path / "export"), "has not finished training")
+
+
+def test_resume_from_another_folder_with_a_same_named_dataset_is_refused(tmp_path, monkeypatch):
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    make_dataset(first / "data")
+    make_dataset(second / "data", seed=1)
+    monkeypatch.chdir(first)
+    assert invoke("train", "--model", "ease", "--dataset", "data", "--out", tmp_path / "run").exit_code == 0
+    monkeypatch.chdir(second)
+    one_line_error(invoke("train", "--model", "ease", "--dataset", "data", "--out", tmp_path / "run", "--resume"),
+                   "cannot resume", "trained with dataset")
+
+
+def test_reordered_lines_are_a_changed_dataset(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    assert invoke("train", "--model", "ease", "--dataset", data, "--out", tmp_path / "ease").exit_code == 0
+    sequences = data / "sequences.txt"
+    lines = sequences.read_text().splitlines()
+    sequences.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")  # same counts, items renumbered
+    one_line_error(invoke("evaluate", tmp_path / "ease"), "has changed since", "ids, sequences or features")
+
+
+def test_weights_of_another_model_are_one_line(trained, tmp_path):
+    import torch
+
+    _, _, _, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    weights = torch.load(copy / "weights.pt", weights_only=True)
+    name = next(iter(weights))
+    weights[name] = torch.zeros(*[n + 1 for n in weights[name].shape])
+    torch.save(weights, copy / "weights.pt")
+    one_line_error(invoke("evaluate", copy), "weights.pt does not fit the model config.json describes")

@@ -40,7 +40,8 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
             cfg = run_config(model_kind, dataset, split or DEFAULT_SPLIT.get(dataset, "leave-one-out"), overrides,
                              seed, epochs)
         except ConfigError as err:
-            if config_file is None or str(err).startswith(str(config_file)):
+            from_flag = (epochs is not None and "train.epochs" in str(err)) or (seed is not None and "seed" in str(err))
+            if config_file is None or from_flag or str(err).startswith(str(config_file)):
                 raise
             raise ConfigError(f"{config_file}: {err}") from None
         _check_out(run_dir, resume)
@@ -56,7 +57,10 @@ def _check_out(run_dir: Path, resume: bool) -> None:
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return
     if not (run_dir / "config.json").is_file():
-        raise click.ClickException(f"{run_dir} is not empty and holds no sparcode run; choose a new or empty --out")
+        from sparcode.staging import listing
+
+        raise click.ClickException(f"{run_dir} is not empty ({listing(run_dir)}) and holds no sparcode run; "
+                                   "choose a new or empty --out")
     if (run_dir / "run.json").exists() and not resume:
         raise click.ClickException(f"{run_dir} already holds a finished run; choose another --out or pass --resume")
     if not resume:

@@ -5,6 +5,7 @@ Items and users are re-indexed densely: item index i in [0, n_items) maps to the
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +52,23 @@ class Dataset:
     @property
     def padding_item(self) -> int:
         return len(self.item_ids)
+
+    def digest(self) -> str:
+        """sha256 (16 hex) of everything a model learns from: ids, sequences and features. A run
+        records it, so data edited after training (reordered lines, a changed item, a new
+        feature value) is refused rather than silently scored against other inputs."""
+        digest = hashlib.sha256()
+        for ids in (self.user_ids, self.item_ids):
+            digest.update("\x1f".join(ids).encode())
+            digest.update(b"\x1e")
+        digest.update(np.asarray([len(s) for s in self.sequences], dtype=np.int64).tobytes())
+        for seq in self.sequences:
+            digest.update(np.ascontiguousarray(seq, dtype=np.int64).tobytes())
+        for side, features in (("item", self.item_features), ("user", self.user_features)):
+            for feature in features:
+                digest.update(f"{side}:{feature.name}:".encode() + "\x1f".join(feature.vocab).encode())
+                digest.update(np.ascontiguousarray(feature.values, dtype=np.int64).tobytes())
+        return digest.hexdigest()[:16]
 
 
 @dataclass

@@ -207,4 +207,9 @@ def _merge_code_tables(out_dir: Path, item_files: list[str]) -> int:
 
 
 def _record_export(run: Run, out_dir: Path) -> None:
-    ckpt.write_json(run.path / "last_export.json", {"path": str(Path(out_dir).resolve())})
+    """A convenience for `search` without --export: in a read-only run folder (a shared model
+    store) the export is still made, and search then needs --export."""
+    try:
+        ckpt.write_json(run.path / "last_export.json", {"path": str(Path(out_dir).resolve())})
+    except OSError:
+        pass

@@ -34,7 +34,12 @@ class Run:
     def load_model(self, device=None):
         device = device or pick_device()
         model = build_model(self.config.model, self.dataset, self.split.max_history).to(device)
-        model.load_state_dict(ckpt.load_tensors(self.path / ckpt.WEIGHTS))
+        try:
+            model.load_state_dict(ckpt.load_tensors(self.path / ckpt.WEIGHTS))
+        except RuntimeError as err:  # another model's weights, or a config.json edited since
+            detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+            raise RunError(f"{self.path / ckpt.WEIGHTS} does not fit the model {ckpt.CONFIG} describes "
+                           f"({detail})") from None
         model.eval()
         return model, device
 
@@ -68,9 +73,18 @@ def open_run(run_dir: Path, serve: dict | None = None, allow_unfinished: bool = 
     if not info and not allow_unfinished:
         raise RunError(f"{run_dir} has not finished training (no {ckpt.RUN_INFO}); finish it with "
                        f"`sparcode train ... --out {run_dir} --resume` (evaluate can look at it meanwhile)")
-    dataset = load_dataset(info.get("dataset_path", config.dataset))
+    source = info.get("dataset_path", config.dataset)
+    if not isinstance(source, str):
+        raise RunError(f"{run_dir / ckpt.RUN_INFO}: dataset_path must be a path, not {source!r}")
+    if config.model.kind == "ease" and not info and not (run_dir / "ease" / "ease.json").is_file():
+        raise RunError(f"{run_dir} has not finished training and EASE has no model before it does; "
+                       f"finish it with `sparcode train ... --out {run_dir} --resume`")
+    dataset = load_dataset(source)
     split = make_split(dataset, config.split, seed=config.seed, max_history=config.train.max_history)
-    _check_same_split(run_dir, info.get("split"), split_summary(split), info.get("dataset_path", config.dataset))
+    _check_same_split(run_dir, info.get("split"), split_summary(split), source)
+    if "dataset_digest" in info and info["dataset_digest"] != dataset.digest():
+        raise RunError(f"{source} has changed since {run_dir} was trained (its ids, sequences or features differ); "
+                       "restore the data or train again")
     return Run(run_dir, config, dataset, split, info)
 
 

@@ -191,6 +191,7 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
     if start_epoch == 0 and cfg.model.kmeans_init_windows:
         seed_codebooks(model, split.train, cfg.model.kmeans_init_windows, cfg.seed, device)
     cfg.save(run_dir / ckpt.CONFIG)
+    (run_dir / ckpt.RUN_INFO).unlink(missing_ok=True)  # unfinished until it finishes (again)
 
     train_set = split.train
     n_examples = len(train_set)

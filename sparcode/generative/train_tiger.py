@@ -165,7 +165,7 @@ def _make_tiger(cfg: TigerConfig, dataset, ids: np.ndarray, meta: dict, device) 
 def load_tiger(run_dir: Path, dataset, device=None) -> Tiger:
     folder = tiger_dir(run_dir)
     if not (folder / WEIGHTS).is_file():
-        raise FileNotFoundError(f"{folder} has no {WEIGHTS}: train with `sparcode train --model tiger --out {run_dir}`")
+        raise FileNotFoundError(f"{folder} has no {WEIGHTS}: train with `sparcode train --model tiger --out {run_dir}` (add --resume if it was interrupted)")
     cfg = TigerConfig.from_dict(ckpt.read_json(folder / CONFIG))
     ids, meta = load_ids(folder)
     if meta.get("item_ids") != list(dataset.item_ids):

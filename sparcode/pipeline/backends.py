@@ -215,10 +215,8 @@ class LocalBackend:
         postings: dict[str, tuple[list[int], list[float]]] = {}
         # field -> value -> ords holding it; a list attribute holds each of its values
         self._by_value: dict[str, dict[object, list[int]]] = {f: {} for f in self.field_types}
-        for item in export.items():
-            ord_ = int(item["ord"])
-            if not 0 <= ord_ < n or self.item_ids[ord_]:
-                raise BackendError(f"item {item['item_id']!r} has ord {ord_}, out of range or repeated")
+        for item in export.checked_items():  # what an index would refuse, this backend refuses too
+            ord_ = item["ord"]
             self.item_ids[ord_] = item["item_id"]
             for term, value in (item.get("codes") or {}).items():
                 ords, values = postings.setdefault(term, ([], []))

@@ -105,7 +105,9 @@ class Export:
     def query_probes(self) -> int | None:
         """Codes each user token queries, as chosen when this export was made (None if unrecorded)."""
         probes = self.manifest.get("query_probes")
-        return int(probes) if probes else None
+        if probes is not None and (not isinstance(probes, int) or isinstance(probes, bool) or probes < 0):
+            raise ExportError(f"{self.path}/manifest.json: 'query_probes' must be a count, not {probes!r}")
+        return probes or None
 
     def summary(self) -> dict:
         return {k: self.manifest[k] for k in SUMMARY_KEYS if k in self.manifest}
@@ -163,10 +165,15 @@ class Export:
             yield item
 
     def validate(self) -> int:
-        """Check every item before anything is sent: ids unique, ords a permutation of the items
-        (they break score ties, and the embedded backend indexes arrays by them), codes storable
-        and in the code table (a term the mapping does not know would fail mid-load and leave a
-        partial index). Returns the count."""
+        """Check every item before anything is sent (`checked_items`). Returns the count."""
+        return sum(1 for _ in self.checked_items())
+
+    def checked_items(self) -> Iterator[dict]:
+        """The items, each checked before it is yielded: ids unique, ords a permutation of the
+        items (they break score ties, and the embedded backend indexes arrays by them), codes a
+        map of storable scores over terms of the code table (a term the mapping does not know
+        would fail mid-load and leave a partial index), no undeclared fields; and as many items
+        as the manifest says."""
         seen: set[str] = set()
         ords: set[int] = set()
         known = set(self.indexed_terms()) or None
@@ -182,6 +189,8 @@ class Export:
                 raise ExportError(f"item {item_id!r}: ord {ord_!r} is not a new whole number below {self.n_items}")
             ords.add(ord_)
             codes = item.get("codes") or {}
+            if not isinstance(codes, dict):
+                raise ExportError(f"item {item_id!r}: codes must be a map of term to score, not {type(codes).__name__}")
             check_codes(item_id, codes)
             if known is not None and not known.issuperset(codes):
                 unknown = sorted(set(codes) - known)[0]
@@ -189,9 +198,9 @@ class Export:
             extra = set(item) - {"item_id", "ord", "codes"} - set(self.item_fields)
             if extra:
                 raise ExportError(f"item {item_id!r} has undeclared fields {sorted(extra)}")
+            yield item
         if len(seen) != self.n_items:
             raise ExportError(f"{self.path}: manifest says {self.n_items} items, files hold {len(seen)}")
-        return len(seen)
 
 
 def check_codes(item_id: str, codes: dict) -> None:

@@ -147,10 +147,8 @@ class LocalNode:
                                      f"{self.spec.home_var} to another directory for a second node")
             if self.healthy():
                 return 0.0
-        elif not _port_free(self.port):
-            # Checked here: the node itself would fail with a screenful of Java stack trace.
-            raise LocalNodeError(f"port {self.port} on 127.0.0.1 is taken by another program; "
-                                 f"choose another --port")
+        else:
+            self._check_ports()
         java_home = _java_home(self.spec.java_home_var)
         self._ensure_unpacked()
         user = _ensure_user()
@@ -176,6 +174,21 @@ class LocalNode:
             raise LocalNodeError(
                 f"{name} not healthy on {self.url} after {START_TIMEOUT_S:.0f}s:\n{self.log_tail()}")
         return time.monotonic() - started
+
+    def _check_ports(self) -> None:
+        """The HTTP and transport ports can be had; the node itself would fail on either with a
+        screenful of Java stack trace."""
+        transport = self.port + self.spec.transport_offset
+        if transport > 65535:
+            raise LocalNodeError(f"--port {self.port} leaves no room for the transport port (HTTP port + "
+                                 f"{self.spec.transport_offset} > 65535); choose a lower --port")
+        if self.port < 1024:  # the node never runs as root (as root we start it as ES_USER)
+            raise LocalNodeError(f"port {self.port} is privileged and the node runs unprivileged; "
+                                 f"choose --port 1024 or above")
+        for what, port in (("port", self.port), ("transport port", transport)):
+            if not _port_free(port):
+                raise LocalNodeError(f"{what} {port} on 127.0.0.1 is taken by another program; "
+                                     f"choose another --port")
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop the node by its pid; return False when it was not running."""
