@@ -26,6 +26,9 @@ def evaluate_run(run_dir: Path, backend: str = "model", alias: str | None = None
         raise RunError(f"{run_dir} has no {'test' if part == 'test' else 'validation'} users to evaluate")
     evalset = evalset.sample(sample_users, sample_seed)
     exclude = run.split.exclude_seen_default if exclude_seen is None else exclude_seen
+    if run.kind == "tiger" and (backend != "model" or alias is not None or export_dir is not None):
+        raise RunError(f"{run_dir} is a TIGER run: evaluate scores it by its constrained beam search only "
+                       "(drop --backend, --alias and --export)")
     if run.kind == "tiger":
         from sparcode.generative.train_tiger import evaluate_tiger
 

@@ -25,10 +25,12 @@ def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: boo
     split = make_split(dataset, cfg.split, seed=cfg.seed, max_history=cfg.train.max_history)
     check_usable(split, dataset.n_users, cfg.dataset)
     kind = cfg.model.kind
-    if kind == "tiger":  # its `tiger` keys are checked here, before RUN_DIR is made, not in the trainer
+    if kind == "tiger":  # its `tiger` keys and item texts are checked here, before RUN_DIR is made
         from sparcode.generative.config import TigerConfig
+        from sparcode.generative.text import dataset_texts
 
         TigerConfig.from_run_config(cfg)
+        dataset_texts(dataset, cfg.dataset)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / ckpt.CONFIG).exists():
         cfg.save(run_dir / ckpt.CONFIG)  # first, so an interrupted run of any kind is recognised and resumable

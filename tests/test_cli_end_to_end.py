@@ -293,6 +293,14 @@ def test_user_errors_are_one_clear_line(trained, tmp_path):
     assert unknown.exit_code != 0 and "unknown user 'nobody'" in unknown.output
     too_many = invoke("search", "--run", run, "--user", "u1", "--k", 10001, "--backend", "local")
     assert too_many.exit_code == 2 and "1<=x<=10000" in too_many.output
+    same = invoke("evaluate", run, "--run-file", tmp_path / "x", "--qrels", tmp_path / "x")
+    assert same.exit_code == 2 and "name the same file" in same.output
+    config_before = (run / "config.json").read_bytes()
+    inside = invoke("evaluate", run, "--qrels", run / "config.json")
+    assert inside.exit_code == 2 and "is inside the run" in inside.output
+    assert (run / "config.json").read_bytes() == config_before
+    wrong_knob = invoke("evaluate", run, "--backend", "local", "--export", root / "export", "--ef", 5)
+    assert wrong_knob.exit_code == 2 and "--ef applies to --backend hnsw" in wrong_knob.output
     assert "Traceback" not in unknown.output
     not_a_run = invoke("evaluate", tmp_path)
     assert not_a_run.exit_code != 0 and "not a sparcode run directory" in not_a_run.output

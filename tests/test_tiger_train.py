@@ -150,9 +150,17 @@ def test_train_and_search_through_the_cli(tmp_path, monkeypatch):
                                    "--out", str(tmp_path / "big"), "--epochs", "1", "--quiet"])
     assert too_big.exit_code == 1 and "batch_size" in too_big.output
     config.write_text(json.dumps({"train": {"batch_size": 4}}))
+    # As docs/tiger.md shows: semantic IDs first, then TIGER trains in the same folder.
+    built = runner.invoke(main, ["semantic-ids", "--dataset", str(data), "--out", str(run), "--epochs", "3"])
+    assert built.exit_code == 0, built.output
     trained = runner.invoke(main, ["train", "--model", "tiger", "--dataset", str(data), "--split", "leave-one-out",
                                    "--out", str(run), "--epochs", "1", "--quiet", "--config", str(config)])
     assert trained.exit_code == 0, trained.output
+    for flags in (["--backend", "es"], ["--backend", "local", "--export", str(tmp_path)]):
+        served = runner.invoke(main, ["evaluate", str(run), *flags])
+        assert served.exit_code == 1 and "constrained beam search only" in served.output, served.output
+    filtered = runner.invoke(main, ["search", "--run", str(run), "--user", "u3", "--filter", "categories=c1"])
+    assert filtered.exit_code == 2 and "--filter do not apply to TIGER" in filtered.output
     found = runner.invoke(main, ["search", "--run", str(run), "--user", "u3", "--k", "4", "--json"])
     assert found.exit_code == 0, found.output
     payload = json.loads(found.output)
@@ -241,3 +249,25 @@ def test_the_checkpoint_is_picked_on_the_configured_validation_metric(tmp_path):
     assert sum("* (ndcg@5)" in line for line in said) >= 1
     with pytest.raises(ValueError, match="select_on"):
         TigerConfig(select_on="mrr")
+
+
+def test_tiger_needs_item_content_and_says_so_before_making_the_run(tmp_path):
+    from sparcode.cli import main
+
+    data = tmp_path / "sequences.txt"
+    data.write_text("".join(f"u{u} " + " ".join(f"i{(u + j) % 12}" for j in range(6)) + "\n" for u in range(12)))
+    result = CliRunner().invoke(main, ["train", "--model", "tiger", "--dataset", str(data), "--out",
+                                       str(tmp_path / "run"), "--epochs", "1", "--quiet"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{data}: has no item features to build item text from" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_generic_features_are_words_in_the_item_text():
+    from sparcode.generative.text import item_text
+
+    generic = {"title": ["Blue Shoe"], "colour": ["blue", "navy"], "size": [], "categories": ["shoes", "men"]}
+    assert item_text(generic, other_fields=True) == "Title: Blue Shoe. Categories: shoes > men. Colour: blue navy"
+    # The named datasets keep the text their recorded semantic IDs were built from.
+    assert item_text({"title": "Heat (1995)", "genres": ["Action"], "year": 1995, "extra": "x"}) == \
+        "Title: Heat (1995). Categories: Action. Year: 1995"

@@ -158,6 +158,9 @@ def test_two_tower_export_search_and_evaluate(trained, tmp_path):  # noqa: F811
     assert low.exit_code != 0 and "ef=4 is below k=5" in low.output and "Traceback" not in low.output
     wrong = invoke("search", "--run", run, "--user", "u3", "--backend", "local")
     assert wrong.exit_code != 0 and "two-tower" in wrong.output
+    # The default candidate pool grows with k (as in evaluate); only an explicit --ef below k is refused.
+    many = invoke("search", "--run", run, "--user", "u3", "--k", "120", "--json")
+    assert many.exit_code == 0 and len(json.loads(many.output)["hits"]) == 40 - 8, many.output  # all unseen items
 
 
 def test_open_index_rebuilds_for_another_export(vectors, tmp_path):

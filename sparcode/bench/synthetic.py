@@ -31,7 +31,7 @@ import numpy as np
 import orjson
 
 from sparcode.featurefield import MIN_STORABLE, truncate
-from sparcode.pipeline.export import Export
+from sparcode.pipeline.export import Export, ExportError
 from sparcode.pipeline.vectors import open_vector_export, write_vector_export
 from sparcode.terms import code_to_term
 
@@ -54,6 +54,9 @@ class SparcodeShape:
     def from_export(cls, path) -> "SparcodeShape":
         """Measure the shape of a real SparCode export."""
         export = Export.open(path)
+        kind = export.manifest.get("kind", "sparcode")
+        if kind != "sparcode":
+            raise ExportError(f"{path} is a {kind} export; --from-export takes its shape from a SparCode export")
         counts: dict[str, int] = {}
         values: list[float] = []
         for item in export.items():
@@ -62,7 +65,7 @@ class SparcodeShape:
                 if len(values) < 1_000_000:
                     values.append(value)
         if not counts:
-            raise ValueError(f"{path} stores no postings to take a shape from")
+            raise ExportError(f"{path} stores no postings to take a shape from")
         per_code = np.sort(np.asarray(list(counts.values()), dtype=np.float64))[::-1]
         codes = min(len(per_code), CODEBOOK * CODEBOOK)
         return cls(codes=codes, codes_per_item=max(1, round(per_code.sum() / export.n_items)),

@@ -43,12 +43,19 @@ def command(run_dir, backend, alias, export_dir, exclude_seen, part, sample_user
     if backend != "model" and serve:
         raise click.UsageError("--stored-fraction/--query-probes/--max-codes choose how --backend model serves the run; a serving "
                                "backend uses what its export was made with (pass them to `sparcode export`)")
+    if ef is not None and backend != "hnsw" or num_candidates is not None and backend != "es-knn":
+        raise click.UsageError("--ef applies to --backend hnsw and --num-candidates to --backend es-knn")
+    if run_file is not None and qrels is not None and run_file.resolve() == qrels.resolve():
+        raise click.UsageError("--run-file and --qrels name the same file; the qrels would overwrite the run")
     with user_errors():
         from sparcode.eval.trec import check_writable
         from sparcode.evaluation import evaluate_run
 
         for path in (run_file, qrels):
             if path is not None:
+                if run_dir.resolve() in path.resolve().parents:
+                    raise click.UsageError(f"{path} is inside the run {run_dir}; write the run file and qrels "
+                                           "elsewhere (they could replace the run's own files)")
                 check_writable(path)
 
         metrics, rankings, run, evalset = evaluate_run(run_dir, backend=backend, alias=alias, export_dir=export_dir,

