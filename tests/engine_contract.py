@@ -211,6 +211,15 @@ def test_two_builds_at_once_leave_the_alias_on_one_index(engine, alias, export_d
     assert EngineBackend(engine, alias).search(random_queries(export_dir, 1, seed=2, unindexed=False)[0], 3)
 
 
+def test_another_export_of_the_same_model_is_refused_for_an_index(engine, built, tmp_path):
+    """Same fingerprint, other postings (another stored fraction): its probe count and code
+    table would be applied to an index that was not made with them."""
+    alias, _ = built
+    other = write_export(tmp_path / "other", random_items(seed=11))
+    with pytest.raises(BackendError, match="built from another export of this model"):
+        EngineBackend.open(alias, other, connection=engine)
+
+
 def test_ctrl_c_during_a_load_names_the_partial_index_it_leaves(engine, alias, export_dir):
     from sparcode.commands._common import user_errors
 

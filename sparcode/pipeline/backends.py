@@ -139,14 +139,17 @@ class EngineBackend:
     """
 
     def __init__(self, engine: Engine, alias: str, *, code_table: CodeTable | None = None,
-                 expected_fingerprint: str | None = None, form: str | None = None, tiebreak: bool = True):
+                 expected_fingerprint: str | None = None, expected_export: dict | None = None,
+                 form: str | None = None, tiebreak: bool = True):
         self.engine, self.alias, self.code_table, self.tiebreak = engine, alias, code_table, tiebreak
         self.expected_fingerprint, self.requested_form = expected_fingerprint, form
+        self.expected_export = expected_export
         self.served = ServedIndex(engine, alias)
         self._read_mapping()
 
     def _read_mapping(self) -> None:
         self.fingerprint = check_fingerprint(self.served, self.expected_fingerprint)
+        self._check_same_export()
         props = self.served.mapping.get("properties", {})
         self.field_types = {k: v.get("type", "object") for k, v in props.items()
                             if k not in ("item_id", "ord", "codes")}
@@ -155,6 +158,19 @@ class EngineBackend:
         self.numbering = self._numbering() if self.layout == layout.NUMBERED else None
         field_type = self.served.meta.get("field_type") or props.get("codes", {}).get("type", "sparse_vector")
         self.form = self.requested_form or dsl.form_for(field_type, self.layout)
+
+    def _check_same_export(self) -> None:
+        """Another export of the same model (another stored fraction or probe count) has the
+        fingerprint but not the index's postings, and its query settings would be applied to
+        them: queries would probe another number of codes than the index was made for."""
+        built_from = self.served.meta.get("manifest") or {}
+        if self.expected_export is None or not built_from:
+            return
+        differs = [key for key in ("created", "codes", "pairs") if built_from.get(key) != self.expected_export.get(key)]
+        if differs:
+            raise BackendError(f"{self.alias!r} was built from another export of this model (made "
+                               f"{built_from.get('created')}, {built_from.get('pairs')} postings); serve it with "
+                               "that export (--export DIR), or reindex this one")
 
     def _numbering(self) -> layout.Numbering:
         """The numbering the index was built with, rebuilt from the export's code table; a
@@ -180,6 +196,7 @@ class EngineBackend:
             export = Export.open(export_dir)
             kwargs.setdefault("code_table", export.code_table())
             kwargs.setdefault("expected_fingerprint", export.fingerprint)
+            kwargs.setdefault("expected_export", export.summary())
         return cls(connection or connect(engine=engine), alias, **kwargs)
 
     def explain(self, query: Query, k: int, filters: Mapping[str, object] | None = None,
