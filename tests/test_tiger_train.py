@@ -137,6 +137,14 @@ def test_semantic_ids_command(tmp_path, monkeypatch):
     ids = np.load(tmp_path / "run" / "tiger" / "semantic_ids.npy")
     assert ids.shape == (12, 4) and len(np.unique(ids, axis=0)) == 12
     assert "collision_rate" in result.output
+    again = CliRunner().invoke(command, ["--dataset", str(data), "--out", str(tmp_path / "run"), "--epochs", "3"])
+    assert again.exit_code == 0, again.output  # same settings: the IDs are reused
+    other = CliRunner().invoke(command, ["--dataset", str(data), "--out", str(tmp_path / "run"), "--epochs", "4"])
+    assert other.exit_code == 1 and "built with other settings (epochs 3)" in other.output
+    assert np.array_equal(np.load(tmp_path / "run" / "tiger" / "semantic_ids.npy"), ids)
+    forced = CliRunner().invoke(command, ["--dataset", str(data), "--out", str(tmp_path / "run"), "--epochs", "4",
+                                          "--force"])
+    assert forced.exit_code == 0, forced.output
 
 
 def test_train_and_search_through_the_cli(tmp_path, monkeypatch):

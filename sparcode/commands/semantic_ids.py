@@ -31,6 +31,8 @@ def command(dataset, run_dir, epochs, seed, force):
         if epochs is not None:
             cfg.rqvae.epochs = epochs
         data = load_dataset(dataset)
+        if not force:
+            _check_same_settings(tiger_dir(run_dir), cfg)
         try:
             _, meta = build_semantic_ids(run_dir, data, cfg, log=click.echo, force=force)
         except (RuntimeError, ValueError) as err:  # missing embedding package, dataset without item text
@@ -38,3 +40,23 @@ def command(dataset, run_dir, epochs, seed, force):
     summary = {k: v for k, v in meta.items() if k != "item_ids"}
     click.echo(json.dumps(summary, indent=2))
     click.echo(f"semantic IDs for {len(meta['item_ids'])} items → {tiger_dir(run_dir)}")
+
+
+def _check_same_settings(folder: Path, cfg) -> None:
+    """IDs already in RUN_DIR are reused (so `train --model tiger` fits the RQ-VAE once); asked
+    for with other settings, reusing them silently would report the old IDs as the new ones."""
+    from sparcode.generative.semantic_ids import IDS_META
+    from sparcode.staging import read_json
+
+    if not (folder / IDS_META).is_file():
+        return
+    built_with = read_json(folder / IDS_META).get("rqvae_config")
+    wanted = json.loads(json.dumps(cfg.rqvae.to_dict()))  # tuples as the file holds them, lists
+    if built_with is None:
+        return  # IDs from before the settings were recorded
+    differ = sorted(key for key in set(built_with) | set(wanted)
+                    if key != "input_dim" and built_with.get(key) != wanted.get(key))
+    if differ:
+        shown = ", ".join(f"{key} {built_with.get(key)!r}" for key in differ)
+        raise click.ClickException(f"{folder} holds semantic IDs built with other settings ({shown}); "
+                                   "pass --force to rebuild them")

@@ -89,6 +89,7 @@ def build_semantic_ids(run_dir: Path, dataset, cfg: TigerConfig | None = None, d
         "rqvae_final": fit["history"][-1],
         "dead_codes_reseeded": fit["reseeded_total"],
         "item_ids": list(dataset.item_ids),
+        "rqvae_config": rq_cfg.to_dict(),
     }
     save_ids(out, ids, meta)
     log(f"semantic IDs: collision rate {meta['collisions']['collision_rate']:.4f} before the 4th token, "
