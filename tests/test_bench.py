@@ -89,6 +89,18 @@ def test_bench_refuses_unknown_paths(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+def test_bench_connects_only_to_the_engines_its_paths_query(tmp_path, monkeypatch):
+    monkeypatch.setenv("ELASTICSEARCH_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("OPENSEARCH_URL", "http://127.0.0.1:9")
+    offline = invoke("bench", "--out", tmp_path / "b", "--sizes", "200", "--queries", "10", "--paths", "hnswlib")
+    assert offline.exit_code == 0, offline.output
+    assert {r["path"] for r in json.loads((tmp_path / "b" / "bench.json").read_text())} == \
+        {"hnswlib", "sparcode-local", "exact"}
+    asked = invoke("bench", "--out", tmp_path / "c", "--sizes", "200", "--queries", "10", "--paths", "sparcode-os")
+    assert asked.exit_code == 1 and "OpenSearch not reachable" in asked.output, asked.output
+    assert not (tmp_path / "c").exists()
+
+
 def test_bench_refuses_a_foreign_out_dir(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     result = invoke("bench", "--out", tmp_path, "--quick")

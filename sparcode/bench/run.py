@@ -41,13 +41,16 @@ class BenchConfig:
     paths: tuple[str, ...] = PATHS
 
 
-def engines(url: str | None) -> dict:
-    """{path name: engine} for the search engines reachable now; ES is required."""
+def engines(url: str | None, paths: tuple[str, ...] = PATHS) -> dict:
+    """{engine name: connection} for the engines the chosen `paths` query: Elasticsearch for
+    sparcode-es and es-knn, OpenSearch (from OPENSEARCH_URL) for sparcode-os."""
     from sparcode.pipeline.connect import connect
 
-    found = {"es": connect(url, engine="elasticsearch", request_timeout=600)}
-    if os.environ.get("OPENSEARCH_URL"):
-        found["os"] = connect(os.environ["OPENSEARCH_URL"], engine="opensearch", request_timeout=600)
+    found = {}
+    if {"sparcode-es", "es-knn"} & set(paths):
+        found["es"] = connect(url, engine="elasticsearch", request_timeout=600)
+    if "sparcode-os" in paths:
+        found["os"] = connect(os.environ.get("OPENSEARCH_URL"), engine="opensearch", request_timeout=600)
     return found
 
 

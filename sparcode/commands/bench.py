@@ -49,6 +49,7 @@ def _sizes(ctx, param, value):
 def command(out_dir, sizes, quick, queries, url, from_export, from_vectors, path_names, posting_cap,
             codes_per_item, query_probes, force):
     """Measure every retrieval path side by side on synthetic catalogs of each size."""
+    import os
     import shutil
 
     import orjson
@@ -80,7 +81,10 @@ def command(out_dir, sizes, quick, queries, url, from_export, from_vectors, path
         shape.query_probes = query_probes or shape.query_probes
         if from_vectors is not None:
             config.vector_shape = synthetic.VectorShape.from_export(from_vectors)
-        conns = engines(url)
+        if path_names is None and not os.environ.get("OPENSEARCH_URL"):
+            # By default OpenSearch is measured when there is one; asked for by name, it must be.
+            config.paths = tuple(p for p in config.paths if p != "sparcode-os")
+        conns = engines(url, config.paths)
         # Everything lands in a temporary sibling first: an interrupted bench leaves no partial result.
         with staged_directory(out_dir, marker="bench.json") as tmp:
             rows = run_bench(config, tmp / "work", conns, log=click.echo)
