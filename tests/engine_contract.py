@@ -211,6 +211,16 @@ def test_two_builds_at_once_leave_the_alias_on_one_index(engine, alias, export_d
     assert EngineBackend(engine, alias).search(random_queries(export_dir, 1, seed=2, unindexed=False)[0], 3)
 
 
+def test_a_build_repairs_an_alias_left_on_two_indices(engine, alias, export_dir, tmp_path):
+    first = indexer.build(engine, Export.open(export_dir), alias, progress=False)
+    stray = indexer.build(engine, Export.open(export_dir), f"{alias}-stray", progress=False)
+    engine.update_aliases([{"add": {"index": stray.index, "alias": alias}}])
+    assert len(engine.alias_holders(alias)) == 2
+    again = indexer.build(engine, Export.open(write_export(tmp_path / "v2", random_items(300, seed=4),
+                                                           fingerprint="ab" * 32)), alias, progress=False)
+    assert engine.alias_holders(alias) == [again.index] and first.index in again.previous
+
+
 def test_another_export_of_the_same_model_is_refused_for_an_index(engine, built, tmp_path):
     """Same fingerprint, other postings (another stored fraction): its probe count and code
     table would be applied to an index that was not made with them."""

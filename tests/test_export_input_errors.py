@@ -277,10 +277,15 @@ CONTENT = {
     "unknown-term": (lambda e: edit_items(e, unknown_term), ["term 'c9999_9999' is not in the export's code table"]),
     "items-not-a-count": (lambda e: edit_manifest(e, items="many"), ["'items' must be a count, not 'many'"]),
     "no-fingerprint": (lambda e: edit_manifest(e, fingerprint=None), ["'fingerprint' must be"]),
+    "zero-probes": (lambda e: edit_manifest(e, query_probes=0), ["'query_probes' must be a count ≥ 1, not 0"]),
+    "fractional-probes": (lambda e: edit_manifest(e, query_probes=2.5), ["'query_probes' must be a count"]),
     "list-codes": (lambda e: edit_items(e, lambda items: items[1].update(codes=[1, 2])), ["codes must be a map"]),
     "text-score": (lambda e: edit_items(e, lambda items: items[2].update(codes={"c0000_0000": "1"})),
                    ["cannot be stored"]),
 }
+
+
+MANIFEST_DAMAGE = {"items-not-a-count", "no-fingerprint", "zero-probes", "fractional-probes"}
 
 
 @pytest.mark.parametrize("damage", CONTENT)
@@ -295,7 +300,7 @@ def test_content_an_index_cannot_serve_is_refused_before_any_index_exists(traine
         Export.open(copy).validate()
     for fragment in fragments:
         assert fragment in str(err.value)
-    if damage.startswith(("items", "no-")):  # manifest damage: refused on opening, before connecting
+    if damage in MANIFEST_DAMAGE:  # refused on opening, before connecting
         monkeypatch.setenv("ELASTICSEARCH_URL", "http://127.0.0.1:9")
         one_line_error(invoke("index", copy, "--alias", "sparcode-test-never-created"), *fragments)
     else:  # the embedded backend refuses what an index would

@@ -167,6 +167,8 @@ def test_train_and_search_through_the_cli(tmp_path, monkeypatch):
     for flags in (["--backend", "es"], ["--backend", "local", "--export", str(tmp_path)]):
         served = runner.invoke(main, ["evaluate", str(run), *flags])
         assert served.exit_code == 1 and "constrained beam search only" in served.output, served.output
+    under_model = runner.invoke(main, ["semantic-ids", "--dataset", str(data), "--out", str(run), "--force"])
+    assert under_model.exit_code == 1 and "holds a trained TIGER model" in under_model.output
     filtered = runner.invoke(main, ["search", "--run", str(run), "--user", "u3", "--filter", "categories=c1"])
     assert filtered.exit_code == 2 and "--filter do not apply to TIGER" in filtered.output
     found = runner.invoke(main, ["search", "--run", str(run), "--user", "u3", "--k", "4", "--json"])

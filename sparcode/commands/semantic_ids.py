@@ -31,6 +31,10 @@ def command(dataset, run_dir, epochs, seed, force):
         if epochs is not None:
             cfg.rqvae.epochs = epochs
         data = load_dataset(dataset)
+        if (tiger_dir(run_dir) / "weights.pt").is_file():
+            # Its model decodes these IDs; new ones under it would change every answer silently.
+            raise click.ClickException(f"{run_dir} holds a trained TIGER model that decodes its semantic IDs; "
+                                       "build new IDs in another folder")
         if not force:
             _check_same_settings(tiger_dir(run_dir), cfg)
         try:

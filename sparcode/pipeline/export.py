@@ -50,6 +50,7 @@ class Export:
         if not isinstance(items, int) or isinstance(items, bool) or items < 0:
             raise ExportError(f"{path}/manifest.json: 'items' must be a count, not {items!r}")
         export.item_fields  # validates the declared types early
+        export.query_probes
         export.check_files()
         return export
 
@@ -105,9 +106,9 @@ class Export:
     def query_probes(self) -> int | None:
         """Codes each user token queries, as chosen when this export was made (None if unrecorded)."""
         probes = self.manifest.get("query_probes")
-        if probes is not None and (not isinstance(probes, int) or isinstance(probes, bool) or probes < 0):
-            raise ExportError(f"{self.path}/manifest.json: 'query_probes' must be a count, not {probes!r}")
-        return probes or None
+        if probes is not None and (not isinstance(probes, int) or isinstance(probes, bool) or probes < 1):
+            raise ExportError(f"{self.path}/manifest.json: 'query_probes' must be a count ≥ 1, not {probes!r}")
+        return probes
 
     def summary(self) -> dict:
         return {k: self.manifest[k] for k in SUMMARY_KEYS if k in self.manifest}

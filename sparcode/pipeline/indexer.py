@@ -143,8 +143,8 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
         raise IndexProblem(f"alias {alias!r} already points at {', '.join(previous)}; "
                            "use `sparcode reindex` to replace it")
     if field_type is None:
-        field_type = index_meta(engine, alias).get("field_type", engine.default_field_type) if previous \
-            else engine.default_field_type
+        field_type = index_meta(engine, newest(previous)).get("field_type", engine.default_field_type) \
+            if previous else engine.default_field_type
     if field_type not in engine.field_types:
         raise IndexProblem(f"{engine.label} has no {field_type} field type; use --field-type "
                            f"{engine.default_field_type} (the default for --engine {engine.name})")
@@ -182,7 +182,9 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
         raise IncompleteLoad(f"{name} holds {docs} documents, the export has {export.n_items}", name, alias)
     _step(engine.put_meta)(name, mappings.index_meta(export, field_type, term_layout, complete=True,
                                                      numbering=numbering))
-    _swap(engine, alias, name)
+    serving = _swap(engine, alias, name)
+    if serving != name and status is not None:
+        status(f"a build running at the same time moved {alias} to {serving}, the newer index")
     deleted = []
     if delete_old:
         deleted = [old for old in previous if old != name] + unfinished_indices(engine, alias)
@@ -245,10 +247,25 @@ def _await_history_release(engine: Engine, name: str, timeout_s: float) -> float
 
 
 @_step
-def _swap(engine: Engine, alias: str, name: str) -> None:
-    """Take the alias off every index that holds it and onto `name`, in one request. Naming
-    only the holders read when the build began would let two builds running at once each
-    remove the old index and add their own, leaving the alias on two indices, which no search
-    (nor the next build) can use; this way the last swap wins."""
+def _swap(engine: Engine, alias: str, name: str) -> str:
+    """Move the alias onto `name` and off every other index, returning the index it ends on.
+
+    One request takes it off every holder ("*") and adds it to `name`. Two builds swapping at
+    the same moment can still both add theirs (the server expands "*" before applying either
+    request), and an alias on two indices serves no search; so the holders are read back, and
+    every build that finds several keeps the newest (versioned names sort by time) and drops
+    the rest: all of them agree on which one stays."""
     engine.update_aliases([{"remove": {"index": "*", "alias": alias, "must_exist": False}},
                            {"add": {"index": name, "alias": alias}}])
+    holders = engine.alias_holders(alias)
+    if len(holders) <= 1:
+        return name
+    keep = newest(holders)
+    engine.update_aliases([{"remove": {"index": other, "alias": alias, "must_exist": False}}
+                           for other in holders if other != keep])
+    return keep
+
+
+def newest(indices: list[str]) -> str:
+    """The most recently built of an alias's versioned indices (`versioned_name`'s timestamp)."""
+    return max(indices, key=lambda name: name.rsplit("-", 1)[-1])

@@ -1,0 +1,42 @@
+"""The alias swap when two builds swap at the same moment, on an engine that expands "*" in a
+remove action before it applies the request (both Elasticsearch and OpenSearch do)."""
+from sparcode.pipeline import indexer
+
+
+class RacingEngine:
+    """Holds aliases in memory; the first swap request sees the holders as they were before a
+    concurrent build's add landed, as the server's early wildcard expansion does."""
+
+    def __init__(self, holders: set[str], concurrent_add: str):
+        self.holders, self.concurrent_add, self.requests = set(holders), concurrent_add, 0
+
+    def update_aliases(self, actions):
+        expanded = set(self.holders)  # what "*" means to this request
+        if self.requests == 0:
+            self.holders.add(self.concurrent_add)  # the other build's swap lands in between
+        self.requests += 1
+        for action in actions:
+            (kind, body), = action.items()
+            if kind == "remove":
+                self.holders -= expanded if body["index"] == "*" else {body["index"]}
+            else:
+                self.holders.add(body["index"])
+
+    def alias_holders(self, alias):
+        return sorted(self.holders)
+
+
+def test_both_builds_keep_the_newest_index_and_the_alias_ends_on_one():
+    old, ours, theirs = "sc-aaaa-20261204t100000000000z", "sc-bbbb-20261204t110000000000z", \
+        "sc-cccc-20261204t110500000000z"
+    engine = RacingEngine({old}, concurrent_add=theirs)
+    assert indexer._swap(engine, "sc", ours) == theirs
+    assert engine.alias_holders("sc") == [theirs]
+
+
+def test_the_newer_build_keeps_its_own_index():
+    old, older_build, ours = "sc-aaaa-20261204t100000000000z", "sc-bbbb-20261204t105000000000z", \
+        "sc-cccc-20261204t110000000000z"
+    engine = RacingEngine({old}, concurrent_add=older_build)
+    assert indexer._swap(engine, "sc", ours) == ours
+    assert engine.alias_holders("sc") == [ours]
