@@ -321,6 +321,10 @@ def test_shards_of_another_model_in_the_folder_are_refused_before_the_work(train
     mixed = tmp_path / "mixed"
     assert invoke("export", run, "--out", mixed, "--shard", "0/2", "--quiet").exit_code == 0
     one_line_error(invoke("export", run, "--out", mixed, "--shard", "1/3", "--quiet"), "2 shards")
+    one_line_error(invoke("export", run, "--out", mixed, "--shard", "1/2", "--stored-fraction", "0.6", "--quiet"),
+                   "exported with other settings", "stored_fraction 0.3 there, 0.6 here")
+    assert invoke("export", run, "--out", mixed, "--shard", "1/2", "--quiet").exit_code == 0
+    assert Export.open(mixed).validate() == 40
 
 
 def test_a_damaged_last_export_record_is_one_line(trained, tmp_path):

@@ -76,14 +76,17 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
         # A shard sees only its own items, so n shards capped at N could store n x N per code.
         raise RunError(f"--max-postings / serve.max_postings ({max_postings}) cannot be combined with --shard: "
                        "a shard cannot tell which of a code's items are its best overall; export unsharded")
+    allocation = allocation or run.config.serve.allocation
+    # What every shard of one export must share: mixed, the merged manifest would describe none.
+    settings = {"stored_fraction": run.config.serve.stored_fraction, "query_probes": run.config.serve.query_probes,
+                "max_codes": run.config.serve.max_codes, "allocation": allocation, "bias": bias}
     if sharded:
-        _check_shard_folder(out_dir, run.fingerprint(), count)
+        _check_shard_folder(out_dir, run.fingerprint(), count, settings)
     started = time.perf_counter()
     model, device = run.load_model()
     window_codes = training_codes(model, run, device)
     codes = index_sample(window_codes, run.config.serve.max_codes)
     items = np.arange(run.dataset.n_items)[index::count]
-    allocation = allocation or run.config.serve.allocation
     postings = build_postings(model, codes, device, bias, run.config.serve.stored_fraction, max_postings,
                               items=items, progress=progress, allocation=allocation)
     pairs_per_s = len(codes) * len(items) / max(postings.seconds, 1e-9)
@@ -142,6 +145,7 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
         }
         if sharded:
             manifest["shard"] = [index, count]
+            manifest["shard_settings"] = settings
             _place_shard(tmp, out_dir, items_name, manifest, count)
         else:
             ckpt.write_json(tmp / "manifest.json", manifest)
@@ -160,7 +164,8 @@ def _check_scores_rank(postings: Postings) -> None:
 
 def _place_shard(tmp: Path, out_dir: Path, items_name: str, manifest: dict, count: int) -> None:
     """Move one shard's files in; the shard that completes the set writes the merged manifest."""
-    _check_shard_folder(out_dir, manifest["fingerprint"], count)  # again: another export may have begun meanwhile
+    # Again: another export may have begun meanwhile.
+    _check_shard_folder(out_dir, manifest["fingerprint"], count, manifest["shard_settings"])
     out_dir.mkdir(parents=True, exist_ok=True)
     (tmp / items_name).replace(out_dir / items_name)
     codes_part = f"{items_name}.codes.npz"
@@ -181,10 +186,11 @@ def _place_shard(tmp: Path, out_dir: Path, items_name: str, manifest: dict, coun
     ckpt.write_json(out_dir / "manifest.json", merged)
 
 
-def _check_shard_folder(out_dir: Path, fingerprint: str, count: int) -> None:
-    """The shards of one export share a folder. Parts of another model's export, or of a split
-    into another number of shards, would stay beside ours and end up in (or under) a manifest
-    that serves neither, so they are refused before any work."""
+def _check_shard_folder(out_dir: Path, fingerprint: str, count: int, settings: dict) -> None:
+    """The shards of one export share a folder. Parts of another model's export, of a split
+    into another number of shards, or made with other serve settings (stored fraction, probes,
+    code sample, allocation, b̃) would stay beside ours and end up in (or under) a manifest
+    that describes none of them, so they are refused before any work."""
     if not out_dir.is_dir():
         return
     found = [out_dir / "manifest.json"] if (out_dir / "manifest.json").is_file() else []
@@ -195,6 +201,12 @@ def _check_shard_folder(out_dir: Path, fingerprint: str, count: int) -> None:
             raise RunError(f"{out_dir} holds parts of another export ({path.name}: model "
                            f"{str(other.get('fingerprint'))[:12]}…, {shards} shards); put these {count} shards "
                            "in a new folder")
+        theirs = other.get("shard_settings") or settings  # parts from before settings were recorded
+        differ = [key for key in settings if theirs.get(key) != settings[key]]
+        if differ:
+            shown = ", ".join(f"{key} {theirs.get(key)!r} there, {settings[key]!r} here" for key in differ)
+            raise RunError(f"{out_dir} holds parts exported with other settings ({path.name}: {shown}); "
+                           "export every shard with the same settings, or use a new folder")
 
 
 def _merge_code_tables(out_dir: Path, item_files: list[str]) -> int:
