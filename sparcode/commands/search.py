@@ -196,7 +196,7 @@ def _search_tiger(run, user_id: str, k: int, backend: str | None, exclude_seen: 
         click.echo(json.dumps(prefixes.last_bodies[0] if prefixes.last_bodies else None, indent=2))
     attrs = run.dataset.item_attributes
     index_of = {item: i for i, item in enumerate(run.dataset.item_ids)}
-    title = (lambda item: attrs[index_of[item]].get("title")) if attrs else (lambda item: None)
+    title = (lambda item: _title(attrs[index_of[item]].get("title"))) if attrs else (lambda item: None)
     if as_json:
         click.echo(json.dumps({"user": user_id, "backend": "tiger",
                                "hits": [{"item_id": i, "score": s, "title": title(i)} for i, s in hits]}))
