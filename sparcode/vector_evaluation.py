@@ -22,8 +22,8 @@ def evaluate_vector_backend(run: Run, evalset, backend: str, alias, export_dir, 
     k = max(ks)
     model, device = run.load_model()
     queries = list(user_vectors(model, evalset.users, evalset.histories, device))
-    served = open_vector_backend(backend, run.path, export_dir, alias, run.fingerprint(),
-                                 ef=ef or max(100, k), num_candidates=num_candidates or max(100, k))
+    served = open_vector_backend(backend, run.path, export_dir, alias, run.fingerprint(), k=k, ef=ef,
+                                 num_candidates=num_candidates)
     item_ids = run.dataset.item_ids
     excludes = [[item_ids[i] for i in seen] for seen in evalset.seen] if exclude else None
     hits = served.batch_search(queries, k, exclude_items=excludes)

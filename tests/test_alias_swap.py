@@ -1,5 +1,7 @@
 """The alias swap when two builds swap at the same moment, on an engine that expands "*" in a
 remove action before it applies the request (both Elasticsearch and OpenSearch do)."""
+import pytest
+
 from sparcode.pipeline import indexer
 
 
@@ -26,17 +28,17 @@ class RacingEngine:
         return sorted(self.holders)
 
 
-def test_both_builds_keep_the_newest_index_and_the_alias_ends_on_one():
-    old, ours, theirs = "sc-aaaa-20261204t100000000000z", "sc-bbbb-20261204t110000000000z", \
-        "sc-cccc-20261204t110500000000z"
-    engine = RacingEngine({old}, concurrent_add=theirs)
-    assert indexer._swap(engine, "sc", ours) == theirs
-    assert engine.alias_holders("sc") == [theirs]
+OLD = "sc-aaaa-20261204t100000000000z"
 
 
-def test_the_newer_build_keeps_its_own_index():
-    old, older_build, ours = "sc-aaaa-20261204t100000000000z", "sc-bbbb-20261204t105000000000z", \
-        "sc-cccc-20261204t110000000000z"
-    engine = RacingEngine({old}, concurrent_add=older_build)
-    assert indexer._swap(engine, "sc", ours) == ours
-    assert engine.alias_holders("sc") == [ours]
+@pytest.mark.parametrize("ours,theirs,kept", [
+    # The other build's index is newer: both keep it.
+    ("sc-bbbb-20261204t110000000000z", "sc-cccc-20261204t110500000000z", "theirs"),
+    # Ours is newer: it stays.
+    ("sc-cccc-20261204t110000000000z", "sc-bbbb-20261204t105000000000z", "ours"),
+])
+def test_the_newest_index_keeps_the_alias_and_it_ends_on_one(ours, theirs, kept):
+    engine = RacingEngine({OLD}, concurrent_add=theirs)
+    newest = ours if kept == "ours" else theirs
+    assert indexer._swap(engine, "sc", ours) == newest
+    assert engine.alias_holders("sc") == [newest]

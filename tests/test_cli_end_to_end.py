@@ -566,7 +566,9 @@ def test_training_codes_are_cached_in_the_run_and_encoded_again_when_the_model_c
     def refuse(*args, **kwargs):
         raise PermissionError("read-only")
 
-    monkeypatch.setattr(cache.tempfile, "mkstemp", refuse)
+    import sparcode.staging
+
+    monkeypatch.setattr(sparcode.staging.tempfile, "mkstemp", refuse)  # where the cache's temporary file is made
     unwritable, _ = codes_of(run_dir)
     assert np.array_equal(unwritable, encoded_changed) and not (run_dir / cache.CACHE_NAME).exists()
 

@@ -16,12 +16,19 @@ def check_backend(kind: str, backend: str) -> None:
                                    f"this run was trained with --model {kind}")
 
 
+def check_knobs(backend: str | None, ef: int | None, num_candidates: int | None) -> None:
+    """--ef tunes hnsw and --num-candidates es-knn; given to another backend they would be ignored."""
+    if ef is not None and backend != "hnsw" or num_candidates is not None and backend != "es-knn":
+        raise click.UsageError("--ef applies to --backend hnsw and --num-candidates to --backend es-knn")
+
+
 def open_vector_backend(backend: str, run_dir: Path, export_dir: Path | None, alias: str | None,
-                        fingerprint: str, *, ef: int | None = None, num_candidates: int | None = None):
-    """The backend serving `run_dir`'s vector export; refuses an export or index of another model."""
+                        fingerprint: str, *, k: int = 0, ef: int | None = None, num_candidates: int | None = None):
+    """The backend serving `run_dir`'s vector export; refuses an export or index of another model.
+    Unset, the candidate pools (hnsw ef, es-knn num_candidates) are the default or `k`, the larger."""
     from sparcode.commands.search import resolve_export
     from sparcode.pipeline.hnsw import DEFAULT_EF, HnswBackend
-    from sparcode.pipeline.knn import KnnBackend
+    from sparcode.pipeline.knn import DEFAULT_NUM_CANDIDATES, KnnBackend
     from sparcode.pipeline.vectors import ExactBackend, open_vector_export
 
     export = resolve_export(run_dir, export_dir)
@@ -33,11 +40,11 @@ def open_vector_backend(backend: str, run_dir: Path, export_dir: Path | None, al
     if backend == "exact":
         return ExactBackend.open(export)
     if backend == "hnsw":
-        return HnswBackend.open(export, ef=ef or DEFAULT_EF)
+        return HnswBackend.open(export, ef=ef or max(DEFAULT_EF, k))
     if not alias:
         raise click.ClickException("--backend es-knn needs --alias NAME (the alias `sparcode index` created "
                                    "from the vector export)")
-    return KnnBackend.open(alias, export, num_candidates=num_candidates or 100)
+    return KnnBackend.open(alias, export, num_candidates=num_candidates or max(DEFAULT_NUM_CANDIDATES, k))
 
 
 def user_vectors(model, users, histories, device, batch_size: int = 1024):

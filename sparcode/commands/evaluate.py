@@ -43,8 +43,9 @@ def command(run_dir, backend, alias, export_dir, exclude_seen, part, sample_user
     if backend != "model" and serve:
         raise click.UsageError("--stored-fraction/--query-probes/--max-codes choose how --backend model serves the run; a serving "
                                "backend uses what its export was made with (pass them to `sparcode export`)")
-    if ef is not None and backend != "hnsw" or num_candidates is not None and backend != "es-knn":
-        raise click.UsageError("--ef applies to --backend hnsw and --num-candidates to --backend es-knn")
+    from sparcode.commands._vectors import check_knobs
+
+    check_knobs(backend, ef, num_candidates)
     if run_file is not None and qrels is not None and run_file.resolve() == qrels.resolve():
         raise click.UsageError("--run-file and --qrels name the same file; the qrels would overwrite the run")
     with user_errors():

@@ -103,11 +103,10 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
             _search_tiger(run, user_id, k, backend, exclude_seen, as_json, alias, explain)
             return
         backend = backend or ("hnsw" if run.kind == "two-tower" else default_backend())
-        from sparcode.commands._vectors import check_backend
+        from sparcode.commands._vectors import check_backend, check_knobs
 
         check_backend(run.kind, backend)
-        if ef is not None and backend != "hnsw" or num_candidates is not None and backend != "es-knn":
-            raise click.UsageError("--ef applies to --backend hnsw and --num-candidates to --backend es-knn")
+        check_knobs(backend, ef, num_candidates)
         if run.kind != "sparcode" and run.kind != "two-tower":
             raise click.ClickException(f"search serves SparCode runs; {run_dir} was trained with --model {run.kind}")
         if history_items is not None:
@@ -128,9 +127,8 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
             from sparcode.commands._vectors import open_vector_backend, user_vectors
 
             query = user_vectors(model, np.asarray([user_index]), history[None, :], device)[0]
-            # As evaluate does: the default candidate pool grows with k rather than refusing it.
-            engine = open_vector_backend(backend, run_dir, export_dir, alias, run.fingerprint(), ef=ef or max(100, k),
-                                         num_candidates=num_candidates or max(100, k))
+            engine = open_vector_backend(backend, run_dir, export_dir, alias, run.fingerprint(), k=k, ef=ef,
+                                         num_candidates=num_candidates)
         else:
             engine, probes = open_serving_backend(backend, run, export_dir, alias)
             query = user_queries(model, np.asarray([user_index]), history[None, :], device, engine.code_table,

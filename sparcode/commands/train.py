@@ -27,10 +27,8 @@ DEFAULT_SPLIT = {"ml-1m": "multi-target", "beauty": "leave-one-out"}
 def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resume, quiet):
     """Train a model and record config, weights and validation history in RUN_DIR."""
     with user_errors():
-        from sparcode.config import read_config_file
+        from sparcode.config import ConfigError, read_config_file
         from sparcode.presets import run_config
-
-        from sparcode.config import ConfigError
 
         overrides = None
         if config_file is not None:

@@ -9,8 +9,6 @@ whenever either differs (retraining, `--resume`, a changed dataset file).
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import numpy as np
 
 from sparcode.encoder.runs import Run
 from sparcode.encoder.serving import distinct_codes, user_codes
-from sparcode.staging import usual_permissions
+from sparcode.staging import write_then_rename
 
 CACHE_NAME = "training-codes.npz"
 
@@ -57,16 +55,12 @@ def _read(path: Path, key: str) -> np.ndarray | None:
 
 def _write(path: Path, key: str, codes: np.ndarray) -> None:
     # A cache must never fail the command: in a read-only run directory (a shared model store)
-    # the codes are simply encoded again next time. Written to a temporary sibling and renamed,
-    # so a reader never sees half a file.
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    except OSError:
-        return
-    try:
-        usual_permissions(tmp)
-        with os.fdopen(fd, "wb") as fh:
+    # the codes are simply encoded again next time.
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a handle: given a name, np.savez would append ".npz"
             np.savez(fh, key=np.asarray(key), codes=codes)
-        os.replace(tmp, path)
+
+    try:
+        write_then_rename(path, save)
     except OSError:
-        Path(tmp).unlink(missing_ok=True)
+        pass

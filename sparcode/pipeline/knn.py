@@ -32,6 +32,7 @@ from sparcode.pipeline.indexer import (SETTLE_MIN_DOCS, BuildResult, CpuMeter, I
 from sparcode.pipeline.vectors import VectorSet, open_vector_export
 
 FIELD = "vector"
+DEFAULT_NUM_CANDIDATES = 100  # kNN candidates per shard when the caller sets none
 FIELD_TYPE = "dense_vector"
 MAX_DIMS = 4096
 
@@ -130,7 +131,8 @@ class KnnBackend:
 
     name = "es-knn"
 
-    def __init__(self, engine: Engine, alias: str, *, dim: int | None = None, num_candidates: int = 100,
+    def __init__(self, engine: Engine, alias: str, *, dim: int | None = None,
+                 num_candidates: int = DEFAULT_NUM_CANDIDATES,
                  expected_fingerprint: str | None = None, field_types: dict | None = None):
         self.engine, self.alias, self.num_candidates = engine, alias, int(num_candidates)
         self.expected_fingerprint, self.requested_field_types = expected_fingerprint, field_types
