@@ -7,7 +7,7 @@ object path, and fixed width so terms sort like the tuples they spell.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from typing import Sequence
 
 _TERM = re.compile(r"^c\d{4}(?:_\d{4})*$")
 
@@ -20,11 +20,3 @@ def term_to_code(term: str) -> tuple[int, ...]:
     if not _TERM.match(term):
         raise ValueError(f"not a sparcode pseudo-term: {term!r}")
     return tuple(int(part) for part in term[1:].split("_"))
-
-
-def is_term(term: str) -> bool:
-    return bool(_TERM.match(term))
-
-
-def codes_to_terms(codes: Iterable[Sequence[int]]) -> list[str]:
-    return [code_to_term(c) for c in codes]

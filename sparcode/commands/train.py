@@ -1,7 +1,6 @@
 """`sparcode train`: fit one model on one dataset split into a run directory."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click

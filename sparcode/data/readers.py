@@ -100,13 +100,6 @@ def _first_line(first_lines: dict[str, int], key: str, path: Path, lineno: int, 
         raise DataError(f"{kind} {key!r} appears twice, on line {first} and line {lineno}", path, lineno)
 
 
-def _int(text: str, what: str, path: Path, lineno: int) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise DataError(f"{what} {text!r} is not an integer", path, lineno) from None
-
-
 # --- categorical features ---------------------------------------------------------------------
 
 def categorical(name: str, rows: list[list[str]]) -> CategoricalFeature:

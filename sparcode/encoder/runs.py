@@ -4,8 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
 from sparcode.config import ConfigError, RunConfig
 from sparcode.data.dataset import Dataset, Split
 from sparcode.data.readers import load_dataset
@@ -98,8 +96,3 @@ def _check_same_split(run_dir: Path, recorded: dict | None, now: dict, dataset: 
         if key in recorded and recorded[key] != value:
             raise RunError(f"{dataset} has changed since {run_dir} was trained: its split now has {key} {value!r}, "
                            f"the run recorded {recorded[key]!r}; restore the data or train again")
-
-
-def set_threads(config: RunConfig) -> None:
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)

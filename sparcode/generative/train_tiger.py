@@ -34,7 +34,7 @@ from sparcode.encoder.train import bf16_supported
 from sparcode.generative.beam import ColdIndex, beam_search
 from sparcode.generative.config import TigerConfig
 from sparcode.generative.curves import read_history
-from sparcode.generative.rqvae import RQVAE, RQVAEConfig, fit_rqvae, usage
+from sparcode.generative.rqvae import RQVAEConfig, fit_rqvae, usage
 from sparcode.generative.semantic_ids import (PrefixTrie, add_dedup_token, collision_stats, load_ids, save_ids,
                                               vocab_sizes)
 from sparcode.generative.seq2seq import Batch, TigerSeq2Seq, pick_device
@@ -95,13 +95,6 @@ def build_semantic_ids(run_dir: Path, dataset, cfg: TigerConfig | None = None, d
     log(f"semantic IDs: collision rate {meta['collisions']['collision_rate']:.4f} before the 4th token, "
         f"codebook usage {[round(u, 3) for u in meta['codebook_usage']]}, vocab {meta['vocab']}")
     return ids, meta
-
-
-def load_rqvae(run_dir: Path) -> RQVAE:
-    folder = tiger_dir(run_dir) / "rqvae"
-    model = RQVAE(RQVAEConfig.from_dict(ckpt.read_json(folder / CONFIG)))
-    model.load_state_dict(ckpt.load_tensors(folder / WEIGHTS))
-    return model.eval()
 
 
 def pick_cold_items(n_items: int, fraction: float, seed: int) -> np.ndarray:

@@ -33,14 +33,6 @@ def engine_url(name: str) -> str:
     return os.environ.get(f"{_PREFIX[name]}_URL") or local_url(SPECS[name].default_port)
 
 
-def es_url() -> str:
-    return engine_url("elasticsearch")
-
-
-def os_url() -> str:
-    return engine_url("opensearch")
-
-
 def _auth(name: str) -> dict:
     prefix = _PREFIX[name]
     return {key: os.environ.get(f"{prefix}_{key.upper()}")
