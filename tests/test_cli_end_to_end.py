@@ -299,7 +299,7 @@ def test_user_errors_are_one_clear_line(trained, tmp_path):
     inside = invoke("evaluate", run, "--qrels", run / "config.json")
     assert inside.exit_code == 2 and "is inside the run" in inside.output
     assert (run / "config.json").read_bytes() == config_before
-    wrong_knob = invoke("evaluate", run, "--backend", "local", "--export", root / "export", "--ef", 5)
+    wrong_knob = invoke("evaluate", run, "--backend", "local", "--export", root / "export", "--ef", 60)
     assert wrong_knob.exit_code == 2 and "--ef applies to --backend hnsw" in wrong_knob.output
     assert "Traceback" not in unknown.output
     not_a_run = invoke("evaluate", tmp_path)

@@ -26,18 +26,20 @@ def _sizes(ctx, param, value):
 
 
 @click.command("bench")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--sizes", callback=_sizes, default=None, help="Catalog sizes (default 10000,100000,1000000; --quick: 2000).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for bench.json, the table and the plot.")
+@click.option("--sizes", callback=_sizes, default=None, metavar="N,N,...", help="Catalog sizes (default 10000,100000,1000000; --quick: 2000).")
 @click.option("--quick", is_flag=True, help="A small smoke run (one 2,000-item catalog, 200 queries).")
 @click.option("--queries", type=click.IntRange(min=10), default=None, help="Timed queries per path (default 1000).")
-@click.option("--url", default=None, help="Elasticsearch URL (default: ELASTICSEARCH_URL, else the local node).")
+@click.option("--url", default=None, metavar="URL", help="Elasticsearch URL (default: ELASTICSEARCH_URL, else the local node).")
 @click.option("--from-export", "from_export", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Take the SparCode shape (codes, postings per code, scores) from a real export.")
 @click.option("--from-vectors", "from_vectors", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Take dim and norms from a real two-tower vector export.")
-@click.option("--paths", "path_names", default=None,
-              help="Comma-separated paths to measure (default all: " + ",".join(PATHS) + "); "
-                   "sparcode-local and exact always run, they are the recall references.")
+@click.option("--paths", "path_names", default=None, metavar="PATH,PATH,...",
+              help="Comma-separated paths to measure (default all: " + ",".join(PATHS) + ", with sparcode-os "
+                   "only when OPENSEARCH_URL is set); sparcode-local and exact always run, they are the recall "
+                   "references.")
 @click.option("--posting-cap", type=click.IntRange(min=1), default=None,
               help="Shape SparCode catalogs like an index built with `export --max-postings N`: every code "
                    "keeps ≈ N items at any size, so codes grow with the catalog.")

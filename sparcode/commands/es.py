@@ -21,8 +21,8 @@ def _node(engine: str, port: int | None = None, heap: str | None = None, *, from
 
 @click.group("es")
 def command():
-    """Manage a local search node (cached under .cache/es, .cache/opensearch, or
-    $SPARCODE_ES_HOME / $SPARCODE_OPENSEARCH_HOME)."""
+    """Manage a local search node, kept in $SPARCODE_ES_HOME / $SPARCODE_OPENSEARCH_HOME if set, else in
+    .cache/es, .cache/opensearch of the repository checkout, else (installed) in ~/.cache/sparcode/."""
 
 
 @command.command("start")

@@ -8,6 +8,9 @@ import click
 
 from sparcode.commands._common import serve_options, serve_overrides, user_errors
 
+# max(eval.metrics.KS), spelled out so that --help need not import numpy (a test keeps them equal).
+LONGEST_LIST = 50
+
 KS = (5, 10, 20, 50)
 
 
@@ -17,13 +20,17 @@ KS = (5, 10, 20, 50)
               default="model", show_default=True,
               help="model: served-exact offline scoring; local/es/opensearch: ranked lists from that backend; "
                    "hnsw/es-knn/exact: a two-tower run's vector export (ANN paths also report recall vs exact).")
-@click.option("--ef", type=click.IntRange(min=1), default=None, help="hnsw: query ef (≥ 50; default 100).")
-@click.option("--num-candidates", type=click.IntRange(min=1), default=None, help="es-knn: num_candidates (default 100).")
+@click.option("--ef", type=click.IntRange(min=LONGEST_LIST), default=None,
+              help=f"hnsw: query ef (at least {LONGEST_LIST}, the longest list evaluated; default 100).")
+@click.option("--num-candidates", type=click.IntRange(min=LONGEST_LIST), default=None,
+              help=f"es-knn: num_candidates (at least {LONGEST_LIST}; default 100).")
 @click.option("--alias", default=None, help="Index alias (es/opensearch).")
-@click.option("--export", "export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
+@click.option("--export", "export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Export directory the local backend serves (default: the run's last export).")
 @click.option("--exclude-seen/--keep-seen", default=None,
               help="Default: exclude for multi-target, keep for leave-one-out (the TIGER protocol).")
-@click.option("--users", "part", type=click.Choice(["test", "valid"]), default="test", show_default=True)
+@click.option("--users", "part", type=click.Choice(["test", "valid"]), default="test", show_default=True,
+              help="Which held-out users to score.")
 @click.option("--sample-users", type=click.IntRange(min=1), default=None,
               help="Score a seeded random sample of this many users instead of all (a quick check of a slow model; "
                    "the metrics record the population and seed).")

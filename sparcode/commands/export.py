@@ -20,7 +20,8 @@ def _parse_shard(ctx, param, value):
 
 @click.command("export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Export directory to create (see --force).")
 @click.option("--bias", type=float, default=None,
               help="b̃, added to every stored score (stored = ReLU(S + b̃)); must be finite. Default: global "
                    "allocation stores serve.stored_fraction of pairs, per-code the median S. With per-code "
@@ -30,9 +31,9 @@ def _parse_shard(ctx, param, value):
               help="per-code: each code keeps its best --stored-fraction of items; global: one b̃ "
                    "threshold for all pairs. Default: the run's serve.allocation (per-code).")
 @serve_options
-@click.option("--shard", callback=_parse_shard, default=None, help="i/n: export every n-th item from i (run n of these).")
+@click.option("--shard", callback=_parse_shard, default=None, metavar="I/N", help="i/n: export every n-th item from i (run n of these).")
 @click.option("--force", is_flag=True, help="Replace an existing export in --out.")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(run_dir, out_dir, bias, max_postings, allocation, stored_fraction, query_probes, max_codes, shard, force,
             quiet):
     """Score every indexed code against every item and write the export directory.

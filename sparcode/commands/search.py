@@ -13,6 +13,18 @@ from sparcode.commands._common import user_errors
 BACKENDS = ["local", "es", "opensearch", "hnsw", "es-knn", "exact", "tiger"]
 
 
+def _check_filters(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
+    """A malformed --filter is a usage error, caught before the run or the node is opened."""
+    from sparcode.pipeline.query import QueryError, parse_filter
+
+    for text in values:
+        try:
+            parse_filter(text)
+        except QueryError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return values
+
+
 def default_backend() -> str:
     return "es" if os.environ.get("ELASTICSEARCH_URL") else "local"
 
@@ -61,20 +73,22 @@ MAX_K = 10_000
 
 
 @click.command("search")
-@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
-@click.option("--user", "user_id", default=None, help="External user id, as in the dataset.")
-@click.option("--history", "history_items", default=None,
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              metavar="RUN_DIR", help="The trained run whose model turns the user into a query.")
+@click.option("--user", "user_id", default=None, metavar="USER_ID", help="External user id, as in the dataset.")
+@click.option("--history", "history_items", default=None, metavar="ITEM,ITEM,...",
               help="Instead of --user: the items an unknown user interacted with, oldest first, comma-separated.")
 @click.option("--k", type=click.IntRange(1, MAX_K), default=10, show_default=True,
               help=f"How many items (at most {MAX_K:,}, a search node's default result window).")
 @click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="Default: es when ELASTICSEARCH_URL is set, else the embedded local backend; "
-                   "hnsw for two-tower runs (hnsw, es-knn and exact serve two-tower vector exports).")
+                   "hnsw for two-tower runs (hnsw, es-knn and exact serve two-tower vector exports); "
+                   "tiger, the only choice for TIGER runs (constrained beam search over semantic IDs).")
 @click.option("--alias", default=None, help="Index alias (es/opensearch backends; with a TIGER run: the alias of its "
                                              "semantic-ID export, which then supplies the cold-start prefix matches).")
 @click.option("--export", "export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Export directory (default: the run's last export).")
-@click.option("--filter", "filters", multiple=True, help="Attribute filter FIELD=VALUE, e.g. genres=Comedy (repeatable).")
+@click.option("--filter", "filters", multiple=True, callback=_check_filters, metavar="FIELD=VALUE", help="Attribute filter FIELD=VALUE, e.g. genres=Comedy (repeatable).")
 @click.option("--exclude-seen/--keep-seen", default=True, show_default=True, help="Drop items the user already has.")
 @click.option("--explain", is_flag=True, help="Print the exact request body (send it with curl to POST /<alias>/_search).")
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")

@@ -14,10 +14,12 @@ from sparcode.commands._common import user_errors
 
 
 @click.command("semantic-ids")
-@click.option("--dataset", default="beauty", show_default=True, help="beauty, ml-1m, or a PATH with items.tsv.")
-@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--dataset", default="beauty", show_default=True, metavar="beauty|ml-1m|PATH",
+              help="A named dataset, or a PATH whose folder holds items.tsv (the item text).")
+@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="RUN_DIR",
+              help="The TIGER run directory the IDs are built in (then `train --model tiger --out` it).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="RQ-VAE epochs (default 300).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the RQ-VAE.")
 @click.option("--force", is_flag=True, help="Rebuild IDs already in RUN_DIR (embeddings stay cached).")
 def command(dataset, run_dir, epochs, seed, force):
     """Build semantic IDs for every item and report collisions and codebook usage."""

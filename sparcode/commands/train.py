@@ -12,15 +12,18 @@ DEFAULT_SPLIT = {"ml-1m": "multi-target", "beauty": "leave-one-out"}
 
 @click.command("train")
 @click.option("--model", "model_kind", type=click.Choice(["sparcode", "all-to-all", "two-tower", "ease", "tiger"]),
-              default="sparcode", show_default=True)
-@click.option("--dataset", default="ml-1m", show_default=True, help="ml-1m, beauty, or a PATH to a sequence file.")
+              default="sparcode", show_default=True, help="Which model to train.")
+@click.option("--dataset", default="ml-1m", show_default=True, metavar="ml-1m|beauty|PATH",
+              help="A named dataset, or a PATH to a sequence file or to a folder holding sequences.txt[.gz] "
+                   "and optional items.tsv / users.tsv (README: Your own data).")
 @click.option("--split", type=click.Choice(["multi-target", "leave-one-out"]), default=None,
               help="Default: multi-target for ml-1m, leave-one-out otherwise.")
-@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="RUN_DIR",
+              help="The run directory: new, empty, or an interrupted run to continue with --resume.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSON file overriding the model's preset; unknown keys are an error.")
 @click.option("--seed", type=int, default=None, help="Overrides the config's seed (default 0).")
-@click.option("--epochs", type=int, default=None, help="Overrides train.epochs.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Overrides train.epochs.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in RUN_DIR from its last epoch.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resume, quiet):

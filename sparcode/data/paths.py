@@ -1,30 +1,42 @@
-"""Where the datasets live: `$SPARCODE_DATA`, else `../shared/data` next to the repository."""
+"""Where the datasets live: `$SPARCODE_DATA`, else `../shared/data` next to the repository checkout."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from sparcode.checkout import repository_root
 from sparcode.data.errors import DataError
 
 ENV_VAR = "SPARCODE_DATA"
-# The repository root is the parent of the `sparcode` package directory.
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_ROOT = REPO_ROOT.parent / "shared" / "data"
+_HOLDS = "the folder holding ml-1m/ and amazon-beauty/"
+
+
+def default_root() -> Path | None:
+    """`../shared/data` beside the checkout; an installed package has no such neighbour."""
+    repo = repository_root()
+    return repo.parent / "shared" / "data" if repo else None
 
 
 def data_root() -> Path:
     configured = os.environ.get(ENV_VAR)
-    root = Path(configured).expanduser() if configured else DEFAULT_ROOT
+    if configured:
+        root = Path(configured).expanduser()
+        how = f"${ENV_VAR}={configured}"
+    else:
+        root = default_root()
+        if root is None:
+            raise DataError(f"no data directory: ${ENV_VAR} is unset and sparcode is installed, not run from its "
+                            f"repository checkout (whose default is ../shared/data); set ${ENV_VAR} to {_HOLDS}")
+        how = f"${ENV_VAR} is unset, default"
     if not root.is_dir():
-        how = f"${ENV_VAR}={configured}" if configured else f"${ENV_VAR} is unset, default"
-        raise DataError(f"data directory not found: {root} ({how}); "
-                        f"set {ENV_VAR} to the folder holding ml-1m/ and amazon-beauty/")
+        raise DataError(f"data directory not found: {root} ({how}); set {ENV_VAR} to {_HOLDS}")
     return root
 
 
 def dataset_file(*parts: str) -> Path:
     """A file under the data root; missing → DataError naming it."""
-    path = data_root().joinpath(*parts)
+    root = data_root()
+    path = root.joinpath(*parts)
     if not path.is_file():
-        raise DataError(f"missing data file (data root from ${ENV_VAR} or {DEFAULT_ROOT})", path)
+        raise DataError(f"missing data file (data root {root})", path)
     return path

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import tenacity
 
+from sparcode.checkout import repository_root
+
 DEFAULT_HEAP = "1g"
 # One unprivileged user runs either engine (both refuse to run as root).
 ES_USER = "sparcode-es"
@@ -83,10 +85,12 @@ def default_home(spec: EngineSpec = ELASTICSEARCH) -> Path:
     env = os.environ.get(spec.home_var)
     if env:
         return Path(env).expanduser().resolve()
-    repo = Path(__file__).resolve().parents[2]
-    # An editable install lives in the repo, whose .cache/ is git-ignored; otherwise use cwd.
-    base = repo if (repo / "pyproject.toml").exists() else Path.cwd()
-    return base / ".cache" / spec.cache_dir
+    repo = repository_root()
+    if repo:
+        return repo / ".cache" / spec.cache_dir  # git-ignored
+    # Installed: one per-user cache, so `es stop` finds the node `es start` ran from any folder.
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser().resolve() / "sparcode" / spec.cache_dir
 
 
 def local_url(port: int = DEFAULT_PORT) -> str:
