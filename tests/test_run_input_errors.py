@@ -127,6 +127,36 @@ def test_a_refused_resume_leaves_the_run_as_it_was(trained, tmp_path):
     assert invoke("evaluate", copy).exit_code == 0
 
 
+def test_resume_alone_continues_the_run_with_its_own_config(trained, tmp_path):
+    _, _, _, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = json.loads((copy / "config.json").read_text())
+    result = invoke("train", "--out", copy, "--resume", "--epochs", before["train"]["epochs"] + 1, "--quiet")
+    assert result.exit_code == 0, result.output
+    after = json.loads((copy / "config.json").read_text())
+    assert after == {**before, "train": {**before["train"], "epochs": before["train"]["epochs"] + 1}}
+    assert len((copy / "history.jsonl").read_text().splitlines()) == before["train"]["epochs"] + 1
+    assert json.loads((copy / "run.json").read_text())["split"]["kind"] == "leave-one-out"
+
+
+def test_a_config_given_to_resume_may_change_only_the_budget(trained, tmp_path):
+    _, data, _, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
+    other_lr = tmp_path / "lr.json"
+    other_lr.write_text(json.dumps({**TINY, "train": {**TINY["train"], "lr": 0.01}}))
+    one_line_error(invoke("train", "--dataset", data, "--out", copy, "--config", other_lr, "--resume", "--quiet"),
+                   "cannot resume", "train.lr 0.001 → 0.01", "drop --config")
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
+    longer = tmp_path / "longer.json"
+    longer.write_text(json.dumps({**TINY, "train": {**TINY["train"], "epochs": TINY["train"]["epochs"] + 1}}))
+    result = invoke("train", "--dataset", data, "--out", copy, "--config", longer, "--resume", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((copy / "config.json").read_text())["train"]["epochs"] == TINY["train"]["epochs"] + 1
+
+
 def test_a_resumed_run_is_unfinished_until_it_finishes_again(trained, tmp_path, monkeypatch):
     from sparcode.config import RunConfig
     from sparcode.encoder import checkpoint

@@ -15,7 +15,7 @@ DEFAULT_SPLIT = {"ml-1m": "multi-target", "beauty": "leave-one-out"}
               default="sparcode", show_default=True, help="Which model to train.")
 @click.option("--dataset", default="ml-1m", show_default=True, metavar="ml-1m|beauty|PATH",
               help="A named dataset, or a PATH to a sequence file or to a folder holding sequences.txt[.gz] "
-                   "and optional items.tsv / users.tsv (README: Your own data).")
+                   "and optional items.tsv / users.tsv (README: Data).")
 @click.option("--split", type=click.Choice(["multi-target", "leave-one-out"]), default=None,
               help="Default: multi-target for ml-1m, leave-one-out otherwise.")
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="RUN_DIR",
@@ -32,23 +32,114 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
         from sparcode.config import ConfigError, read_config_file
         from sparcode.presets import run_config
 
+        recorded = _recorded_config(run_dir) if resume else None
+        if recorded is not None:
+            model_kind, dataset, split, seed = _unless_given(recorded, model_kind, dataset, split, seed)
         overrides = None
         if config_file is not None:
             overrides = read_config_file(config_file)
             model_kind, dataset, split = _settle_with_file(config_file, overrides, model_kind, dataset, split)
-        try:
-            cfg = run_config(model_kind, dataset, split or DEFAULT_SPLIT.get(dataset, "leave-one-out"), overrides,
-                             seed, epochs)
-        except ConfigError as err:
-            from_flag = (epochs is not None and "train.epochs" in str(err)) or (seed is not None and "seed" in str(err))
-            if config_file is None or from_flag or str(err).startswith(str(config_file)):
-                raise
-            raise ConfigError(f"{config_file}: {err}") from None
+        if recorded is not None and config_file is None:
+            cfg = _restated(recorded, model_kind, dataset, split, seed, epochs)
+        else:
+            try:
+                cfg = run_config(model_kind, dataset, split or DEFAULT_SPLIT.get(dataset, "leave-one-out"), overrides,
+                                 seed, epochs)
+            except ConfigError as err:
+                from_flag = (epochs is not None and "train.epochs" in str(err)) or (seed is not None and "seed" in str(err))
+                if config_file is None or from_flag or str(err).startswith(str(config_file)):
+                    raise
+                raise ConfigError(f"{config_file}: {err}") from None
+            if recorded is not None:
+                cfg = _check_same_model(run_dir, recorded, cfg, config_file)
         _check_out(run_dir, resume, cfg.model.kind)
         from sparcode.training import train_run
 
         summary = train_run(run_dir, cfg, resume=resume, progress=not quiet)
     click.echo(f"trained {model_kind} on {cfg.dataset} ({cfg.split}) in {summary['train_seconds']:.0f}s → {run_dir}")
+
+
+# What a resumed run may change: how long and on how many threads it trains, never the model.
+RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.threads", "tiger.epochs", "tiger.patience",
+                  "tiger.max_minutes")
+
+
+def _recorded_config(run_dir: Path):
+    """The config a run to --resume was started with, or None when there is none yet."""
+    from sparcode.config import ConfigError, RunConfig
+
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        return RunConfig.load(path)
+    except ConfigError as err:
+        raise click.ClickException(f"cannot resume {run_dir}: its config.json is unreadable ({err})") from None
+
+
+def _unless_given(recorded, model_kind: str, dataset: str, split: str | None, seed: int | None):
+    """A resumed run's model, dataset, split and seed default to its own: `train --out RUN --resume`
+    alone continues it. A flag given explicitly stays, for the resume check to refuse if it differs."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+    return (model_kind if given("model_kind") else recorded.model.kind,
+            dataset if given("dataset") else recorded.dataset,
+            split if split is not None else recorded.split,
+            seed if seed is not None else recorded.seed)
+
+
+def _restated(recorded, model_kind: str, dataset: str, split: str, seed: int, epochs: int | None):
+    """--resume without --config continues with the run's own config and the flags' values."""
+    from sparcode.config import RunConfig
+
+    cfg = RunConfig.from_dict(recorded.to_dict())
+    cfg.model.kind, cfg.dataset, cfg.split, cfg.seed = model_kind, dataset, split, seed
+    if epochs is not None:
+        cfg.train.epochs = epochs
+    return cfg.validate()
+
+
+def _check_same_model(run_dir: Path, recorded, cfg, config_file: Path):
+    """--resume with --config: the file may restate the run's config and change only RESUMABLE_KEYS;
+    anything else would load the checkpoint into another model (a size mismatch) or quietly
+    train the rest of the run under other settings than config.json records."""
+    from sparcode.config import RunConfig
+
+    then, now = _flat(recorded.to_dict()), _flat(cfg.to_dict())
+    changed = [key for key in sorted(then.keys() | now.keys())
+               if key not in RESUMABLE_KEYS + ("dataset", "split", "seed", "model.kind")
+               and then.get(key) != now.get(key)]
+    if changed:
+        shown = "; ".join(f"{key} {then.get(key)!r} → {now.get(key)!r}" for key in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise click.ClickException(
+            f"cannot resume {run_dir} with {config_file}: it changes {shown}{more}; a resume may change only "
+            f"{', '.join(RESUMABLE_KEYS)} (drop --config to continue with the run's own config)")
+    merged = RunConfig.from_dict(recorded.to_dict())
+    merged.dataset, merged.split, merged.seed, merged.model.kind = cfg.dataset, cfg.split, cfg.seed, cfg.model.kind
+    for key in RESUMABLE_KEYS:
+        section, name = key.split(".")
+        if section == "tiger":
+            if name in cfg.tiger:
+                merged.tiger[name] = cfg.tiger[name]
+        else:
+            setattr(getattr(merged, section), name, getattr(getattr(cfg, section), name))
+    return merged.validate()
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and (value or not prefix):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _check_out(run_dir: Path, resume: bool, kind: str) -> None:
