@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import random_queries
+from conftest import random_queries, write_export
 from engine_contract import *  # noqa: F401,F403 (the shared tests run on this module's engine)
 from engine_contract import built  # noqa: F401 (fixture, named for readers)
 from sparcode.pipeline import indexer
@@ -27,6 +27,22 @@ def test_every_form_scores_equal_local(engine, built, export_dir, form):
     backend = EngineBackend.open(alias, export_dir, connection=engine, form=form)
     queries = random_queries(export_dir, 40, seed=9)
     assert backend.batch_search(queries, 15) == LocalBackend(export_dir).batch_search(queries, 15)
+
+
+@pytest.mark.parametrize("form", [None, "sparse_vector"])
+def test_a_term_common_in_the_index_and_light_in_the_query_still_counts(engine, alias, tmp_path, form):
+    """Elasticsearch 8.19 turns token pruning on for new `sparse_vector` fields: a query term on
+    more than 5 × the average document count, weighing at most 0.4 × the query's heaviest term,
+    would be dropped, and items matching only it would vanish. The model's score counts it."""
+    common = {"c0000": 1.0}
+    items = [{"item_id": f"i{i}", "ord": i, "codes": {**common, f"c{1 + i // 5:04d}": 0.5}} for i in range(100)]
+    flat = write_export(tmp_path / "flat", items, M=1, N=64, fingerprint="ab" * 32)
+    indexer.build(engine, Export.open(flat), alias, progress=False)
+    backend = EngineBackend.open(alias, flat, connection=engine, form=form)
+    query = {"c0000": 1.0, "c0001": 3.0}
+    hits = backend.search(query, 10)
+    assert hits == LocalBackend(flat).search(query, 10)
+    assert len(hits) == 10 and hits[0].score == 2.5
 
 
 def test_rank_features_without_mapper_extras_is_a_clear_refusal(engine, alias, export_dir):

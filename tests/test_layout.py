@@ -33,12 +33,12 @@ def test_grouping_keeps_every_pair_and_bounds_the_names():
 
 def test_grouped_sparse_vector_query_is_one_clause_per_field():
     assert dsl.scoring_query(Q, "sparse_vector", layout.GROUPED) == {"bool": {"should": [
-        {"sparse_vector": {"field": "codes.c0001", "query_vector": {"0002": 2.0, "0009": 3.0}}},
-        {"sparse_vector": {"field": "codes.c0003", "query_vector": {"0004": 1.0}}},
+        {"sparse_vector": {"field": "codes.c0001", "query_vector": {"0002": 2.0, "0009": 3.0}, "prune": False}},
+        {"sparse_vector": {"field": "codes.c0003", "query_vector": {"0004": 1.0}, "prune": False}},
     ]}}
     one = {"c0001_0002": 2.0}
     assert dsl.scoring_query(one, "sparse_vector", layout.GROUPED) == {
-        "sparse_vector": {"field": "codes.c0001", "query_vector": {"0002": 2.0}}}
+        "sparse_vector": {"field": "codes.c0001", "query_vector": {"0002": 2.0}, "prune": False}}
 
 
 def test_grouped_term_and_rank_feature_forms_address_the_group_field():
@@ -87,6 +87,5 @@ def test_numbered_query_addresses_the_numbered_fields():
     assert should == [{"term": {"codes.n0": {"value": "0", "boost": 2.0}}},
                       {"term": {"codes.n0": {"value": "1", "boost": 3.0}}},
                       {"term": {"codes.n1": {"value": "0", "boost": 1.0}}}]
-    assert dsl.form_for("sparse_vector", layout.NUMBERED) == "term"
     with pytest.raises(ValueError, match="needs the export's term numbering"):
         dsl.scoring_query(Q, "term", layout.NUMBERED)

@@ -157,7 +157,7 @@ class EngineBackend:
         self.layout = self.served.meta.get("layout", layout.FLAT)
         self.numbering = self._numbering() if self.layout == layout.NUMBERED else None
         field_type = self.served.meta.get("field_type") or props.get("codes", {}).get("type", "sparse_vector")
-        self.form = self.requested_form or dsl.form_for(field_type, self.layout)
+        self.form = self.requested_form or dsl.form_for(field_type)
 
     def _check_same_export(self) -> None:
         """Another export of the same model (another stored fraction or probe count) has the
@@ -267,7 +267,7 @@ class LocalBackend:
 
     def explain(self, query: Query, k: int, filters=None, exclude_items=None) -> dict:
         """The engine body the same search would send (for comparison and debugging)."""
-        return dsl.search_body(_prepare(self.code_table, query), k, form=dsl.form_for("sparse_vector", self.layout),
+        return dsl.search_body(_prepare(self.code_table, query), k, form=dsl.form_for("sparse_vector"),
                                layout=self.layout, numbering=self.numbering, filters=dsl.coerce_filters(filters, self.field_types),
                                exclude_items=exclude_items)
 

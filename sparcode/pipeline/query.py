@@ -2,9 +2,10 @@
 
 Every form scores an item as Σ count × stored value over the query's terms, which is the
 model's score, addressed to the field(s) the index's layout keeps them in (layout.py). On a
-`sparse_vector` field: the `sparse_vector` query (one clause per field, however many terms; no
-`max_clause_count` ceiling) or `term` (bool/should of boosted terms), which score identically;
-`form_for` picks the cheaper one for the layout. `rank_feature` (bool/should of `linear`
+`sparse_vector` field: `term` (bool/should of boosted terms, the default) or the `sparse_vector`
+query (one clause per field, however many terms), which score identically only with its token
+pruning off: Elasticsearch 8.19 prunes by default on new indices, dropping a query term that is
+common in the index and light in the query, and the model's score counts every term. `rank_feature` (bool/should of `linear`
 rank_feature clauses, boosted by the count) is the form for a `rank_features` field on either
 engine, and the only one OpenSearch has. docs/engines.md compares them.
 """
@@ -16,7 +17,7 @@ from typing import Collection, Iterable, Mapping
 from sparcode.pipeline.layout import FLAT, Numbering, by_field
 
 FORMS = ("sparse_vector", "term", "rank_feature")
-DEFAULT_FORM = "sparse_vector"
+DEFAULT_FORM = "term"
 FILTERABLE = ("keyword", "integer", "float")
 # Equal scores are ordered by smaller `ord`, as in every other backend. Without it ES orders
 # ties by Lucene doc id, which follows `ord` only until a resume or update reorders segments.
@@ -39,14 +40,14 @@ class QueryError(ValueError):
     """A query or filter no backend can serve; one line."""
 
 
-def form_for(field_type: str, layout: str = FLAT) -> str:
-    """The form an index is queried with by default: `rank_feature` for `rank_features`; for a
-    grouped `sparse_vector` index `term`, since one `sparse_vector` clause per group field cost
-    more (200k items, 8-code queries: client p50 1.09–1.21 vs 1.01–1.07 ms, node CPU 0.68–0.81
-    vs 0.63–0.72 ms per query), and so for a numbered one; `sparse_vector` for a flat one."""
+def form_for(field_type: str) -> str:
+    """The form an index is queried with by default: `rank_feature` for `rank_features`, else
+    `term`, in every layout. On a grouped index one `sparse_vector` clause per group field also
+    cost more (200k items, 8-code queries: client p50 1.09–1.21 vs 1.01–1.07 ms, node CPU
+    0.68–0.81 vs 0.63–0.72 ms per query)."""
     if field_type == "rank_features":
         return "rank_feature"
-    return DEFAULT_FORM if layout == FLAT else "term"
+    return DEFAULT_FORM
 
 
 def clean_query(query: Mapping[str, float]) -> dict[str, float]:
@@ -98,7 +99,8 @@ def scoring_query(query: Mapping[str, float], form: str = DEFAULT_FORM, layout: 
         raise QueryError(f"query form {form!r}: expected one of {FORMS}")
     fields = by_field(query, layout, numbering)
     if form == "sparse_vector":
-        clauses = [{"sparse_vector": {"field": f, "query_vector": keys}} for f, keys in fields.items()]
+        # Pruning off: it would drop terms the model's score counts (module docstring).
+        clauses = [{"sparse_vector": {"field": f, "query_vector": keys, "prune": False}} for f, keys in fields.items()]
     elif form == "term":
         clauses = [{"term": {f: {"value": key, "boost": c}}} for f, keys in fields.items() for key, c in keys.items()]
     else:
