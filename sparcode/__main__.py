@@ -1,4 +1,5 @@
 """`python -m sparcode`: the same CLI as the `sparcode` console script."""
 from sparcode.cli import main
 
-main(prog_name="sparcode")
+if __name__ == "__main__":
+    main(prog_name="sparcode")

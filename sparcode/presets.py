@@ -68,10 +68,10 @@ _DATASET_OVERRIDES: dict[tuple[str, str], dict] = {
 }
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for key, value in extra.items():
-        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) else value
+        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
     return out
 
 
@@ -79,17 +79,25 @@ def run_config(model: str, dataset: str, split: str, overrides: dict | None = No
                seed: int | None = None, epochs: int | None = None) -> RunConfig:
     """The preset for (model, dataset), then `overrides` (a config file's JSON object, read once by
     the caller: a file given as <(…) or /dev/stdin cannot be read twice), then the flags."""
-    data = _merge({"dataset": dataset, "split": split, "model": {"kind": model}}, _PRESETS.get(model, {}))
+    data = merge({"dataset": dataset, "split": split, "model": {"kind": model}}, _PRESETS.get(model, {}))
     for (name, kind), extra in _DATASET_OVERRIDES.items():
         if name == dataset and kind in ("*", model):
-            data = _merge(data, extra)
+            data = merge(data, extra)
     cfg = RunConfig.from_dict(data)
     if overrides is not None:
-        RunConfig.from_dict(_merge(RunConfig().to_dict(), overrides))  # unknown keys and bad values fail here, naming the key
-        cfg = RunConfig.from_dict(_merge(cfg.to_dict(), overrides))
+        RunConfig.from_dict(merge(RunConfig().to_dict(), overrides))  # unknown keys and bad values fail here, naming the key
+        cfg = RunConfig.from_dict(merge(cfg.to_dict(), overrides))
     if seed is not None:
         cfg.seed = seed
-    if epochs is not None:
-        cfg.train.epochs = epochs
+    with_epochs(cfg, epochs)
     cfg.model.kind = model
     return cfg.validate()
+
+
+def with_epochs(cfg: RunConfig, epochs: int | None) -> RunConfig:
+    """--epochs: train.epochs, and a TIGER config's own `tiger.epochs`, which would otherwise win."""
+    if epochs is not None:
+        cfg.train.epochs = epochs
+        if "epochs" in cfg.tiger:
+            cfg.tiger["epochs"] = epochs
+    return cfg

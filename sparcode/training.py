@@ -76,23 +76,56 @@ def _dataset_path(dataset: str) -> dict:
     return {"dataset_path": str(Path(dataset).resolve())}
 
 
-def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
-    """--resume continues the run's own training. Another dataset, split, seed or model kind
-    would either fail to load its weights (a size-mismatch traceback) or quietly mix two runs."""
+def recorded_config(run_dir: Path) -> RunConfig | None:
+    """The config a run was started with (None before it has one), its dataset made absolute from
+    run.json for runs trained before config.json held it absolute."""
     from sparcode.encoder import checkpoint as ckpt
     from sparcode.encoder.runs import RunError
 
-    recorded_path = Path(run_dir) / ckpt.CONFIG
-    if not recorded_path.is_file():
-        return  # nothing recorded yet: --resume starts afresh
+    path = Path(run_dir) / ckpt.CONFIG
+    if not path.is_file():
+        return None
     try:
-        recorded = RunConfig.load(recorded_path)
+        recorded = RunConfig.load(path)
     except ConfigError as err:
         raise RunError(f"cannot resume {run_dir}: its {ckpt.CONFIG} is unreadable ({err})") from None
     info_path = Path(run_dir) / ckpt.RUN_INFO
-    recorded_path_of_data = ckpt.read_json(info_path).get("dataset_path") if info_path.is_file() else None
-    if isinstance(recorded_path_of_data, str):
-        recorded.dataset = recorded_path_of_data  # runs trained before config.json held it absolute
+    dataset_path = ckpt.read_json(info_path).get("dataset_path") if info_path.is_file() else None
+    if isinstance(dataset_path, str):
+        recorded.dataset = dataset_path
+    return recorded
+
+
+def epochs_done(run_dir: Path) -> int:
+    """Epochs a run has trained: one line each in its (or its TIGER model's) history."""
+    for path in (Path(run_dir) / "history.jsonl", Path(run_dir) / "tiger" / "history.jsonl"):
+        if path.is_file():
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                return sum(1 for line in fh if line.strip())
+    return 0
+
+
+def planned_epochs(cfg: RunConfig) -> int | None:
+    """The epochs `cfg` trains for; None when a TIGER step budget decides instead."""
+    if cfg.model.kind == "ease":
+        return None
+    if cfg.model.kind == "tiger":
+        from sparcode.generative.config import TigerConfig
+
+        tiger = TigerConfig.from_run_config(cfg)
+        return None if tiger.total_steps else tiger.epochs
+    return cfg.train.epochs
+
+
+def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
+    """--resume continues the run's own training. Another dataset, split, seed or model kind
+    would either fail to load its weights (a size-mismatch traceback) or quietly mix two runs;
+    fewer epochs than it has trained would rewrite its record without training."""
+    from sparcode.encoder.runs import RunError
+
+    recorded = recorded_config(run_dir)
+    if recorded is None:
+        return  # nothing recorded yet: --resume starts afresh
     for what, flag, then, now in (("dataset", "--dataset", recorded.dataset, cfg.dataset),
                                   ("split", "--split", recorded.split, cfg.split),
                                   ("seed", "--seed", recorded.seed, cfg.seed),
@@ -100,3 +133,7 @@ def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
         if then != now and not (what == "dataset" and same_dataset(then, now)):
             raise RunError(f"cannot resume {run_dir}: it was trained with {what} {then!r}, not {now!r}; "
                            f"pass {flag} {then} or choose another --out")
+    done, planned = epochs_done(run_dir), planned_epochs(cfg)
+    if planned is not None and planned < done:
+        raise RunError(f"cannot resume {run_dir} for {planned} epochs: it has trained {done} already; "
+                       f"pass --epochs {done + 1} or more")

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from sparcode.cli import main
-from sparcode.commands.evaluate import LONGEST_LIST
+from sparcode.commands import evaluate
 from sparcode.data import paths
 from sparcode.data.errors import DataError
 from sparcode.eval.metrics import KS
@@ -46,6 +46,9 @@ def test_an_installed_package_keeps_its_node_in_one_per_user_cache_whatever_the_
         monkeypatch.chdir(tmp_path / folder)
         homes.add(local_node.default_home(local_node.ELASTICSEARCH))
     assert homes == {tmp_path / "cache" / "sparcode" / "es"}
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # the XDG spec: ignore a relative value
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert local_node.default_home(local_node.ELASTICSEARCH) == tmp_path / "home" / ".cache" / "sparcode" / "es"
     monkeypatch.setenv(local_node.ELASTICSEARCH.home_var, str(tmp_path / "mine"))
     assert local_node.default_home(local_node.ELASTICSEARCH) == tmp_path / "mine"
 
@@ -80,12 +83,13 @@ def test_python_dash_m_runs_the_same_cli():
     assert out.stdout.startswith("sparcode, version ")
 
 
-def test_evaluate_knob_floor_is_the_longest_list_the_metrics_rank():
-    assert LONGEST_LIST == max(KS)
+def test_evaluate_reports_the_metrics_cut_offs_and_its_knob_floor_is_the_longest():
+    assert evaluate.KS == KS and evaluate.LONGEST_LIST == max(KS)
 
 
 @pytest.mark.parametrize("args", [
     ["search", "--run", "{tmp}", "--history", "i1", "--filter", "genre"],
+    ["search", "--run", "{tmp}", "--history", "i1", "--filter", " =g1"],
     ["evaluate", "{tmp}", "--backend", "hnsw", "--ef", "49"],
 ])
 def test_malformed_option_values_are_usage_errors_before_any_work(tmp_path, args):

@@ -155,6 +155,58 @@ def test_a_config_given_to_resume_may_change_the_budget(trained, tmp_path):
     assert json.loads((copy / "config.json").read_text())["train"]["epochs"] == TINY["train"]["epochs"] + 1
 
 
+def test_a_config_given_to_resume_lies_over_the_run_s_own_config_not_the_preset(trained, tmp_path):
+    _, _, _, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = json.loads((copy / "config.json").read_text())
+    patience = tmp_path / "patience.json"  # no epochs, no model: those stay the run's, not the preset's
+    patience.write_text(json.dumps({"train": {"patience": 9}}))
+    result = invoke("train", "--out", copy, "--config", patience, "--resume", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((copy / "config.json").read_text()) == {**before, "train": {**before["train"], "patience": 9}}
+    assert len((copy / "history.jsonl").read_text().splitlines()) == before["train"]["epochs"]
+
+
+@pytest.mark.parametrize("change,shown", [({"seed": 5}, "seed 0 → 5"), ({"split": "multi-target"}, "split")])
+def test_a_seed_or_split_in_the_file_given_to_resume_is_refused_naming_the_file(trained, tmp_path, change, shown):
+    _, _, _, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    changed = tmp_path / "changed.json"
+    changed.write_text(json.dumps(change))
+    one_line_error(invoke("train", "--out", copy, "--config", changed, "--resume", "--quiet"),
+                   f"with {changed}", shown)
+
+
+def test_resume_for_fewer_epochs_than_trained_is_refused(trained, tmp_path):
+    _, _, _, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
+    one_line_error(invoke("train", "--out", copy, "--resume", "--epochs", 1, "--quiet"),
+                   "for 1 epochs: it has trained 2 already", "--epochs 3")
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
+
+
+def test_an_old_run_with_a_relative_dataset_asks_for_the_path_instead_of_guessing(trained, tmp_path, monkeypatch):
+    _, data, _, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "dataset": data.name}))
+    (copy / "run.json").unlink()  # unfinished, so no run.json records the absolute path
+    monkeypatch.chdir(tmp_path)
+    one_line_error(invoke("train", "--out", copy, "--resume", "--quiet"), "relative to the folder", "--dataset")
+
+
+def test_the_epochs_flag_reaches_a_tiger_config_s_own_epochs():
+    from sparcode.presets import run_config
+
+    cfg = run_config("tiger", "beauty", "leave-one-out", {"tiger": {"epochs": 2}}, epochs=4)
+    assert cfg.train.epochs == 4 and cfg.tiger["epochs"] == 4
+
+
 def test_a_resumed_run_is_unfinished_until_it_finishes_again(trained, tmp_path, monkeypatch):
     from sparcode.config import RunConfig
     from sparcode.encoder import checkpoint

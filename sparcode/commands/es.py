@@ -22,7 +22,8 @@ def _node(engine: str, port: int | None = None, heap: str | None = None, *, from
 @click.group("es")
 def command():
     """Manage a local search node, kept in $SPARCODE_ES_HOME / $SPARCODE_OPENSEARCH_HOME if set, else in
-    .cache/es, .cache/opensearch of the repository checkout, else (installed) in ~/.cache/sparcode/."""
+    .cache/es, .cache/opensearch of the repository checkout, else (installed) in sparcode/ under
+    $XDG_CACHE_HOME or ~/.cache."""
 
 
 @command.command("start")

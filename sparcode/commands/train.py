@@ -13,7 +13,7 @@ DEFAULT_SPLIT = {"ml-1m": "multi-target", "beauty": "leave-one-out"}
 @click.command("train")
 @click.option("--model", "model_kind", type=click.Choice(["sparcode", "all-to-all", "two-tower", "ease", "tiger"]),
               default="sparcode", show_default=True, help="Which model to train.")
-@click.option("--dataset", default="ml-1m", show_default=True, metavar="ml-1m|beauty|PATH",
+@click.option("--dataset", default="ml-1m", show_default=True, metavar="ml-1m|beauty|sports|PATH",
               help="A named dataset, or a PATH to a sequence file or to a folder holding sequences.txt[.gz] "
                    "and optional items.tsv / users.tsv (README: Data).")
 @click.option("--split", type=click.Choice(["multi-target", "leave-one-out"]), default=None,
@@ -32,15 +32,17 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
         from sparcode.config import ConfigError, read_config_file
         from sparcode.presets import run_config
 
-        recorded = _recorded_config(run_dir) if resume else None
+        from sparcode.training import recorded_config
+
+        recorded = recorded_config(run_dir) if resume else None
         if recorded is not None:
-            model_kind, dataset, split, seed = _unless_given(recorded, model_kind, dataset, split, seed)
+            model_kind, dataset, split, seed = _unless_given(run_dir, recorded, model_kind, dataset, split, seed)
         overrides = None
         if config_file is not None:
             overrides = read_config_file(config_file)
             model_kind, dataset, split = _settle_with_file(config_file, overrides, model_kind, dataset, split)
-        if recorded is not None and config_file is None:
-            cfg = _restated(recorded, model_kind, dataset, split, seed, epochs)
+        if recorded is not None:
+            cfg = _resumed(run_dir, recorded, overrides, config_file, model_kind, dataset, split, seed, epochs)
         else:
             try:
                 cfg = run_config(model_kind, dataset, split or DEFAULT_SPLIT.get(dataset, "leave-one-out"), overrides,
@@ -50,8 +52,6 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
                 if config_file is None or from_flag or str(err).startswith(str(config_file)):
                     raise
                 raise ConfigError(f"{config_file}: {err}") from None
-            if recorded is not None:
-                cfg = _check_same_model(run_dir, recorded, cfg, config_file)
         _check_out(run_dir, resume, cfg.model.kind)
         from sparcode.training import train_run
 
@@ -64,72 +64,57 @@ RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.threads", "tiger.epoc
                   "tiger.max_minutes")
 
 
-def _recorded_config(run_dir: Path):
-    """The config a run to --resume was started with, or None when there is none yet."""
-    from sparcode.config import ConfigError, RunConfig
-
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return None
-    try:
-        return RunConfig.load(path)
-    except ConfigError as err:
-        raise click.ClickException(f"cannot resume {run_dir}: its config.json is unreadable ({err})") from None
-
-
-def _unless_given(recorded, model_kind: str, dataset: str, split: str | None, seed: int | None):
+def _unless_given(run_dir: Path, recorded, model_kind: str, dataset: str, split: str | None, seed: int | None):
     """A resumed run's model, dataset, split and seed default to its own: `train --out RUN --resume`
     alone continues it. A flag given explicitly stays, for the resume check to refuse if it differs."""
     from click.core import ParameterSource
+
+    from sparcode.data.readers import NAMED
 
     ctx = click.get_current_context()
 
     def given(name: str) -> bool:
         return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
+    if not given("dataset") and recorded.dataset not in NAMED and not Path(recorded.dataset).is_absolute():
+        raise click.ClickException(
+            f"cannot resume {run_dir}: it records its dataset as {recorded.dataset!r}, relative to the folder it was "
+            "started from (a run from before datasets were recorded absolute); pass --dataset with its path")
     return (model_kind if given("model_kind") else recorded.model.kind,
             dataset if given("dataset") else recorded.dataset,
             split if split is not None else recorded.split,
             seed if seed is not None else recorded.seed)
 
 
-def _restated(recorded, model_kind: str, dataset: str, split: str, seed: int, epochs: int | None):
-    """--resume without --config continues with the run's own config and the flags' values."""
-    from sparcode.config import RunConfig
+def _resumed(run_dir: Path, recorded, overrides: dict | None, config_file: Path | None, model_kind: str,
+             dataset: str, split: str, seed: int, epochs: int | None):
+    """The config a resume trains with: the run's own config.json, then --config on top of it, then
+    the flags. The file may change only RESUMABLE_KEYS: anything else would load the checkpoint
+    into another model (a size mismatch) or train the rest of the run under other settings than
+    config.json records. Flags that disagree with the run are refused by the resume check."""
+    from sparcode.config import ConfigError, RunConfig, same_dataset
+    from sparcode.presets import merge, with_epochs
 
-    cfg = RunConfig.from_dict(recorded.to_dict())
+    data = recorded.to_dict()
+    if overrides is not None:
+        try:
+            restated = RunConfig.from_dict(merge(data, overrides)).validate()
+        except ConfigError as err:
+            raise ConfigError(f"{config_file}: {err}") from None
+        then, now = _flat(data), _flat(restated.to_dict())
+        changed = [key for key in sorted(then.keys() | now.keys()) if key not in RESUMABLE_KEYS
+                   and then.get(key) != now.get(key)
+                   and not (key == "dataset" and same_dataset(then[key], now[key]))]
+        if changed:
+            shown = "; ".join(f"{key} {then.get(key)!r} → {now.get(key)!r}" for key in changed[:4])
+            more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+            raise click.ClickException(
+                f"cannot resume {run_dir} with {config_file}: it changes {shown}{more}; a resume may change only "
+                f"{', '.join(RESUMABLE_KEYS)} (drop --config to continue with the run's own config)")
+        data = restated.to_dict()
+    cfg = RunConfig.from_dict(data)
     cfg.model.kind, cfg.dataset, cfg.split, cfg.seed = model_kind, dataset, split, seed
-    if epochs is not None:
-        cfg.train.epochs = epochs
-    return cfg.validate()
-
-
-def _check_same_model(run_dir: Path, recorded, cfg, config_file: Path):
-    """--resume with --config: the file may restate the run's config and change only RESUMABLE_KEYS;
-    anything else would load the checkpoint into another model (a size mismatch) or quietly
-    train the rest of the run under other settings than config.json records."""
-    from sparcode.config import RunConfig
-
-    then, now = _flat(recorded.to_dict()), _flat(cfg.to_dict())
-    changed = [key for key in sorted(then.keys() | now.keys())
-               if key not in RESUMABLE_KEYS + ("dataset", "split", "seed", "model.kind")
-               and then.get(key) != now.get(key)]
-    if changed:
-        shown = "; ".join(f"{key} {then.get(key)!r} → {now.get(key)!r}" for key in changed[:4])
-        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
-        raise click.ClickException(
-            f"cannot resume {run_dir} with {config_file}: it changes {shown}{more}; a resume may change only "
-            f"{', '.join(RESUMABLE_KEYS)} (drop --config to continue with the run's own config)")
-    merged = RunConfig.from_dict(recorded.to_dict())
-    merged.dataset, merged.split, merged.seed, merged.model.kind = cfg.dataset, cfg.split, cfg.seed, cfg.model.kind
-    for key in RESUMABLE_KEYS:
-        section, name = key.split(".")
-        if section == "tiger":
-            if name in cfg.tiger:
-                merged.tiger[name] = cfg.tiger[name]
-        else:
-            setattr(getattr(merged, section), name, getattr(getattr(cfg, section), name))
-    return merged.validate()
+    return with_epochs(cfg, epochs).validate()
 
 
 def _flat(data: dict, prefix: str = "") -> dict:

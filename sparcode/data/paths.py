@@ -8,7 +8,7 @@ from sparcode.checkout import repository_root
 from sparcode.data.errors import DataError
 
 ENV_VAR = "SPARCODE_DATA"
-_HOLDS = "the folder holding ml-1m/ and amazon-beauty/"
+_HOLDS = "the folder holding ml-1m/, amazon-beauty/ and amazon-sports/"
 
 
 def default_root() -> Path | None:

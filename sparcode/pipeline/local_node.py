@@ -89,8 +89,10 @@ def default_home(spec: EngineSpec = ELASTICSEARCH) -> Path:
     if repo:
         return repo / ".cache" / spec.cache_dir  # git-ignored
     # Installed: one per-user cache, so `es stop` finds the node `es start` ran from any folder.
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache).expanduser().resolve() / "sparcode" / spec.cache_dir
+    # A relative XDG_CACHE_HOME is ignored, as the XDG spec says: it would depend on that folder.
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    cache = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    return cache / "sparcode" / spec.cache_dir
 
 
 def local_url(port: int = DEFAULT_PORT) -> str:

@@ -86,9 +86,10 @@ def coerce_filters(filters: Mapping[str, object] | None, field_types: Mapping[st
 def parse_filter(text: str) -> tuple[str, str]:
     """`field=value` from the command line."""
     name, sep, value = text.partition("=")
+    name = name.strip()
     if not sep or not name:
         raise QueryError(f"filter {text!r}: expected field=value")
-    return name.strip(), value
+    return name, value
 
 
 def scoring_query(query: Mapping[str, float], form: str = DEFAULT_FORM, layout: str = FLAT,
