@@ -49,9 +49,12 @@ def brute_force(model: TableModel, ids: np.ndarray, trie: PrefixTrie, user: int,
             continue
         node, total, prefix = 0, 0.0, (0,)
         for level, token in enumerate(row):
-            allowed = trie.children[level][node] >= 0
-            if level == len(row) - 1 and exclude:
-                allowed = allowed & ~np.isin(trie.children[level][node], list(exclude))
+            # A token is allowed when some item not excluded lies below the prefix it makes.
+            unseen = [other for other in range(len(ids)) if other not in exclude]
+            allowed = np.zeros(trie.vocab[level], dtype=bool)
+            for other in unseen:
+                if tuple(ids[other, :level]) == tuple(row[:level]):
+                    allowed[ids[other, level]] = True
             logits = model.logits_for(user, prefix, level)
             logz = np.log(np.exp(logits[allowed]).sum())
             total += logits[token] - logz
@@ -102,6 +105,32 @@ def test_exclude_seen_matches_brute_force_without_those_items():
     expected = [item for _, item in brute_force(model, ids, trie, 0, exclude={0, 3, 7})]
     assert items[0][items[0] >= 0].tolist() == expected
     assert items[1].tolist() == [item for _, item in brute_force(model, ids, trie, 1)]
+
+
+def test_a_narrow_beam_is_not_spent_on_prefixes_holding_only_seen_items():
+    """Seen items fill whole branches of the trie; masking only their last token let beams die
+    at the last level, and K beams gave fewer than K items."""
+    ids = add_dedup_token(np.array([[a, b, 0] for a in range(3) for b in range(3)] * 2))  # 18 items
+    trie = PrefixTrie.build(ids)
+    model = TableModel(trie.vocab, seed=1)
+    best_first = [item for _, item in brute_force(model, ids, trie, 0)]
+    seen = np.array([i for i in range(len(ids)) if ids[i, 0] == ids[best_first[0], 0]])  # the best first-level branch
+    items, scores = beam_search(model, torch.tensor([[[0.0]]]), torch.zeros(1, 1, dtype=torch.bool), trie,
+                                beam_size=5, exclude=[seen])
+    assert (items[0] >= 0).all() and np.isfinite(scores[0]).all()
+    assert not set(items[0].tolist()) & set(seen.tolist())
+    assert items[0].tolist() == [item for _, item in brute_force(model, ids, trie, 0, exclude=set(seen.tolist()))][:5]
+
+
+def test_item_paths_and_counts_describe_the_trie():
+    ids = add_dedup_token(np.array([[0, 1, 0], [0, 1, 0], [0, 2, 1], [1, 0, 0]]))
+    trie = PrefixTrie.build(ids)
+    for item, path in enumerate(trie.item_paths):
+        node = 0
+        for level, token in enumerate(ids[item]):
+            node = trie.children[level][node, token]
+            assert path[level] == node
+    assert [below.tolist() for below in trie.items_below][:2] == [[3, 1], [2, 1, 1]]
 
 
 def test_property_every_beam_is_a_real_item_of_a_random_trie():

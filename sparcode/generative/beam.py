@@ -4,8 +4,9 @@ At every level only tokens that extend a beam to a prefix of some real item are 
 every finished beam is an item and no invalid IDs have to be filtered (and K beams give K
 items). Log-probabilities are renormalised over the allowed tokens.
 
-With `exclude` (seen items per row), a seen item's last token is masked, so the K beams are
-K unseen items rather than K items minus whatever was seen.
+With `exclude` (seen items per row), a token is masked at every level when every item below
+the prefix it makes was seen, so no beam is spent on a prefix that can only end in a seen item
+and the K beams are K unseen items (as long as the catalog has K).
 
 With `temperatures` (one per level), each step keeps a sample instead of the best: Gumbel-top-k
 on the temperature-scaled scores, i.e. sampling continuations without replacement. T → 0
@@ -36,7 +37,7 @@ def beam_search(model, memory: torch.Tensor, memory_mask: torch.Tensor, trie: Pr
     children = [torch.as_tensor(table, device=device) for table in trie.children]
     if temperatures is not None and len(temperatures) != levels:
         raise ValueError(f"need one temperature per level ({levels}), got {len(temperatures)}")
-    seen_mask = _seen_mask(exclude, batch, int(trie.children[-1].max(initial=-1)) + 2, device) if exclude else None
+    exhausted = _exhausted(trie, exclude, device) if exclude else None
 
     nodes = torch.zeros(batch, 1, dtype=torch.long, device=device)
     scores = torch.zeros(batch, 1, device=device)
@@ -50,9 +51,9 @@ def beam_search(model, memory: torch.Tensor, memory_mask: torch.Tensor, trie: Pr
         logits = model.level_logits(hidden[:, -1], level).float()
         nxt = children[level][flat_nodes]  # (B*w, V)
         allowed = nxt >= 0
-        if seen_mask is not None and level == levels - 1:
+        if exhausted is not None:
             rows = torch.arange(batch, device=device).repeat_interleave(width)
-            allowed &= ~seen_mask[rows[:, None], nxt.clamp(min=-1) + 1]
+            allowed &= ~exhausted[level][rows[:, None], nxt + 1]
         if temperatures is not None:
             logits = logits / max(float(temperatures[level]), 1e-6)
         logp = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
@@ -84,14 +85,20 @@ def beam_search(model, memory: torch.Tensor, memory_mask: torch.Tensor, trie: Pr
     return items.cpu().numpy(), scores.cpu().numpy()
 
 
-def _seen_mask(exclude: list[np.ndarray], batch: int, width: int, device) -> torch.Tensor:
-    # Column 0 stands for "no item" (-1 shifted by one) and is never masked.
-    mask = torch.zeros(batch, width, dtype=torch.bool, device=device)
-    for row, seen in enumerate(exclude):
-        seen = np.asarray(seen, dtype=np.int64)
-        if len(seen):
-            mask[row, torch.as_tensor(seen + 1, device=device)] = True
-    return mask
+def _exhausted(trie: PrefixTrie, exclude: list[np.ndarray], device) -> list[torch.Tensor]:
+    """Per level, (rows, nodes + 1): True where every item below the node was seen by that row.
+    Column 0 stands for "no node" (-1 shifted by one) and is never set."""
+    paths, below = trie.item_paths, trie.items_below
+    masks = []
+    for level in range(trie.levels):
+        mask = np.zeros((len(exclude), len(below[level]) + 1), dtype=bool)
+        for row, seen in enumerate(exclude):
+            seen = np.unique(np.asarray(seen, dtype=np.int64))
+            if len(seen):
+                nodes, count = np.unique(paths[seen, level], return_counts=True)
+                mask[row, nodes[count == below[level][nodes]] + 1] = True
+        masks.append(torch.as_tensor(mask, device=device))
+    return masks
 
 
 class ColdIndex:

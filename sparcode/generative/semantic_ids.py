@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,28 @@ class PrefixTrie:
             if node < 0:
                 return -1
         return node
+
+    @cached_property
+    def item_paths(self) -> np.ndarray:
+        """(items, levels): the node each item's ID reaches at every depth (the last is the item)."""
+        parents = []
+        for table in self.children:
+            parent = np.full(int(table.max(initial=-1)) + 1, -1, dtype=np.int64)
+            rows, _ = np.nonzero(table >= 0)
+            parent[table[table >= 0]] = rows
+            parents.append(parent)
+        paths = np.empty((len(parents[-1]), self.levels), dtype=np.int64)
+        paths[:, -1] = np.arange(len(parents[-1]))
+        for d in range(self.levels - 1, 0, -1):
+            paths[:, d - 1] = parents[d][paths[:, d]]
+        return paths
+
+    @cached_property
+    def items_below(self) -> list[np.ndarray]:
+        """Per depth: how many items each node reached at that depth leads to."""
+        paths = self.item_paths
+        return [np.bincount(paths[:, d], minlength=int(self.children[d].max(initial=-1)) + 1)
+                for d in range(self.levels)]
 
     def items_with_prefix(self, prefix) -> np.ndarray:
         """Every item whose ID starts with `prefix` (cold-start retrieval by shared prefix)."""
