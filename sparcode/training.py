@@ -29,8 +29,11 @@ def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: boo
         from sparcode.generative.config import TigerConfig
         from sparcode.generative.text import dataset_texts
 
+        from sparcode.generative.train_tiger import adopt_built_ids
+
         TigerConfig.from_run_config(cfg)
         dataset_texts(dataset, cfg.dataset)
+        adopt_built_ids(run_dir, cfg, dataset)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / ckpt.CONFIG).exists():
         cfg.save(run_dir / ckpt.CONFIG)  # first, so an interrupted run of any kind is recognised and resumable

@@ -17,6 +17,16 @@ ROW_KEYS = {"path", "items", "synthetic", "p50_ms", "p99_ms", "took_p50_ms", "to
             "recall@50", "index_bytes", "build_s", "bulk_docs_per_s"}
 
 
+def test_the_shape_of_an_export_keeps_every_code_it_stores(tmp_path):
+    """Beyond 4,096 codes too: cutting the list piled the export's postings onto fewer, longer lists."""
+    items = [{"item_id": f"i{i}", "ord": i, "codes": {f"c{i:04d}_{j:04d}": 1.0 for j in range(3)}}
+             for i in range(2000)]
+    shape = synthetic.SparcodeShape.from_export(write_export(tmp_path / "wide", items, N=3000))
+    assert shape.codes == 6000 and len(shape.popularity) == 6000 and shape.codes_per_item == 3
+    out = synthetic.sparcode_catalog(tmp_path / "syn", shape, 2000, seed=0)
+    assert json.loads((out / "manifest.json").read_text())["postings_per_code"]["mean"] < 1.2  # 4,096 codes: 1.46
+
+
 def test_sparcode_catalog_is_a_valid_export_with_the_measured_shape(tmp_path):
     real = write_export(tmp_path / "real", random_items(n_items=400, n_terms=60))
     shape = synthetic.SparcodeShape.from_export(real)
@@ -106,6 +116,12 @@ def test_bench_refuses_a_foreign_out_dir(tmp_path):
     result = invoke("bench", "--out", tmp_path, "--quick")
     assert result.exit_code != 0 and "not a bench output" in result.output
     assert (tmp_path / "notes.txt").exists()
+    # --force replaces a bench output, never the user's files beside it
+    (tmp_path / "bench.json").write_text("[]")
+    (tmp_path / "cap50").mkdir()
+    forced = invoke("bench", "--out", tmp_path, "--quick", "--force")
+    assert forced.exit_code == 1 and "also holds cap50/, notes.txt" in forced.output, forced.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "cap50", "notes.txt"]
 
 
 @pytest.mark.es

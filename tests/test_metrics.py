@@ -1,6 +1,7 @@
 """Metrics checked against values worked out by hand; deterministic top-K; seen-item masking."""
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -158,3 +159,24 @@ def test_trec_round_trip(tmp_path):
     assert lines == ["ub Q0 z 1 2 t1", "ub Q0 x 2 1 t1", "ua Q0 y 1 1 t1"]  # scores fall with rank
     assert read_run(tmp_path / "run") == {"ub": ["z", "x"], "ua": ["y"]}
     assert read_qrels(tmp_path / "qrels") == {"ub": {"z"}, "ua": {"x", "y"}}
+
+
+def test_json_output_is_strict_with_null_where_a_number_does_not_apply():
+    import numpy as np
+
+    from sparcode.commands._common import strict_json
+
+    text = strict_json({"entropy@10": float("nan"), "hits": [{"score": float("-inf")}, {"score": np.float32(0.5)}],
+                        "users": np.int64(3)}, sort_keys=True)
+    assert json.loads(text, parse_constant=lambda name: pytest.fail(name)) == {
+        "entropy@10": None, "hits": [{"score": None}, {"score": 0.5}], "users": 3}
+
+
+def test_entropy_does_not_apply_when_no_item_has_a_category():
+    from types import SimpleNamespace
+
+    from sparcode.generative.train_tiger import leaf_categories
+
+    assert leaf_categories(SimpleNamespace(item_attributes=[{"title": "a"}, {"title": "b"}])) is None
+    codes = leaf_categories(SimpleNamespace(item_attributes=[{"categories": ["x", "y"]}, {"title": "b"}]))
+    assert codes.tolist() == [1, 0]

@@ -158,6 +158,7 @@ def test_cli_export_index_and_search_with_prefixes_from_the_engine(tmp_path, mon
                                       "--alias", alias], env=env)
         assert local.exit_code == 0 and served.exit_code == 0, served.output
         assert json.loads(served.output)["hits"] == json.loads(local.output)["hits"]
+        json.loads(local.output, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
         compared += 1
     assert compared == 10
     # Not vacuous: the engine's prefix matches do change some users' lists.

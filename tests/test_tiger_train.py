@@ -161,9 +161,18 @@ def test_train_and_search_through_the_cli(tmp_path, monkeypatch):
     # As docs/tiger.md shows: semantic IDs first, then TIGER trains in the same folder.
     built = runner.invoke(main, ["semantic-ids", "--dataset", str(data), "--out", str(run), "--epochs", "3"])
     assert built.exit_code == 0, built.output
+    other_ids = tmp_path / "other-ids.json"
+    other_ids.write_text(json.dumps({"train": {"batch_size": 4}, "tiger": {"rqvae": {"epochs": 5}}}))
+    refused = runner.invoke(main, ["train", "--model", "tiger", "--dataset", str(data), "--split", "leave-one-out",
+                                   "--out", str(run), "--epochs", "1", "--quiet", "--config", str(other_ids)])
+    assert refused.exit_code == 1 and "tiger.rqvae.epochs 5 (the IDs: 3)" in refused.output, refused.output
+    assert sorted(p.name for p in run.iterdir()) == ["tiger"]
     trained = runner.invoke(main, ["train", "--model", "tiger", "--dataset", str(data), "--split", "leave-one-out",
                                    "--out", str(run), "--epochs", "1", "--quiet", "--config", str(config)])
     assert trained.exit_code == 0, trained.output
+    # The run records the settings of the IDs it decodes, not the defaults it was not given.
+    assert json.loads((run / "config.json").read_text())["tiger"]["rqvae"]["epochs"] == 3
+    assert json.loads((run / "tiger" / "config.json").read_text())["rqvae"]["epochs"] == 3
     for flags in (["--backend", "es"], ["--backend", "local", "--export", str(tmp_path)]):
         served = runner.invoke(main, ["evaluate", str(run), *flags])
         assert served.exit_code == 1 and "constrained beam search only" in served.output, served.output

@@ -63,7 +63,8 @@ def _shape_note(shape: dict | None) -> str:
         return ""
     cap = shape.get("posting_cap")
     lists = f"≈ {cap} postings per code at every size" if cap else "posting lists growing with the catalog"
-    return f" ({shape['codes_per_item']} codes per item, {shape['query_codes']} codes per query, {lists})"
+    codes = f"{shape['codes']:,} codes, " if shape.get("codes") and not cap else ""
+    return f" ({codes}{shape['codes_per_item']} codes per item, {shape['query_codes']} codes per query, {lists})"
 
 
 def write_markdown(path: Path, rows: list[dict], meta: dict) -> None:

@@ -111,7 +111,8 @@ def describe(config: BenchConfig, conns: dict) -> dict:
         "synthetic": "every row: catalogs and queries are generated (sparcode/bench/synthetic.py); "
                      "recall@50 is against the exact ranking of the same synthetic model",
         "sparcode_shape_from": config.sparcode_shape.source,
-        "sparcode_shape": {"codes_per_item": config.sparcode_shape.codes_per_item,
+        "sparcode_shape": {"codes": config.sparcode_shape.codes,
+                           "codes_per_item": config.sparcode_shape.codes_per_item,
                            "query_codes": config.sparcode_shape.query_codes,
                            "posting_cap": config.sparcode_shape.posting_cap},
         "vector_shape_from": config.vector_shape.source,

@@ -67,11 +67,11 @@ class SparcodeShape:
         if not counts:
             raise ExportError(f"{path} stores no postings to take a shape from")
         per_code = np.sort(np.asarray(list(counts.values()), dtype=np.float64))[::-1]
-        codes = min(len(per_code), CODEBOOK * CODEBOOK)
-        return cls(codes=codes, codes_per_item=max(1, round(per_code.sum() / export.n_items)),
+        # Every code the export stores: fewer would pile its postings onto longer lists.
+        return cls(codes=len(per_code), codes_per_item=max(1, round(per_code.sum() / export.n_items)),
                    tokens_per_user=int(export.manifest.get("tokens_per_user", 4)),
                    query_probes=int(export.manifest.get("query_probes", 1)),
-                   popularity=(per_code[:codes] / per_code[:codes].sum()).tolist(),
+                   popularity=(per_code / per_code.sum()).tolist(),
                    score_quantiles=np.quantile(values, np.linspace(0, 1, 101)).tolist(), source=str(path))
 
     @property

@@ -3,8 +3,27 @@ options that choose how a trained SparCode run is indexed and queried."""
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 
 import click
+
+
+def strict_json(value, **kwargs) -> str:
+    """JSON every parser reads: a metric that does not apply (NaN) or a score that does not
+    exist (-inf, a cold item placed by prefix) is null, not the NaN/-Infinity json.dumps writes."""
+    def finite(obj):
+        if isinstance(obj, dict):
+            return {key: finite(v) for key, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [finite(v) for v in obj]
+        if hasattr(obj, "item") and hasattr(obj, "dtype"):  # a numpy scalar
+            obj = obj.item()
+        if isinstance(obj, float) and not math.isfinite(obj):
+            return None
+        return obj
+
+    return json.dumps(finite(value), allow_nan=False, **kwargs)
 
 
 @contextlib.contextmanager

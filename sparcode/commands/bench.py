@@ -25,6 +25,10 @@ def _sizes(ctx, param, value):
     return sizes
 
 
+# What one bench writes into --out; --force replaces a folder holding nothing else.
+OUTPUTS = frozenset({"bench.json", "bench.meta.json", "bench.md", "latency_vs_recall.png", "latency_vs_items.png"})
+
+
 @click.command("bench")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for bench.json, the table and the plot.")
@@ -47,7 +51,8 @@ def _sizes(ctx, param, value):
               help="Codes each synthetic item carries (default: measured from --from-export, else 32).")
 @click.option("--query-probes", type=click.IntRange(min=1), default=None,
               help="Codes each query token sends (default: the export's serve.query_probes, else 1).")
-@click.option("--force", is_flag=True, help="Replace an existing bench.json in --out.")
+@click.option("--force", is_flag=True, help="Replace an earlier bench output in --out (a folder holding other "
+                                             "files too is refused).")
 def command(out_dir, sizes, quick, queries, url, from_export, from_vectors, path_names, posting_cap,
             codes_per_item, query_probes, force):
     """Measure every retrieval path side by side on synthetic catalogs of each size."""
@@ -65,6 +70,11 @@ def command(out_dir, sizes, quick, queries, url, from_export, from_vectors, path
                 raise click.ClickException(f"{out_dir} exists and is not a bench output; pick an empty --out")
             if not force:
                 raise click.ClickException(f"{out_dir} already holds bench.json; pass --force to replace it")
+            others = sorted(p.name + ("/" if p.is_dir() else "") for p in out_dir.iterdir() if p.name not in OUTPUTS)
+            if others:  # --force replaces the folder whole: it must not take the user's own files with it
+                raise click.ClickException(f"{out_dir} also holds {', '.join(others[:5])}"
+                                           f"{' …' if len(others) > 5 else ''}, which are not bench output; "
+                                           "--force would delete them with the old result: pick another --out")
         preset = QUICK if quick else {"sizes": [10_000, 100_000, 1_000_000], "queries": 1000, "warmup": 100}
         config = BenchConfig(sizes=sizes or preset["sizes"], queries=queries or preset["queries"],
                              warmup=preset["warmup"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sparcode.commands._common import serve_options, serve_overrides, user_errors
+from sparcode.commands._common import serve_options, serve_overrides, strict_json, user_errors
 
 # The cut-offs reported: eval.metrics.KS, spelled out so that --help need not import numpy (a test
 # keeps them equal). --ef and --num-candidates must reach the longest list.
@@ -80,7 +80,7 @@ def command(run_dir, backend, alias, export_dir, exclude_seen, part, sample_user
     if metrics.get("unfinished"):
         click.echo(f"warning: {run_dir} has not finished training; these are its best epoch so far", err=True)
     if as_json:
-        click.echo(json.dumps(metrics, sort_keys=True, default=float))
+        click.echo(strict_json(metrics, sort_keys=True))
         return
     sampled = f" (a sample of {metrics['sampled_from']}, seed {sample_seed})" if "sampled_from" in metrics else ""
     click.echo(f"{run.kind} on {run.config.dataset} ({run.config.split}), {metrics['users']} {part} users{sampled}, "

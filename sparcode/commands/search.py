@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import click
 
-from sparcode.commands._common import user_errors
+from sparcode.commands._common import strict_json, user_errors
 
 BACKENDS = ["local", "es", "opensearch", "hnsw", "es-knn", "exact", "tiger"]
 
@@ -160,8 +160,9 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
         titles = {h.item_id: _title(attrs[index_of[h.item_id]].get("title")) for h in hits}
     if as_json:
         shown = query.tolist() if run.kind == "two-tower" else query
-        click.echo(json.dumps({"user": user_id, "backend": backend, "query": shown,
-                               "hits": [{"item_id": h.item_id, "score": h.score, "title": titles.get(h.item_id)} for h in hits]}))
+        click.echo(strict_json({"user": user_id, "backend": backend, "query": shown,
+                                "hits": [{"item_id": h.item_id, "score": h.score, "title": titles.get(h.item_id)}
+                                         for h in hits]}))
         return
     if run.kind == "two-tower":
         click.echo(f"user {user_id} · vector dim {len(query)}, norm {float(np.linalg.norm(query)):.3f} · backend {backend}")
@@ -210,10 +211,13 @@ def _search_tiger(run, user_id: str, k: int, backend: str | None, exclude_seen: 
     index_of = {item: i for i, item in enumerate(run.dataset.item_ids)}
     title = (lambda item: _title(attrs[index_of[item]].get("title"))) if attrs else (lambda item: None)
     if as_json:
-        click.echo(json.dumps({"user": user_id, "backend": "tiger",
-                               "hits": [{"item_id": i, "score": s, "title": title(i)} for i, s in hits]}))
+        # A cold item placed by prefix match has no generated score: null, marked as such.
+        click.echo(strict_json({"user": user_id, "backend": "tiger",
+                                "hits": [{"item_id": i, "score": s, "cold_prefix_match": s == float("-inf"),
+                                          "title": title(i)} for i, s in hits]}))
         return
     cold_from = f"; cold items by prefix from {alias}" if alias else ""
     click.echo(f"user {user_id} · backend tiger (constrained beam search over semantic IDs{cold_from})")
     for rank, (item, score) in enumerate(hits, 1):
-        click.echo(f"{rank:>3}  {item:>8}  {score:9.4f}  {title(item) or ''}")
+        shown = f"{score:9.4f}" if score != float("-inf") else f"{'cold':>9}"
+        click.echo(f"{rank:>3}  {item:>8}  {shown}  {title(item) or ''}")

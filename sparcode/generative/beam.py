@@ -104,9 +104,10 @@ def _exhausted(trie: PrefixTrie, exclude: list[np.ndarray], device) -> list[torc
 class ColdIndex:
     """Cold items (never a training target) by the prefixes of their semantic IDs.
 
-    The model cannot have learned to emit a cold item's full ID, but it does emit IDs of
-    similar warm items; cold items sharing (c0, c1, c2), or failing that (c0, c1), with a
-    generated ID are its best content-based guesses (TIGER §4.3)."""
+    The model never saw a cold item as a target, so it seldom emits a cold item's full ID (it
+    can: cold items stay in the trie, and `evaluate` counts those as cold_recall@10_generated),
+    but it does emit IDs of similar warm items; cold items sharing (c0, c1, c2), or failing that
+    (c0, c1), with a generated ID are its best content-based guesses (TIGER §4.3)."""
 
     def __init__(self, ids: np.ndarray, cold_items: np.ndarray, depth: int = 3):
         self.ids = np.asarray(ids, dtype=np.int64)

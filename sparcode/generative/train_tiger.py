@@ -55,6 +55,31 @@ def _save_tensors(obj, path: Path) -> None:
 
 # --- semantic IDs -----------------------------------------------------------------------------
 
+def adopt_built_ids(run_dir: Path, run_cfg, dataset) -> None:
+    """Semantic IDs already built in RUN_DIR for these items are reused, whatever RQ-VAE settings
+    the run's config names: so the config must name the ones they were built with. Settings the
+    config sets explicitly (`tiger.rqvae`) and the IDs do not have are refused, naming the way out;
+    the rest are taken from the IDs, so config.json records the IDs the model decodes."""
+    from sparcode.config import ConfigError
+    from sparcode.generative.semantic_ids import IDS, IDS_META
+
+    folder = tiger_dir(run_dir)
+    if not (folder / IDS).is_file() or not (folder / IDS_META).is_file():
+        return
+    meta = ckpt.read_json(folder / IDS_META)
+    built_with = meta.get("rqvae_config")
+    if meta.get("item_ids") != list(dataset.item_ids) or not isinstance(built_with, dict):
+        return  # IDs of other items are rebuilt; IDs from before settings were recorded say nothing
+    built_with = {key: value for key, value in built_with.items() if key != "input_dim"}
+    asked = run_cfg.tiger.get("rqvae") or {}
+    differ = [key for key, value in asked.items() if json.loads(json.dumps(value)) != built_with.get(key)]
+    if differ:
+        shown = ", ".join(f"tiger.rqvae.{key} {asked[key]!r} (the IDs: {built_with.get(key)!r})" for key in differ)
+        raise ConfigError(f"{folder} holds semantic IDs built with other settings: {shown}; rebuild them with "
+                          f"`sparcode semantic-ids --out {run_dir} --force` first, or drop those keys")
+    run_cfg.tiger["rqvae"] = built_with
+
+
 def build_semantic_ids(run_dir: Path, dataset, cfg: TigerConfig | None = None, device=None, log=print,
                        force: bool = False) -> tuple[np.ndarray, dict]:
     """Text → embeddings → RQ-VAE → unique 4-token IDs, written to RUN_DIR/tiger/.
@@ -367,6 +392,8 @@ def leaf_categories(dataset) -> np.ndarray | None:
     for attributes in dataset.item_attributes:
         path = attributes.get("categories") or attributes.get("genres") or []
         names.append(path[-1] if path else "")
+    if not any(names):
+        return None  # no item has a category: entropy does not apply (not 0, which reads as "one category")
     _, codes = np.unique(np.asarray(names, dtype=object).astype(str), return_inverse=True)
     return codes.reshape(-1)
 
