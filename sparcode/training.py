@@ -133,6 +133,8 @@ def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
                                   ("split", "--split", recorded.split, cfg.split),
                                   ("seed", "--seed", recorded.seed, cfg.seed),
                                   ("model", "--model", recorded.model.kind, cfg.model.kind)):
+        if what == "dataset" and then not in NAMED and not Path(then).is_absolute():
+            continue  # an old run's path relative to a folder unknown now: the --dataset given stands
         if then != now and not (what == "dataset" and same_dataset(then, now)):
             raise RunError(f"cannot resume {run_dir}: it was trained with {what} {then!r}, not {now!r}; "
                            f"pass {flag} {then} or choose another --out")

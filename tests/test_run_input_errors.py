@@ -198,6 +198,19 @@ def test_an_old_run_with_a_relative_dataset_asks_for_the_path_instead_of_guessin
     (copy / "run.json").unlink()  # unfinished, so no run.json records the absolute path
     monkeypatch.chdir(tmp_path)
     one_line_error(invoke("train", "--out", copy, "--resume", "--quiet"), "relative to the folder", "--dataset")
+    resumed = invoke("train", "--out", copy, "--resume", "--dataset", data, "--quiet")  # as the line asks
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((copy / "config.json").read_text())["dataset"] == str(data.resolve())
+
+
+def test_a_budget_file_s_epochs_reach_a_tiger_config_s_own_epochs_on_resume(tmp_path):
+    from sparcode.commands.train import _resumed
+    from sparcode.presets import run_config
+
+    recorded = run_config("tiger", "beauty", "leave-one-out", {"tiger": {"epochs": 2}})
+    cfg = _resumed(tmp_path, recorded, {"train": {"epochs": 4}}, tmp_path / "budget.json", "tiger", "beauty",
+                   "leave-one-out", 0, None)
+    assert cfg.train.epochs == 4 and cfg.tiger["epochs"] == 4
 
 
 def test_the_epochs_flag_reaches_a_tiger_config_s_own_epochs():

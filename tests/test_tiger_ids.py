@@ -105,3 +105,26 @@ def test_prefix_retrieval_surfaces_item_never_trained():
     assert mixed.tolist() == [0, 1]  # one of two slots goes to the prefix-matched cold item
     assert 4 not in cold.mix(np.array([0, 3]), k=2, slots=1.0).tolist()
     assert cold.mix(np.array([0, 3]), k=2, slots=0.5, seen=np.array([1])).tolist() == [0, 2]
+
+
+def test_a_tiger_run_records_the_settings_of_the_ids_it_finds(tmp_path):
+    """Prebuilt IDs are reused: the config takes their RQ-VAE settings; one it sets otherwise is
+    refused until a model is trained on the IDs, after which the IDs are what it decodes."""
+    from types import SimpleNamespace
+
+    from sparcode.config import ConfigError, RunConfig
+    from sparcode.generative.semantic_ids import save_ids
+    from sparcode.generative.train_tiger import adopt_built_ids, tiger_dir
+
+    dataset = SimpleNamespace(item_ids=["a", "b"])
+    save_ids(tiger_dir(tmp_path), np.array([[0, 0, 0, 0], [0, 1, 0, 0]]),
+             {"item_ids": ["a", "b"], "rqvae_config": {"epochs": 3, "codes": 4, "input_dim": 8}})
+    run_cfg = RunConfig(tiger={"rqvae": {"input_dim": 8, "codes": 4}})  # input_dim is the encoder's, not a choice
+    adopt_built_ids(tmp_path, run_cfg, dataset)
+    assert run_cfg.tiger["rqvae"] == {"epochs": 3, "codes": 4}
+    other = RunConfig(tiger={"rqvae": {"epochs": 5}})
+    with pytest.raises(ConfigError, match=r"tiger.rqvae.epochs 5 \(the IDs: 3\)"):
+        adopt_built_ids(tmp_path, other, dataset)
+    (tiger_dir(tmp_path) / "weights.pt").write_bytes(b"")
+    adopt_built_ids(tmp_path, other, dataset)
+    assert other.tiger["rqvae"] == {"epochs": 3, "codes": 4}

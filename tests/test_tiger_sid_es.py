@@ -169,6 +169,9 @@ def test_cli_export_index_and_search_with_prefixes_from_the_engine(tmp_path, mon
                              prefix_backend=SidPrefixBackend(engine, alias, expected_fingerprint=sid_fingerprint(run)))
     changed = sum(searcher.search(f"u{u}", 3, exclude_seen=False, cold_slots=0.5)
                   != searcher.search(f"u{u}", 3, exclude_seen=False, cold_slots=0.0) for u in range(10))
+    for u in range(10):  # generated items by score, then the prefix-placed ones (-inf): never interleaved
+        scores = [score for _, score in searcher.search(f"u{u}", 6, exclude_seen=False, cold_slots=0.5)]
+        assert scores == sorted(scores, reverse=True)
     assert changed >= 1 and searcher.prefix_backend.last_bodies
     explained = runner.invoke(main, ["search", "--run", str(run), "--user", "u3", "--k", "4", "--alias", alias,
                                      "--explain"], env=env)

@@ -29,6 +29,12 @@ def _sizes(ctx, param, value):
 OUTPUTS = frozenset({"bench.json", "bench.meta.json", "bench.md", "latency_vs_recall.png", "latency_vs_items.png"})
 
 
+def _only_bench_output(folder: Path) -> bool:
+    """The folder --force may replace: an earlier bench output and nothing else (checked again
+    just before the swap, so files added while a long bench ran are not deleted either)."""
+    return (folder / "bench.json").is_file() and all(p.name in OUTPUTS for p in folder.iterdir())
+
+
 @click.command("bench")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for bench.json, the table and the plot.")
@@ -98,7 +104,7 @@ def command(out_dir, sizes, quick, queries, url, from_export, from_vectors, path
             config.paths = tuple(p for p in config.paths if p != "sparcode-os")
         conns = engines(url, config.paths)
         # Everything lands in a temporary sibling first: an interrupted bench leaves no partial result.
-        with staged_directory(out_dir, marker="bench.json") as tmp:
+        with staged_directory(out_dir, marker=_only_bench_output) as tmp:
             rows = run_bench(config, tmp / "work", conns, log=click.echo)
             shutil.rmtree(tmp / "work", ignore_errors=True)
             meta = describe(config, conns)

@@ -112,6 +112,9 @@ def _resumed(run_dir: Path, recorded, overrides: dict | None, config_file: Path 
                 f"cannot resume {run_dir} with {config_file}: it changes {shown}{more}; a resume may change only "
                 f"{', '.join(RESUMABLE_KEYS)} (drop --config to continue with the run's own config)")
         data = restated.to_dict()
+        budget = overrides.get("train") or {}  # a dict: the merged config validated
+        if "epochs" in budget and "epochs" not in (overrides.get("tiger") or {}) and epochs is None:
+            epochs = budget["epochs"]  # a budget file's train.epochs acts as --epochs (TIGER's own too)
     cfg = RunConfig.from_dict(data)
     cfg.model.kind, cfg.dataset, cfg.split, cfg.seed = model_kind, dataset, split, seed
     return with_epochs(cfg, epochs).validate()

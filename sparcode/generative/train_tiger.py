@@ -59,7 +59,8 @@ def adopt_built_ids(run_dir: Path, run_cfg, dataset) -> None:
     """Semantic IDs already built in RUN_DIR for these items are reused, whatever RQ-VAE settings
     the run's config names: so the config must name the ones they were built with. Settings the
     config sets explicitly (`tiger.rqvae`) and the IDs do not have are refused, naming the way out;
-    the rest are taken from the IDs, so config.json records the IDs the model decodes."""
+    the rest are taken from the IDs, so config.json records the IDs the model decodes. Once a
+    TIGER model is trained on the IDs they are what it decodes, whatever an older config said."""
     from sparcode.config import ConfigError
     from sparcode.generative.semantic_ids import IDS, IDS_META
 
@@ -71,9 +72,10 @@ def adopt_built_ids(run_dir: Path, run_cfg, dataset) -> None:
     if meta.get("item_ids") != list(dataset.item_ids) or not isinstance(built_with, dict):
         return  # IDs of other items are rebuilt; IDs from before settings were recorded say nothing
     built_with = {key: value for key, value in built_with.items() if key != "input_dim"}
-    asked = run_cfg.tiger.get("rqvae") or {}
+    asked = {key: value for key, value in (run_cfg.tiger.get("rqvae") or {}).items() if key != "input_dim"}
     differ = [key for key, value in asked.items() if json.loads(json.dumps(value)) != built_with.get(key)]
-    if differ:
+    trained = (folder / WEIGHTS).is_file() or (folder / STATE).is_file()
+    if differ and not trained:
         shown = ", ".join(f"tiger.rqvae.{key} {asked[key]!r} (the IDs: {built_with.get(key)!r})" for key in differ)
         raise ConfigError(f"{folder} holds semantic IDs built with other settings: {shown}; rebuild them with "
                           f"`sparcode semantic-ids --out {run_dir} --force` first, or drop those keys")
@@ -504,13 +506,15 @@ class TigerSearcher:
         beam = max(k, self.tiger.cfg.beam_size)
         items, scores = self.tiger.rank(history, np.array([u]), beam, exclude=[seq] if exclude_seen else None,
                                         temperatures=temperatures)
-        score_of = {int(i): float(s) for i, s in zip(items[0], scores[0]) if i >= 0}
-        ranked = items[0][items[0] >= 0]
+        generated = items[0][items[0] >= 0]
+        ranked = generated
         if cold_slots:
             lookup = self.engine_lookup if self.prefix_backend is not None else None
-            ranked = self.cold.mix(ranked, k, cold_slots, seq if exclude_seen else None, lookup=lookup)
-        # Prefix-matched cold items have no beam score of their own: they rank below every beam.
-        return [(self.dataset.item_ids[i], score_of.get(int(i), float("-inf"))) for i in ranked[:k]]
+            ranked = self.cold.mix(generated, k, cold_slots, seq if exclude_seen else None, lookup=lookup)
+        # mix keeps a prefix of the beam's list and appends the prefix-matched cold items, which
+        # rank below every beam kept: -inf, whatever score a deeper beam gave the same item.
+        return [(self.dataset.item_ids[item], float(scores[0][rank]) if rank < len(generated) and generated[rank] == item
+                 else float("-inf")) for rank, item in enumerate(ranked[:k])]
 
 
 def search_tiger(run_dir: Path, user_id: str, k: int = 10, exclude_seen: bool = True,
