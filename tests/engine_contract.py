@@ -230,17 +230,21 @@ def test_another_export_of_the_same_model_is_refused_for_an_index(engine, built,
         EngineBackend.open(alias, other, connection=engine)
 
 
-def test_ctrl_c_during_a_load_names_the_partial_index_it_leaves(engine, alias, export_dir):
-    from sparcode.commands._common import user_errors
+def test_ctrl_c_during_a_load_names_the_partial_index_it_leaves(engine, alias, export_dir, monkeypatch):
+    from click.testing import CliRunner
 
-    def ctrl_c(_done: int):
+    from sparcode.cli import main
+
+    def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    with pytest.raises(click.ClickException) as err, user_errors():
-        indexer.build(engine, Export.open(export_dir), alias, chunk_size=100, on_chunk=ctrl_c, progress=False)
+    monkeypatch.setattr(bulk, "load", ctrl_c)  # the index exists; its load is cut short
+    result = CliRunner().invoke(main, ["index", str(export_dir), "--alias", alias, "--engine", engine.name],
+                                env={engine.url_var: engine.url})
     partial = indexer.unfinished_index(engine, alias, Export.open(export_dir).fingerprint)
     assert partial is not None and engine.alias_holders(alias) == []
-    assert err.value.message.startswith(f"interrupted; alias {alias} not moved; the partial index {partial} is kept")
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: interrupted; alias {alias} not moved; the partial index {partial} is kept")
 
 
 def test_a_backend_follows_its_alias_to_another_layout(engine, alias, export_dir, tmp_path):

@@ -42,3 +42,122 @@ def test_the_newest_index_keeps_the_alias_and_it_ends_on_one(ours, theirs, kept)
     newest = ours if kept == "ours" else theirs
     assert indexer._swap(engine, "sc", ours) == newest
     assert engine.alias_holders("sc") == [newest]
+
+
+class FlakyEngine:
+    """An in-memory engine whose requests of one kind fail as `fail` says, to check the state
+    `publish` reports after a failure once the documents are loaded."""
+
+    def __init__(self, holders, indices, fail: dict):
+        self.holders, self.indices, self.fail, self.calls = set(holders), set(indices), dict(fail), {}
+
+    def _maybe_fail(self, kind):
+        self.calls[kind] = self.calls.get(kind, 0) + 1
+        rule = self.fail.get(kind)
+        if rule and (rule[1] is None or self.calls[kind] <= rule[1]):
+            raise rule[0]
+
+    def put_meta(self, name, meta):
+        self._maybe_fail("meta")
+
+    def update_aliases(self, actions):
+        for action in actions:
+            (kind, body), = action.items()
+            if kind == "remove":
+                self.holders -= set(self.holders) if body["index"] == "*" else {body["index"]}
+            else:
+                self.holders.add(body["index"])
+        self._maybe_fail("alias")  # applied, then the answer fails: the lost-answer case too
+
+    def alias_holders(self, alias):
+        return sorted(self.holders)
+
+    def matching(self, pattern):
+        return {name: {} for name in self.indices}
+
+    def delete_indices(self, names):
+        self._maybe_fail("delete")
+        self.indices -= set(names)
+
+
+NEW = "sc-dddd-20261204t120000000000z"
+ORPHAN = "sc-eeeeeeee-20261204t090000000000z"  # a complete index an earlier failed swap left
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch):
+    import tenacity
+
+    monkeypatch.setattr(tenacity.nap.time, "sleep", lambda seconds: None)  # the retries' waits
+
+
+def test_a_busy_node_is_waited_out_and_delete_old_removes_every_other_index_of_the_alias():
+    from sparcode.pipeline.engine import EngineError
+
+    engine = FlakyEngine({OLD}, {OLD, NEW, ORPHAN}, {"alias": (EngineError(429, "busy"), 2)})
+    deleted = indexer.publish(engine, "sc", NEW, {}, [OLD], delete_old=True)
+    assert engine.alias_holders("sc") == [NEW] and engine.calls["alias"] == 3
+    assert deleted == sorted([OLD, ORPHAN]) and engine.indices == {NEW}
+
+
+def test_a_refused_swap_says_the_alias_did_not_move_and_names_the_complete_index():
+    from sparcode.pipeline.engine import EngineError
+
+    engine = FlakyEngine({OLD}, {OLD, NEW}, {"alias": (EngineError(403, "unauthorized"), None)})
+    engine.update_aliases = lambda actions: engine._maybe_fail("alias")  # refused: nothing applied
+    with pytest.raises(indexer.IndexProblem, match=rf"HTTP 403: unauthorized; alias sc not moved \(it serves {OLD}\); "
+                                                   rf"the complete index {NEW} is kept"):
+        indexer.publish(engine, "sc", NEW, {}, [OLD], delete_old=True)
+    assert engine.indices == {OLD, NEW}
+
+
+def test_a_lost_answer_to_an_applied_swap_is_a_success():
+    from sparcode.pipeline.engine import EngineUnavailable
+
+    engine = FlakyEngine({OLD}, {OLD, NEW}, {"alias": (EngineUnavailable("connection reset"), None)})
+    assert indexer.publish(engine, "sc", NEW, {}, [OLD], delete_old=False) == []
+    assert engine.alias_holders("sc") == [NEW]
+
+
+def test_a_failed_delete_says_the_alias_moved_and_what_is_left():
+    from sparcode.pipeline.engine import EngineError
+
+    engine = FlakyEngine({OLD}, {OLD, NEW}, {"delete": (EngineError(403, "index read-only"), None)})
+    with pytest.raises(indexer.IndexProblem, match=rf"alias sc now serves {NEW}, but the old indices {OLD} were not"):
+        indexer.publish(engine, "sc", NEW, {}, [OLD], delete_old=True)
+    assert engine.alias_holders("sc") == [NEW]
+
+
+def test_a_refused_completion_mark_is_an_incomplete_load():
+    from sparcode.pipeline.engine import EngineError
+
+    engine = FlakyEngine({OLD}, {OLD, NEW}, {"meta": (EngineError(403, "no"), None)})
+    with pytest.raises(indexer.IncompleteLoad, match=f"alias sc not moved; the partial index {NEW} is kept"):
+        indexer.publish(engine, "sc", NEW, {}, [OLD], delete_old=True)
+    assert engine.alias_holders("sc") == [OLD]
+
+
+def test_searches_a_busy_node_rejected_inside_an_msearch_are_sent_again(monkeypatch):
+    from sparcode.pipeline import backends
+    from sparcode.pipeline.engine import EngineError
+
+    monkeypatch.setattr(backends.time, "sleep", lambda seconds: None)
+
+    class BusyNode:
+        def __init__(self):
+            self.sent = []
+
+        def msearch(self, alias, bodies):
+            self.sent.append(len(bodies))
+            if len(self.sent) == 1:
+                raise EngineError(503, "node restarting")  # the whole request, once
+            if len(self.sent) == 2:  # then one search of three rejected inside the answer
+                return [{"hits": {"hits": [{"q": b["q"]}]}} if b["q"] != 1 else
+                        {"error": {"reason": "rejected execution"}, "status": 429} for b in bodies]
+            return [{"hits": {"hits": [{"q": b["q"]}]}} for b in bodies]
+
+    served = backends.ServedIndex.__new__(backends.ServedIndex)
+    served.engine, served.alias = BusyNode(), "sc"
+    responses = served._send([{"q": 0}, {"q": 1}, {"q": 2}])
+    assert [r["hits"]["hits"][0]["q"] for r in responses] == [0, 1, 2]
+    assert served.engine.sent == [3, 3, 1]  # only the rejected search went again

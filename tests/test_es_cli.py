@@ -69,6 +69,8 @@ def test_a_server_error_is_its_most_specific_reason_on_one_line():
     assert error_reason(parse, "?") == "Numeric value (99999999999999999999) out of range of int"
     assert error_reason({"error": {"reason": "x" * 1000}}, "?") == "x" * 300 + "…"
     assert error_reason("<html>bad gateway</html>", "HTTP 502") == "HTTP 502"
+    closed = {"error": {"root_cause": [{"type": "index_closed_exception", "reason": "closed", "index": "sc-1"}]}}
+    assert error_reason(closed, "?") == "closed (index sc-1, index_closed_exception)"
 
 
 def test_es_start_on_another_port_leaves_the_running_node_alone(tmp_path, monkeypatch):

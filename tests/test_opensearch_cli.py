@@ -35,7 +35,8 @@ def test_engine_is_detected_and_a_mismatch_is_refused(os_engine, alias, export_d
     wrong = run("index", str(export_dir), "--alias", alias + "-x", "--engine", "elasticsearch",
                 env={"ELASTICSEARCH_URL": os_engine.url})
     assert wrong.exit_code == 1
-    assert "is not Elasticsearch (OpenSearch?); use --engine opensearch" in wrong.output
+    assert "is not Elasticsearch (OpenSearch?); set OPENSEARCH_URL and use --engine opensearch" in wrong.output
+    assert "--backend opensearch (search, evaluate)" in wrong.output  # search has no --engine
 
 
 @pytest.mark.opensearch
@@ -45,3 +46,4 @@ def test_an_elasticsearch_node_named_as_opensearch_is_refused(es_engine, export_
                  env={"OPENSEARCH_URL": es_engine.url})
     assert result.exit_code == 1
     assert "is not OpenSearch" in result.output and "use --engine elasticsearch" in result.output
+    assert "--backend es (search, evaluate)" in result.output

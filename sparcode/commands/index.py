@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from sparcode.commands._common import user_errors
 from sparcode.pipeline.bulk import STREAMS
 from sparcode.pipeline.local_node import ENGINES
 
@@ -34,25 +35,27 @@ def _run(export_dir: str, alias: str, *, engine: str | None, field_type: str | N
     from sparcode.pipeline.export import Export, ExportError
     from sparcode.pipeline.indexer import IndexProblem, build
 
-    try:
-        export = Export.open(export_dir)
-        conn = connect(engine=engine)
-        if export.manifest.get("kind") == "two-tower-vectors":
-            # Item vectors go into a dense_vector (HNSW) field instead of codes.
-            from sparcode.pipeline import knn
+    # user_errors: a Ctrl-C names the partial index the load leaves (the note build attaches).
+    with user_errors():
+        try:
+            export = Export.open(export_dir)
+            conn = connect(engine=engine)
+            if export.manifest.get("kind") == "two-tower-vectors":
+                # Item vectors go into a dense_vector (HNSW) field instead of codes.
+                from sparcode.pipeline import knn
 
-            if field_type is not None or resume or conn.name != "elasticsearch":
-                raise IndexProblem("a two-tower vector export indexes into Elasticsearch dense_vector only "
-                                   "(no --field-type, --resume or OpenSearch)")
-            result = knn.build(conn, export_dir, alias, delete_old=delete_old, replace=replace, streams=streams,
-                               status=_status)
-        else:
-            result = build(conn, export, alias, field_type=field_type, resume=resume, delete_old=delete_old,
-                           replace=replace, streams=streams, status=_status)
-    except (ExportError, ConnectionProblem, IndexProblem, BulkFailed) as exc:
-        raise click.ClickException(str(exc))
-    except (EngineError, EngineUnavailable) as exc:
-        raise click.ClickException(f"the search engine answered {exc}")
+                if field_type is not None or resume or conn.name != "elasticsearch":
+                    raise IndexProblem("a two-tower vector export indexes into Elasticsearch dense_vector only "
+                                       "(no --field-type, --resume or OpenSearch)")
+                result = knn.build(conn, export_dir, alias, delete_old=delete_old, replace=replace, streams=streams,
+                                   status=_status)
+            else:
+                result = build(conn, export, alias, field_type=field_type, resume=resume, delete_old=delete_old,
+                               replace=replace, streams=streams, status=_status)
+        except (ExportError, ConnectionProblem, IndexProblem, BulkFailed) as exc:
+            raise click.ClickException(str(exc))
+        except (EngineError, EngineUnavailable) as exc:
+            raise click.ClickException(f"the search engine answered {exc}")
     how = "resumed into" if result.resumed else "built"
     cpu = "" if result.docs_per_cpu_second is None else \
         f", {result.docs_per_cpu_second:,.0f} per CPU-second of node + client"

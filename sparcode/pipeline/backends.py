@@ -7,6 +7,7 @@ scores by smaller `ord`, so their rankings are identical and either can stand in
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Collection, Mapping, Protocol, Sequence
 
@@ -16,11 +17,12 @@ from sparcode.codes_fallback import CodeTable
 from sparcode.featurefield import truncate
 from sparcode.pipeline import layout
 from sparcode.pipeline import query as dsl
-from sparcode.pipeline.engine import Engine, EngineError, error_reason
+from sparcode.pipeline.engine import TRANSIENT_STATUSES, Engine, EngineError, error_reason, retry_transient
 from sparcode.pipeline.export import Export
 
 Query = Mapping[str, float]
 MSEARCH_BATCH = 100
+REJECTED_PAUSES_S = (0.5, 1, 2, 4, 8)  # then a still-rejected search is reported
 
 
 class BackendError(RuntimeError):
@@ -90,7 +92,20 @@ class ServedIndex:
     def _send(self, bodies: list[dict]) -> list[dict]:
         responses: list[dict] = []
         for start in range(0, len(bodies), MSEARCH_BATCH):
-            responses += self.engine.msearch(self.alias, bodies[start:start + MSEARCH_BATCH])
+            responses += self._send_batch(bodies[start:start + MSEARCH_BATCH])
+        return responses
+
+    def _send_batch(self, batch: list[dict]) -> list[dict]:
+        """One `_msearch`. The searches a busy node rejected inside it (429: its search queue was
+        full) are sent again after a pause: one rejection must not end a whole evaluation."""
+        responses = retry_transient(self.engine.msearch)(self.alias, batch)
+        for pause in REJECTED_PAUSES_S:
+            again = [i for i, r in enumerate(responses) if "error" in r and r.get("status") in TRANSIENT_STATUSES]
+            if not again:
+                break
+            time.sleep(pause)
+            for i, response in zip(again, retry_transient(self.engine.msearch)(self.alias, [batch[i] for i in again])):
+                responses[i] = response
         return responses
 
 

@@ -16,6 +16,8 @@ from abc import ABC, abstractmethod
 from typing import ClassVar, Iterable, Iterator
 from urllib.parse import urlsplit
 
+import tenacity
+
 # Bytes per bulk request. A node refuses (429) a request that takes its in-flight indexing
 # bytes past 10 % of its heap, and the helpers' default 100 MB chunks can do that alone: a
 # Beauty export with 4 codebooks (800 codes per item, 1,000-item chunks of 52 MB) was refused
@@ -42,6 +44,21 @@ class EngineError(RuntimeError):
 
 class EngineUnavailable(RuntimeError):
     """The request did not get an answer (refused, reset, timed out)."""
+
+
+# Answers of a busy or restarting node (indexing pressure, a full search queue, a proxy whose
+# node is away): worth resending after a pause, unlike every other refusal.
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+
+
+def transient(exc: BaseException) -> bool:
+    return isinstance(exc, EngineUnavailable) or isinstance(exc, EngineError) and exc.status in TRANSIENT_STATUSES
+
+
+# Whole requests (a build's steps, a batch of searches) are retried on network trouble and on a
+# busy node's answers, over about 15 s; any other refusal is a real answer and surfaces at once.
+retry_transient = tenacity.retry(retry=tenacity.retry_if_exception(transient), stop=tenacity.stop_after_attempt(5),
+                                 wait=tenacity.wait_exponential(multiplier=1, max=20), reraise=True)
 
 
 def redact(url: str) -> str:
@@ -78,6 +95,9 @@ def error_reason(body, fallback) -> str:
         error = body["error"]
         causes = error.get("root_cause") or [error]
         reason = str(causes[0].get("reason") or error["reason"])
+        index = causes[0].get("index")
+        if index and index not in reason:  # "closed" alone does not say which index behind an alias
+            reason = f"{reason} (index {index}, {causes[0].get('type', 'error')})"
     except (TypeError, KeyError, AttributeError, IndexError):
         reason = str(fallback)
     first = reason.strip().splitlines()[0] if reason.strip() else reason

@@ -50,7 +50,8 @@ class OpenSearchEngine(Engine):
         # Only OpenSearch names itself in `GET /`; Elasticsearch omits the key.
         if version.get("distribution") != "opensearch":
             raise WrongEngine(f"{shown} is not OpenSearch (no version.distribution=opensearch in GET /; "
-                              "Elasticsearch?); use --engine elasticsearch with ELASTICSEARCH_URL")
+                              "Elasticsearch?); set ELASTICSEARCH_URL and use --engine elasticsearch (index, "
+                              "reindex) or --backend es (search, evaluate)")
         number = str(version.get("number", "0"))
         if major_version(number) != SUPPORTED_MAJOR:
             raise ConnectionProblem(f"OpenSearch at {shown} is version {number}; sparcode is tested with "

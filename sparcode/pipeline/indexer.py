@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
-import tenacity
-
 from sparcode.pipeline import bulk, layout, mappings
-from sparcode.pipeline.engine import Engine, EngineError, EngineUnavailable, redact
+from sparcode.pipeline.engine import Engine, EngineError, EngineUnavailable, redact, retry_transient
 
 FORCE_MERGE_TIMEOUT_S = 3600
 # With `codes` out of `_source`, a merge keeps their JSON as `_recovery_source` until the
@@ -32,14 +30,18 @@ class IndexProblem(RuntimeError):
 class IncompleteLoad(IndexProblem):
     """The load into `index` failed after the index was created; the alias did not move."""
 
-    def __init__(self, cause: Exception | str, index: str, alias: str):
+    def __init__(self, cause: Exception | str, index: str, alias: str, resumable: bool = True):
         self.index, self.alias = index, alias
-        what = f"the search engine answered {cause}" if isinstance(cause, EngineError) else str(cause)
+        what = answered(cause)
         # One line, unless the cause lists refused documents: then the way on closes the list.
         joint = "\n" if "\n" in what else "; "
-        super().__init__(f"{what}{joint}alias {alias} not moved; the partial index {index} is kept: "
-                         "`--resume` continues it once the cause is fixed, and the next build with "
-                         "`--delete-old` removes it")
+        way_on = ("`--resume` continues it once the cause is fixed, and the next build with `--delete-old` removes it"
+                  if resumable else "the next build with `--delete-old` removes it")
+        super().__init__(f"{what}{joint}alias {alias} not moved; the partial index {index} is kept: {way_on}")
+
+
+def answered(cause: Exception | str) -> str:
+    return f"the search engine answered {cause}" if isinstance(cause, EngineError) else str(cause)
 
 
 @dataclass
@@ -81,9 +83,7 @@ class CpuMeter:
         return False
 
 
-# Whole steps are retried on network trouble only; a 4xx is a real answer and surfaces at once.
-_step = tenacity.retry(retry=tenacity.retry_if_exception_type(EngineUnavailable), stop=tenacity.stop_after_attempt(4),
-                       wait=tenacity.wait_exponential(multiplier=1, max=20), reraise=True)
+_step = retry_transient
 
 
 def versioned_name(alias: str, fingerprint: str, now: datetime | None = None) -> str:
@@ -97,6 +97,12 @@ def index_meta(engine: Engine, index: str) -> dict:
     if len(mapping) != 1:
         raise IndexProblem(f"{index} resolves to {len(mapping)} indices; expected one")
     return next(iter(mapping.values())).get("_meta", {})
+
+
+def versioned_indices(engine: Engine, alias: str) -> list[str]:
+    """Every index a build of `alias` made (`versioned_name`), finished or not."""
+    pattern = re.compile(rf"^{re.escape(alias)}-[0-9a-f]{{8}}-\d{{8}}t\d{{12}}z$")
+    return sorted(name for name in engine.matching(f"{alias}-*") if pattern.match(name))
 
 
 def unfinished_indices(engine: Engine, alias: str, fingerprint: str | None = None) -> list[str]:
@@ -180,17 +186,48 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
         raise
     if docs != export.n_items:
         raise IncompleteLoad(f"{name} holds {docs} documents, the export has {export.n_items}", name, alias)
-    _step(engine.put_meta)(name, mappings.index_meta(export, field_type, term_layout, complete=True,
-                                                     numbering=numbering))
-    serving = _swap(engine, alias, name)
+    meta = mappings.index_meta(export, field_type, term_layout, complete=True, numbering=numbering)
+    deleted = publish(engine, alias, name, meta, previous, delete_old, status)
+    return BuildResult(name, alias, docs, meter.wall, previous, deleted, resumed, meter.seconds)
+
+
+def publish(engine: Engine, alias: str, name: str, meta: dict, previous: list[str], delete_old: bool,
+            status: Callable[[str], None] | None = None) -> list[str]:
+    """Mark the loaded index `name` complete, move `alias` onto it and, with `delete_old`, delete
+    the alias's other indices; returns those deleted. A failure says the state it leaves: the
+    alias not moved and which index is kept, or the alias moved and what is left to delete."""
+    try:
+        _step(engine.put_meta)(name, meta)
+    except (EngineError, EngineUnavailable) as exc:
+        raise IncompleteLoad(exc, name, alias) from exc  # not marked complete: resumable, and --delete-old finds it
+    try:
+        serving = _swap(engine, alias, name)
+    except (EngineError, EngineUnavailable) as exc:
+        holders = _holders_if_readable(engine, alias)
+        if holders is None or name not in holders:  # else only the answer was lost: the alias did move
+            now = "unknown" if holders is None else ", ".join(holders) or "nothing"
+            raise IndexProblem(f"{answered(exc)}; alias {alias} not moved (it serves {now}); the complete index "
+                               f"{name} is kept: the next build with --delete-old removes it") from exc
+        serving = newest(holders)
     if serving != name and status is not None:
         status(f"a build running at the same time moved {alias} to {serving}, the newer index")
-    deleted = []
-    if delete_old:
-        deleted = [old for old in previous if old != name] + unfinished_indices(engine, alias)
-        if deleted:
+    if not delete_old:
+        return []
+    deleted = sorted({old for old in previous if old != serving} | set(versioned_indices(engine, alias)) - {serving})
+    if deleted:
+        try:
             _step(engine.delete_indices)(deleted)
-    return BuildResult(name, alias, docs, meter.wall, previous, deleted, resumed, meter.seconds)
+        except (EngineError, EngineUnavailable) as exc:
+            raise IndexProblem(f"{answered(exc)}; alias {alias} now serves {serving}, but the old indices "
+                               f"{', '.join(deleted)} were not deleted: delete them, or rerun with --delete-old") from exc
+    return deleted
+
+
+def _holders_if_readable(engine: Engine, alias: str) -> list[str] | None:
+    try:
+        return engine.alias_holders(alias)
+    except (EngineError, EngineUnavailable):
+        return None
 
 
 @_step
