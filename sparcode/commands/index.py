@@ -18,8 +18,9 @@ _STREAMS = click.option("--bulk-streams", "streams", type=click.IntRange(min=1),
 _RESUME = click.option("--resume", is_flag=True,
                        help="Continue the newest unfinished load of this export (one a failed load left behind).")
 _DELETE_OLD = click.option("--delete-old", is_flag=True,
-                           help="Delete the index the alias pointed at before, and the alias's unfinished "
-                                "loads, once the new index serves.")
+                           help="Once the new index serves, delete the index the alias pointed at before "
+                                "and every other index a build of this alias made (unfinished loads, and "
+                                "complete ones a failed swap left).")
 
 
 def _status(line: str) -> None:
