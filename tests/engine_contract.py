@@ -461,3 +461,10 @@ def test_a_numbered_load_resumes_only_with_the_table_it_started_with(engine, ali
     queries = random_queries(export_dir, 20, seed=7)
     assert EngineBackend.open(alias, export_dir, connection=engine).batch_search(queries, 10) == \
         LocalBackend(export_dir).batch_search(queries, 10)
+
+
+def test_deleting_an_index_already_gone_is_the_state_asked_for(engine, alias, export_dir):
+    """A retried delete whose first answer was lost, or two builds' --delete-old, find it gone."""
+    built = indexer.build(engine, Export.open(export_dir), alias, progress=False)
+    engine.delete_indices([f"{alias}-00000000-20000101t000000000000z", built.index])
+    assert not engine.exists(built.index)

@@ -50,6 +50,7 @@ class FlakyEngine:
 
     def __init__(self, holders, indices, fail: dict):
         self.holders, self.indices, self.fail, self.calls = set(holders), set(indices), dict(fail), {}
+        self.fingerprints: dict[str, str] = {}
 
     def _maybe_fail(self, kind):
         self.calls[kind] = self.calls.get(kind, 0) + 1
@@ -59,6 +60,9 @@ class FlakyEngine:
 
     def put_meta(self, name, meta):
         self._maybe_fail("meta")
+
+    def mappings(self, name):
+        return {name: {"_meta": {"fingerprint": self.fingerprints.get(name, "f" * 64)}}}
 
     def update_aliases(self, actions):
         for action in actions:
@@ -81,6 +85,7 @@ class FlakyEngine:
 
 
 NEW = "sc-dddd-20261204t120000000000z"
+META = {"fingerprint": "f" * 64, "complete": True}
 ORPHAN = "sc-eeeeeeee-20261204t090000000000z"  # a complete index an earlier failed swap left
 
 
@@ -95,7 +100,7 @@ def test_a_busy_node_is_waited_out_and_delete_old_removes_every_other_index_of_t
     from sparcode.pipeline.engine import EngineError
 
     engine = FlakyEngine({OLD}, {OLD, NEW, ORPHAN}, {"alias": (EngineError(429, "busy"), 2)})
-    deleted = indexer.publish(engine, "sc", NEW, {}, [OLD], delete_old=True)
+    deleted = indexer.publish(engine, "sc", NEW, META, [OLD], delete_old=True)
     assert engine.alias_holders("sc") == [NEW] and engine.calls["alias"] == 3
     assert deleted == sorted([OLD, ORPHAN]) and engine.indices == {NEW}
 
@@ -107,7 +112,7 @@ def test_a_refused_swap_says_the_alias_did_not_move_and_names_the_complete_index
     engine.update_aliases = lambda actions: engine._maybe_fail("alias")  # refused: nothing applied
     with pytest.raises(indexer.IndexProblem, match=rf"HTTP 403: unauthorized; alias sc not moved \(it serves {OLD}\); "
                                                    rf"the complete index {NEW} is kept"):
-        indexer.publish(engine, "sc", NEW, {}, [OLD], delete_old=True)
+        indexer.publish(engine, "sc", NEW, META, [OLD], delete_old=True)
     assert engine.indices == {OLD, NEW}
 
 
@@ -115,7 +120,7 @@ def test_a_lost_answer_to_an_applied_swap_is_a_success():
     from sparcode.pipeline.engine import EngineUnavailable
 
     engine = FlakyEngine({OLD}, {OLD, NEW}, {"alias": (EngineUnavailable("connection reset"), None)})
-    assert indexer.publish(engine, "sc", NEW, {}, [OLD], delete_old=False) == []
+    assert indexer.publish(engine, "sc", NEW, META, [OLD], delete_old=False) == []
     assert engine.alias_holders("sc") == [NEW]
 
 
@@ -124,7 +129,7 @@ def test_a_failed_delete_says_the_alias_moved_and_what_is_left():
 
     engine = FlakyEngine({OLD}, {OLD, NEW}, {"delete": (EngineError(403, "index read-only"), None)})
     with pytest.raises(indexer.IndexProblem, match=rf"alias sc now serves {NEW}, but the old indices {OLD} were not"):
-        indexer.publish(engine, "sc", NEW, {}, [OLD], delete_old=True)
+        indexer.publish(engine, "sc", NEW, META, [OLD], delete_old=True)
     assert engine.alias_holders("sc") == [NEW]
 
 
@@ -133,7 +138,7 @@ def test_a_refused_completion_mark_is_an_incomplete_load():
 
     engine = FlakyEngine({OLD}, {OLD, NEW}, {"meta": (EngineError(403, "no"), None)})
     with pytest.raises(indexer.IncompleteLoad, match=f"alias sc not moved; the partial index {NEW} is kept"):
-        indexer.publish(engine, "sc", NEW, {}, [OLD], delete_old=True)
+        indexer.publish(engine, "sc", NEW, META, [OLD], delete_old=True)
     assert engine.alias_holders("sc") == [OLD]
 
 
@@ -161,3 +166,39 @@ def test_searches_a_busy_node_rejected_inside_an_msearch_are_sent_again(monkeypa
     responses = served._send([{"q": 0}, {"q": 1}, {"q": 2}])
     assert [r["hits"]["hits"][0]["q"] for r in responses] == [0, 1, 2]
     assert served.engine.sent == [3, 3, 1]  # only the rejected search went again
+
+
+def test_an_index_re_created_during_the_load_is_never_served():
+    """Deleted mid-load (another build's --delete-old), the node's auto-create makes it again from
+    the next bulk request, with guessed mappings and no _meta: marking that complete would serve nothing."""
+    engine = FlakyEngine({OLD}, {OLD, NEW}, {})
+    engine.fingerprints[NEW] = None
+    with pytest.raises(indexer.IncompleteLoad, match=f"{NEW} is no longer the index this build created"):
+        indexer.publish(engine, "sc", NEW, META, [OLD], delete_old=True)
+    assert engine.alias_holders("sc") == [OLD] and engine.indices == {OLD, NEW}
+
+
+def test_an_unreadable_alias_after_a_failed_swap_is_reported_as_unknown():
+    from sparcode.pipeline.engine import EngineError
+
+    engine = FlakyEngine({OLD}, {OLD, NEW}, {"alias": (EngineError(503, None), None)})
+
+    def unreadable(alias):
+        raise EngineError(503, None)
+
+    engine.alias_holders = unreadable
+    with pytest.raises(indexer.IndexProblem, match=r"HTTP 503: no reason given; whether alias sc moved is unknown"):
+        indexer.publish(engine, "sc", NEW, META, [OLD], delete_old=False)
+
+
+def test_ctrl_c_while_the_alias_moves_says_what_to_check():
+    engine = FlakyEngine({OLD}, {OLD, NEW}, {"alias": (KeyboardInterrupt(), None)})
+    with pytest.raises(KeyboardInterrupt) as interrupt:
+        indexer.publish(engine, "sc", NEW, META, [OLD], delete_old=True)
+    assert interrupt.value.__notes__[-1].startswith(f"interrupted while moving alias sc to the complete index {NEW}")
+
+
+def test_a_single_stream_load_leaves_busy_answers_to_the_bulk_helper():
+    from sparcode.pipeline.engine import retry_transient, retry_unavailable
+
+    assert indexer.load_step(1) is retry_unavailable and indexer.load_step(2) is retry_transient

@@ -38,8 +38,9 @@ class EngineError(RuntimeError):
     """The server refused a request; `reason` is its own explanation."""
 
     def __init__(self, status: int, reason: str):
-        self.status, self.reason = status, reason
-        super().__init__(f"HTTP {status}: {reason}")
+        # An answer without a body (a HEAD request, a proxy's bare 503) has no reason of its own.
+        self.status, self.reason = status, reason if reason not in (None, "", "None") else "no reason given"
+        super().__init__(f"HTTP {status}: {self.reason}")
 
 
 class EngineUnavailable(RuntimeError):
@@ -59,6 +60,11 @@ def transient(exc: BaseException) -> bool:
 # busy node's answers, over about 15 s; any other refusal is a real answer and surfaces at once.
 retry_transient = tenacity.retry(retry=tenacity.retry_if_exception(transient), stop=tenacity.stop_after_attempt(5),
                                  wait=tenacity.wait_exponential(multiplier=1, max=20), reraise=True)
+# For a step that already resends a busy node's 429s itself (the bulk helper's own backoff):
+# retried on network trouble only, so the two retries do not multiply into minutes.
+retry_unavailable = tenacity.retry(retry=tenacity.retry_if_exception_type(EngineUnavailable),
+                                   stop=tenacity.stop_after_attempt(4),
+                                   wait=tenacity.wait_exponential(multiplier=1, max=20), reraise=True)
 
 
 def redact(url: str) -> str:
@@ -215,7 +221,9 @@ class Engine(ABC):
         self._call(self.client.indices.update_aliases, body={"actions": actions})
 
     def delete_indices(self, names: list[str]) -> None:
-        self._call(self.client.indices.delete, index=",".join(names))
+        # A retried delete whose first answer was lost, or another build's delete of the same
+        # leftovers, finds some already gone: that is the state asked for, not an error.
+        self._call(self.client.indices.delete, index=",".join(names), ignore_unavailable=True)
 
     def process_cpu_seconds(self) -> float | None:
         """CPU time the node's process has used so far (None when the node will not say): on a

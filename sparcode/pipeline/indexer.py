@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from sparcode.pipeline import bulk, layout, mappings
-from sparcode.pipeline.engine import Engine, EngineError, EngineUnavailable, redact, retry_transient
+from sparcode.pipeline.engine import Engine, EngineError, EngineUnavailable, redact, retry_transient, retry_unavailable
 
 FORCE_MERGE_TIMEOUT_S = 3600
 # With `codes` out of `_source`, a merge keeps their JSON as `_recovery_source` until the
@@ -84,6 +84,12 @@ class CpuMeter:
 
 
 _step = retry_transient
+
+
+def load_step(streams: int):
+    """The retry around a whole load: one stream goes through the bulk helper that resends 429s
+    itself with backoff; parallel streams resend nothing, so the step does."""
+    return retry_transient if streams > 1 else retry_unavailable
 
 
 def versioned_name(alias: str, fingerprint: str, now: datetime | None = None) -> str:
@@ -175,8 +181,9 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
 
     try:
         with CpuMeter(engine) as meter:
-            _step(bulk.load)(engine, export, name, term_layout=term_layout, numbering=numbering,
-                             chunk_size=chunk_size, streams=streams, on_chunk=on_chunk, progress=progress)
+            load_step(streams)(bulk.load)(engine, export, name, term_layout=term_layout, numbering=numbering,
+                                          chunk_size=chunk_size, streams=streams, on_chunk=on_chunk,
+                                          progress=progress)
         docs = _finalize(engine, name, export.n_items >= SETTLE_MIN_DOCS if settle is None else settle, status)
     except (bulk.BulkFailed, EngineError, EngineUnavailable) as exc:
         raise IncompleteLoad(exc, name, alias) from exc
@@ -197,18 +204,28 @@ def publish(engine: Engine, alias: str, name: str, meta: dict, previous: list[st
     the alias's other indices; returns those deleted. A failure says the state it leaves: the
     alias not moved and which index is kept, or the alias moved and what is left to delete."""
     try:
+        _check_still_ours(engine, name, meta)
         _step(engine.put_meta)(name, meta)
     except (EngineError, EngineUnavailable) as exc:
         raise IncompleteLoad(exc, name, alias) from exc  # not marked complete: resumable, and --delete-old finds it
+    except KeyboardInterrupt as exc:
+        exc.add_note(str(IncompleteLoad("interrupted", name, alias)))
+        raise
     try:
         serving = _swap(engine, alias, name)
     except (EngineError, EngineUnavailable) as exc:
         holders = _holders_if_readable(engine, alias)
-        if holders is None or name not in holders:  # else only the answer was lost: the alias did move
-            now = "unknown" if holders is None else ", ".join(holders) or "nothing"
-            raise IndexProblem(f"{answered(exc)}; alias {alias} not moved (it serves {now}); the complete index "
-                               f"{name} is kept: the next build with --delete-old removes it") from exc
+        if holders is None:
+            raise IndexProblem(f"{answered(exc)}; whether alias {alias} moved is unknown (its holders could not be "
+                               f"read: check GET _alias/{alias}); the complete index {name} is kept") from exc
+        if name not in holders:  # else only the answer was lost: the alias did move
+            raise IndexProblem(f"{answered(exc)}; alias {alias} not moved (it serves {', '.join(holders) or 'nothing'}); "
+                               f"the complete index {name} is kept: the next build with --delete-old removes it") from exc
         serving = newest(holders)
+    except KeyboardInterrupt as exc:
+        exc.add_note(f"interrupted while moving alias {alias} to the complete index {name}: check where it points "
+                     f"(GET _alias/{alias}); the next build with --delete-old removes whichever is left over")
+        raise
     if serving != name and status is not None:
         status(f"a build running at the same time moved {alias} to {serving}, the newer index")
     if not delete_old:
@@ -217,10 +234,24 @@ def publish(engine: Engine, alias: str, name: str, meta: dict, previous: list[st
     if deleted:
         try:
             _step(engine.delete_indices)(deleted)
+        except KeyboardInterrupt as exc:
+            exc.add_note(f"interrupted; alias {alias} serves {serving}; some of {', '.join(deleted)} may be left: "
+                         "rerun with --delete-old")
+            raise
         except (EngineError, EngineUnavailable) as exc:
             raise IndexProblem(f"{answered(exc)}; alias {alias} now serves {serving}, but the old indices "
                                f"{', '.join(deleted)} were not deleted: delete them, or rerun with --delete-old") from exc
     return deleted
+
+
+def _check_still_ours(engine: Engine, name: str, meta: dict) -> None:
+    """The index must still be the one this build created. Deleted during the load (another
+    build's --delete-old), it is re-created by the node's auto-create from the next bulk request,
+    with guessed mappings no query scores: serving that would answer every search with nothing."""
+    found = index_meta(engine, name).get("fingerprint")
+    if found != meta.get("fingerprint"):
+        raise EngineError(409, f"{name} is no longer the index this build created (deleted during the load, "
+                               "perhaps by another build's --delete-old, and re-created without its mapping)")
 
 
 def _holders_if_readable(engine: Engine, alias: str) -> list[str] | None:

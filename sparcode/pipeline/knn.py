@@ -28,7 +28,7 @@ from sparcode.pipeline.backends import BackendError, Hit, ServedIndex, _per_quer
 from sparcode.pipeline.engine import Engine, EngineError, EngineUnavailable
 from sparcode.pipeline.export import SUMMARY_KEYS
 from sparcode.pipeline.indexer import (SETTLE_MIN_DOCS, BuildResult, CpuMeter, IncompleteLoad, IndexProblem, _create,
-                                       _finalize, _step, publish, versioned_name)
+                                       _finalize, load_step, publish, versioned_name)
 from sparcode.pipeline.vectors import VectorSet, open_vector_export
 
 FIELD = "vector"
@@ -107,7 +107,8 @@ def build(engine: Engine, export_dir, alias: str, *, m: int = 16, ef_constructio
     _create(engine, name, index_body(export, m=m, ef_construction=ef_construction, transform=transform), FIELD_TYPE)
     try:
         with CpuMeter(engine) as meter:
-            _step(bulk.load)(engine, _VectorDocs(export, transform), name, streams=streams, progress=progress)
+            load_step(streams)(bulk.load)(engine, _VectorDocs(export, transform), name, streams=streams,
+                                          progress=progress)
         docs = _finalize(engine, name, export.n_items >= SETTLE_MIN_DOCS, status)
     except (bulk.BulkFailed, EngineError, EngineUnavailable) as exc:
         raise IncompleteLoad(exc, name, alias, resumable=False) from exc
