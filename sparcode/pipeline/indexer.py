@@ -204,7 +204,7 @@ def publish(engine: Engine, alias: str, name: str, meta: dict, previous: list[st
     the alias's other indices; returns those deleted. A failure says the state it leaves: the
     alias not moved and which index is kept, or the alias moved and what is left to delete."""
     try:
-        _check_still_ours(engine, name, meta)
+        _check_still_ours(engine, name, meta, alias)
         _step(engine.put_meta)(name, meta)
     except (EngineError, EngineUnavailable) as exc:
         raise IncompleteLoad(exc, name, alias) from exc  # not marked complete: resumable, and --delete-old finds it
@@ -244,14 +244,16 @@ def publish(engine: Engine, alias: str, name: str, meta: dict, previous: list[st
     return deleted
 
 
-def _check_still_ours(engine: Engine, name: str, meta: dict) -> None:
+def _check_still_ours(engine: Engine, name: str, meta: dict, alias: str) -> None:
     """The index must still be the one this build created. Deleted during the load (another
     build's --delete-old), it is re-created by the node's auto-create from the next bulk request,
     with guessed mappings no query scores: serving that would answer every search with nothing."""
     found = index_meta(engine, name).get("fingerprint")
     if found != meta.get("fingerprint"):
-        raise EngineError(409, f"{name} is no longer the index this build created (deleted during the load, "
-                               "perhaps by another build's --delete-old, and re-created without its mapping)")
+        raise IndexProblem(f"stopped: {name} is no longer the index this build created (deleted during the load, "
+                           "perhaps by another build's --delete-old, and re-created by the node without its "
+                           f"mapping); alias {alias} not moved; that index cannot serve or be resumed: the next "
+                           "build with --delete-old removes it")
 
 
 def _holders_if_readable(engine: Engine, alias: str) -> list[str] | None:
