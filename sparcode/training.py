@@ -28,7 +28,6 @@ def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: boo
     if kind == "tiger":  # its `tiger` keys and item texts are checked here, before RUN_DIR is made
         from sparcode.generative.config import TigerConfig
         from sparcode.generative.text import dataset_texts
-
         from sparcode.generative.train_tiger import adopt_built_ids
 
         TigerConfig.from_run_config(cfg)

@@ -1,7 +1,6 @@
 """`sparcode evaluate`: metrics on the test users, for the model as it is served."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click

@@ -51,17 +51,15 @@ def command(dataset, run_dir, epochs, seed, force):
 def _check_same_settings(folder: Path, cfg) -> None:
     """IDs already in RUN_DIR are reused (so `train --model tiger` fits the RQ-VAE once); asked
     for with other settings, reusing them silently would report the old IDs as the new ones."""
-    from sparcode.generative.semantic_ids import IDS_META
+    from sparcode.generative.semantic_ids import IDS_META, settings_not_built_with
     from sparcode.staging import read_json
 
     if not (folder / IDS_META).is_file():
         return
     built_with = read_json(folder / IDS_META).get("rqvae_config")
-    wanted = json.loads(json.dumps(cfg.rqvae.to_dict()))  # tuples as the file holds them, lists
     if built_with is None:
         return  # IDs from before the settings were recorded
-    differ = sorted(key for key in set(built_with) | set(wanted)
-                    if key != "input_dim" and built_with.get(key) != wanted.get(key))
+    differ = settings_not_built_with(built_with, cfg.rqvae.to_dict())
     if differ:
         shown = ", ".join(f"{key} {built_with.get(key)!r}" for key in differ)
         raise click.ClickException(f"{folder} holds semantic IDs built with other settings ({shown}); "

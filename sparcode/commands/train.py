@@ -62,24 +62,24 @@ RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.threads", "tiger.epoc
                   "tiger.max_minutes")
 
 
+def _given(param: str) -> bool:
+    """Whether the current command's `param` was set on the command line (not left at its default)."""
+    from click.core import ParameterSource
+
+    return click.get_current_context().get_parameter_source(param) not in (ParameterSource.DEFAULT, None)
+
+
 def _unless_given(run_dir: Path, recorded, model_kind: str, dataset: str, split: str | None, seed: int | None):
     """A resumed run's model, dataset, split and seed default to its own: `train --out RUN --resume`
     alone continues it. A flag given explicitly stays, for the resume check to refuse if it differs."""
-    from click.core import ParameterSource
-
     from sparcode.data.readers import NAMED
 
-    ctx = click.get_current_context()
-
-    def given(name: str) -> bool:
-        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
-
-    if not given("dataset") and recorded.dataset not in NAMED and not Path(recorded.dataset).is_absolute():
+    if not _given("dataset") and recorded.dataset not in NAMED and not Path(recorded.dataset).is_absolute():
         raise click.ClickException(
             f"cannot resume {run_dir}: it records its dataset as {recorded.dataset!r}, relative to the folder it was "
             "started from (a run from before datasets were recorded absolute); pass --dataset with its path")
-    return (model_kind if given("model_kind") else recorded.model.kind,
-            dataset if given("dataset") else recorded.dataset,
+    return (model_kind if _given("model_kind") else recorded.model.kind,
+            dataset if _given("dataset") else recorded.dataset,
             split if split is not None else recorded.split,
             seed if seed is not None else recorded.seed)
 
@@ -154,17 +154,14 @@ def _settle_with_file(config_file: Path, data: dict, model_kind: str, dataset: s
     An explicit flag and a different file value is an error naming both (either silently
     winning trained another model, or on another dataset, than one of them asked for); a flag
     left at its default takes the file's value, so presets follow the dataset the run uses."""
-    from click.core import ParameterSource
-
     from sparcode.config import ConfigError, same_dataset
 
-    ctx = click.get_current_context()
     model = data.get("model") if isinstance(data.get("model"), dict) else {}
     settled = []
     for param, flag, value, key, in_file in (("model_kind", "--model", model_kind, "model.kind", model.get("kind")),
                                             ("dataset", "--dataset", dataset, "dataset", data.get("dataset")),
                                             ("split", "--split", split, "split", data.get("split"))):
-        explicit = ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, None) and value is not None
+        explicit = _given(param) and value is not None
         if in_file is not None and not isinstance(in_file, str):
             raise ConfigError(f"{key} must be a string, got {in_file!r}")
         if in_file is None or in_file == value or (key == "dataset" and same_dataset(in_file, value)):

@@ -150,6 +150,13 @@ def save_ids(out_dir: Path, ids: np.ndarray, meta: dict) -> None:
     atomic_write_bytes(out_dir / IDS_META, (json.dumps(meta, indent=2) + "\n").encode())
 
 
+def settings_not_built_with(built_with: dict, wanted: dict) -> list[str]:
+    """Keys of `wanted` (RQ-VAE settings) whose value, as JSON holds it, the IDs were not built
+    with. `input_dim` is the text encoder's width, not a choice, and never counts."""
+    return sorted(key for key, value in wanted.items()
+                  if key != "input_dim" and json.loads(json.dumps(value)) != built_with.get(key))
+
+
 def load_ids(out_dir: Path) -> tuple[np.ndarray, dict]:
     out_dir = Path(out_dir)
     if not (out_dir / IDS).is_file() or not (out_dir / IDS_META).is_file():

@@ -62,7 +62,7 @@ def adopt_built_ids(run_dir: Path, run_cfg, dataset) -> None:
     the rest are taken from the IDs, so config.json records the IDs the model decodes. Once a
     TIGER model is trained on the IDs they are what it decodes, whatever an older config said."""
     from sparcode.config import ConfigError
-    from sparcode.generative.semantic_ids import IDS, IDS_META
+    from sparcode.generative.semantic_ids import IDS, IDS_META, settings_not_built_with
 
     folder = tiger_dir(run_dir)
     if not (folder / IDS).is_file() or not (folder / IDS_META).is_file():
@@ -72,8 +72,8 @@ def adopt_built_ids(run_dir: Path, run_cfg, dataset) -> None:
     if meta.get("item_ids") != list(dataset.item_ids) or not isinstance(built_with, dict):
         return  # IDs of other items are rebuilt; IDs from before settings were recorded say nothing
     built_with = {key: value for key, value in built_with.items() if key != "input_dim"}
-    asked = {key: value for key, value in (run_cfg.tiger.get("rqvae") or {}).items() if key != "input_dim"}
-    differ = [key for key, value in asked.items() if json.loads(json.dumps(value)) != built_with.get(key)]
+    asked = run_cfg.tiger.get("rqvae") or {}
+    differ = settings_not_built_with(built_with, asked)
     trained = (folder / WEIGHTS).is_file() or (folder / STATE).is_file()
     if differ and not trained:
         shown = ", ".join(f"tiger.rqvae.{key} {asked[key]!r} (the IDs: {built_with.get(key)!r})" for key in differ)

@@ -6,6 +6,7 @@ search running during a reindex sees either the old index or the new one, never 
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass
@@ -38,6 +39,19 @@ class IncompleteLoad(IndexProblem):
         way_on = ("`--resume` continues it once the cause is fixed, and the next build with `--delete-old` removes it"
                   if resumable else "the next build with `--delete-old` removes it")
         super().__init__(f"{what}{joint}alias {alias} not moved; the partial index {index} is kept: {way_on}")
+
+
+@contextlib.contextmanager
+def kept_if_failed(name: str, alias: str, resumable: bool = True):
+    """Around the steps between creating `name` and marking it complete: a failure, or Ctrl-C,
+    names the partial index it leaves (a Ctrl-C stays an interrupt, carrying the line as a note)."""
+    try:
+        yield
+    except (bulk.BulkFailed, EngineError, EngineUnavailable) as exc:
+        raise IncompleteLoad(exc, name, alias, resumable) from exc
+    except KeyboardInterrupt as exc:
+        exc.add_note(str(IncompleteLoad("interrupted", name, alias, resumable)))
+        raise
 
 
 def answered(cause: Exception | str) -> str:
@@ -105,16 +119,21 @@ def index_meta(engine: Engine, index: str) -> dict:
     return next(iter(mapping.values())).get("_meta", {})
 
 
+def _versioned_pattern(alias: str, fingerprint: str | None = None) -> re.Pattern:
+    """`versioned_name`s of `alias` (of one export, if `fingerprint`)."""
+    prefix = "[0-9a-f]{8}" if fingerprint is None else re.escape(fingerprint[:8].lower())
+    return re.compile(rf"^{re.escape(alias)}-{prefix}-\d{{8}}t\d{{12}}z$")
+
+
 def versioned_indices(engine: Engine, alias: str) -> list[str]:
     """Every index a build of `alias` made (`versioned_name`), finished or not."""
-    pattern = re.compile(rf"^{re.escape(alias)}-[0-9a-f]{{8}}-\d{{8}}t\d{{12}}z$")
+    pattern = _versioned_pattern(alias)
     return sorted(name for name in engine.matching(f"{alias}-*") if pattern.match(name))
 
 
 def unfinished_indices(engine: Engine, alias: str, fingerprint: str | None = None) -> list[str]:
     """Versioned indices of `alias` (of one export, if `fingerprint`) whose load never completed, newest first."""
-    prefix = "[0-9a-f]{8}" if fingerprint is None else re.escape(fingerprint[:8].lower())
-    pattern = re.compile(rf"^{re.escape(alias)}-{prefix}-\d{{8}}t\d{{12}}z$")
+    pattern = _versioned_pattern(alias, fingerprint)
     names = engine.matching(f"{alias}-*")
     found = []
     for name in sorted(names, reverse=True):
@@ -179,18 +198,11 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
             raise IndexProblem(f"{name} was started from another export of this model (its code table "
                                f"differs); rebuild without --resume")
 
-    try:
-        with CpuMeter(engine) as meter:
-            load_step(streams)(bulk.load)(engine, export, name, term_layout=term_layout, numbering=numbering,
-                                          chunk_size=chunk_size, streams=streams, on_chunk=on_chunk,
-                                          progress=progress)
+    with kept_if_failed(name, alias), CpuMeter(engine) as meter:
+        load_step(streams)(bulk.load)(engine, export, name, term_layout=term_layout, numbering=numbering,
+                                      chunk_size=chunk_size, streams=streams, on_chunk=on_chunk, progress=progress)
+    with kept_if_failed(name, alias):
         docs = _finalize(engine, name, export.n_items >= SETTLE_MIN_DOCS if settle is None else settle, status)
-    except (bulk.BulkFailed, EngineError, EngineUnavailable) as exc:
-        raise IncompleteLoad(exc, name, alias) from exc
-    except KeyboardInterrupt as exc:
-        # Still an interrupt (callers and click treat it as one), carrying what the user must know.
-        exc.add_note(str(IncompleteLoad("interrupted", name, alias)))
-        raise
     if docs != export.n_items:
         raise IncompleteLoad(f"{name} holds {docs} documents, the export has {export.n_items}", name, alias)
     meta = mappings.index_meta(export, field_type, term_layout, complete=True, numbering=numbering)
@@ -199,18 +211,13 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
 
 
 def publish(engine: Engine, alias: str, name: str, meta: dict, previous: list[str], delete_old: bool,
-            status: Callable[[str], None] | None = None) -> list[str]:
+            status: Callable[[str], None] | None = None, resumable: bool = True) -> list[str]:
     """Mark the loaded index `name` complete, move `alias` onto it and, with `delete_old`, delete
     the alias's other indices; returns those deleted. A failure says the state it leaves: the
     alias not moved and which index is kept, or the alias moved and what is left to delete."""
-    try:
-        _check_still_ours(engine, name, meta, alias)
+    _check_still_ours(engine, name, meta, alias)
+    with kept_if_failed(name, alias, resumable):  # not marked complete: --delete-old finds it
         _step(engine.put_meta)(name, meta)
-    except (EngineError, EngineUnavailable) as exc:
-        raise IncompleteLoad(exc, name, alias) from exc  # not marked complete: resumable, and --delete-old finds it
-    except KeyboardInterrupt as exc:
-        exc.add_note(str(IncompleteLoad("interrupted", name, alias)))
-        raise
     try:
         serving = _swap(engine, alias, name)
     except (EngineError, EngineUnavailable) as exc:

@@ -25,10 +25,10 @@ import orjson
 from sparcode.pipeline import bulk, mips
 from sparcode.pipeline import query as dsl
 from sparcode.pipeline.backends import BackendError, Hit, ServedIndex, _per_query, check_fingerprint
-from sparcode.pipeline.engine import Engine, EngineError, EngineUnavailable
+from sparcode.pipeline.engine import Engine
 from sparcode.pipeline.export import SUMMARY_KEYS
 from sparcode.pipeline.indexer import (SETTLE_MIN_DOCS, BuildResult, CpuMeter, IncompleteLoad, IndexProblem, _create,
-                                       _finalize, load_step, publish, versioned_name)
+                                       _finalize, kept_if_failed, load_step, publish, versioned_name)
 from sparcode.pipeline.vectors import VectorSet, open_vector_export
 
 FIELD = "vector"
@@ -105,21 +105,16 @@ def build(engine: Engine, export_dir, alias: str, *, m: int = 16, ef_constructio
                            "use `sparcode reindex` to replace it")
     name = versioned_name(alias, export.fingerprint)
     _create(engine, name, index_body(export, m=m, ef_construction=ef_construction, transform=transform), FIELD_TYPE)
-    try:
-        with CpuMeter(engine) as meter:
-            load_step(streams)(bulk.load)(engine, _VectorDocs(export, transform), name, streams=streams,
-                                          progress=progress)
+    with kept_if_failed(name, alias, resumable=False), CpuMeter(engine) as meter:
+        load_step(streams)(bulk.load)(engine, _VectorDocs(export, transform), name, streams=streams,
+                                      progress=progress)
+    with kept_if_failed(name, alias, resumable=False):
         docs = _finalize(engine, name, export.n_items >= SETTLE_MIN_DOCS, status)
-    except (bulk.BulkFailed, EngineError, EngineUnavailable) as exc:
-        raise IncompleteLoad(exc, name, alias, resumable=False) from exc
-    except KeyboardInterrupt as exc:
-        exc.add_note(str(IncompleteLoad("interrupted", name, alias, resumable=False)))
-        raise
     if docs != export.n_items:
         raise IncompleteLoad(f"{name} holds {docs} documents, the export has {export.n_items}", name, alias,
                              resumable=False)
     meta = index_meta(export, m, ef_construction, transform, complete=True)
-    deleted = publish(engine, alias, name, meta, previous, delete_old, status)
+    deleted = publish(engine, alias, name, meta, previous, delete_old, status, resumable=False)
     return BuildResult(name, alias, docs, meter.wall, previous, deleted, False, meter.seconds)
 
 
