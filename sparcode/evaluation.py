@@ -15,10 +15,10 @@ from sparcode.encoder.runs import Run, RunError, open_run
 def evaluate_run(run_dir: Path, backend: str = "model", alias: str | None = None, export_dir: Path | None = None,
                  exclude_seen: bool | None = None, part: str = "test", ks=(5, 10, 20, 50), ef: int | None = None,
                  num_candidates: int | None = None, sample_users: int = 0, sample_seed: int = 0,
-                 serve: dict | None = None):
+                 serve: dict | None = None, url: str | None = None):
     """→ (metrics, rankings, run, evalset); ``sample_users`` > 0 scores a seeded random subset of
     that many users (a quick check of a slow model), recorded in the metrics; ``serve`` overrides
-    the run's serve settings (`open_run`)."""
+    the run's serve settings (`open_run`); ``url`` is the node of the es/opensearch/es-knn backends."""
     run = open_run(run_dir, serve=serve, allow_unfinished=True)
     evalset = run.split.test if part == "test" else run.split.valid
     population = len(evalset)
@@ -37,11 +37,11 @@ def evaluate_run(run_dir: Path, backend: str = "model", alias: str | None = None
         from sparcode.vector_evaluation import evaluate_vector_backend
 
         metrics, rankings = evaluate_vector_backend(run, evalset, backend, alias, export_dir, exclude, ks,
-                                                    ef=ef, num_candidates=num_candidates)
+                                                    ef=ef, num_candidates=num_candidates, url=url)
     elif backend != "model":
         if run.kind != "sparcode":
             raise RunError(f"--backend {backend} serves SparCode exports; {run_dir} was trained with --model {run.kind}")
-        metrics, rankings = _evaluate_backend(run, evalset, backend, alias, export_dir, exclude, ks)
+        metrics, rankings = _evaluate_backend(run, evalset, backend, alias, export_dir, exclude, ks, url)
     elif run.kind == "sparcode":
         from sparcode.encoder.evaluation import evaluate_sparcode_served
 
@@ -62,13 +62,13 @@ def evaluate_run(run_dir: Path, backend: str = "model", alias: str | None = None
     return metrics, rankings, run, evalset
 
 
-def _evaluate_backend(run: Run, evalset, backend: str, alias, export_dir, exclude: bool, ks):
+def _evaluate_backend(run: Run, evalset, backend: str, alias, export_dir, exclude: bool, ks, url: str | None = None):
     from sparcode.commands.search import open_serving_backend
     from sparcode.encoder.evaluation import served_queries
     from sparcode.eval.harness import evaluate_rankings
 
     model, device = run.load_model()
-    engine, probes = open_serving_backend(backend, run, export_dir, alias)
+    engine, probes = open_serving_backend(backend, run, export_dir, alias, url)
     queries = served_queries(model, run, evalset, device, engine.code_table, probes)
     item_ids = run.dataset.item_ids
     excludes = [[item_ids[i] for i in seen] for seen in evalset.seen] if exclude else None

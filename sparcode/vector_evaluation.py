@@ -12,7 +12,7 @@ from sparcode.encoder.runs import Run, RunError
 
 
 def evaluate_vector_backend(run: Run, evalset, backend: str, alias, export_dir, exclude: bool, ks,
-                            ef: int | None = None, num_candidates: int | None = None):
+                            ef: int | None = None, num_candidates: int | None = None, url: str | None = None):
     from sparcode.commands._vectors import open_vector_backend, user_vectors
     from sparcode.eval.harness import evaluate_rankings
     from sparcode.pipeline.vectors import ExactBackend, recall_vs_exact
@@ -23,7 +23,7 @@ def evaluate_vector_backend(run: Run, evalset, backend: str, alias, export_dir, 
     model, device = run.load_model()
     queries = list(user_vectors(model, evalset.users, evalset.histories, device))
     served = open_vector_backend(backend, run.path, export_dir, alias, run.fingerprint(), k=k, ef=ef,
-                                 num_candidates=num_candidates)
+                                 num_candidates=num_candidates, url=url)
     item_ids = run.dataset.item_ids
     excludes = [[item_ids[i] for i in seen] for seen in evalset.seen] if exclude else None
     hits = served.batch_search(queries, k, exclude_items=excludes)

@@ -43,3 +43,33 @@ def test_es_refuses_export_of_another_model(indexed, tmp_path):
     (other / "manifest.json").write_text(json.dumps(manifest))
     result = invoke("search", "--run", run, "--user", "u0", "--backend", "es", "--alias", alias, "--export", other)
     assert result.exit_code != 0 and "exported from another model" in result.output
+
+
+def test_url_flag_wins_over_the_environment(indexed, es_engine, tmp_path, monkeypatch):
+    """--url names the node for one command: with ELASTICSEARCH_URL pointing at a dead port, index,
+    search and evaluate given --url still reach the live node (and without it they fail)."""
+    from conftest import drop_alias_family
+
+    root, run, export, alias = indexed
+    monkeypatch.setenv("ELASTICSEARCH_URL", "http://127.0.0.1:9")
+    refused = invoke("search", "--run", run, "--user", "u0", "--backend", "es", "--alias", alias, "--export", export)
+    assert refused.exit_code == 1 and "127.0.0.1:9" in refused.output
+    other = f"{alias}-url"
+    drop_alias_family(es_engine, other)
+    try:
+        built = invoke("index", export, "--alias", other, "--url", es_engine.url)
+        assert built.exit_code == 0, built.output
+        found = invoke("search", "--run", run, "--user", "u0", "--alias", other, "--export", export, "--url",
+                       es_engine.url, "--json", "--k", "20")  # --url alone makes es the default backend
+        assert found.exit_code == 0, found.output
+        assert json.loads(found.output)["backend"] == "es"
+        local = invoke("search", "--run", run, "--user", "u0", "--backend", "local", "--export", export, "--json",
+                       "--k", "20")
+        assert json.loads(found.output)["hits"] == json.loads(local.output)["hits"]
+        served = invoke("evaluate", run, "--backend", "es", "--alias", other, "--export", export, "--url",
+                        es_engine.url, "--json")
+        model = invoke("evaluate", run, "--json")
+        assert served.exit_code == 0, served.output
+        assert json.loads(served.output)["recall@50"] == json.loads(model.output)["recall@50"]
+    finally:
+        drop_alias_family(es_engine, other)

@@ -225,7 +225,7 @@ def test_a_url_the_client_cannot_parse_is_quoted_without_its_password(monkeypatc
                 ELASTICSEARCH_USERNAME="es-user")
     with pytest.raises(ConnectionProblem) as info:
         connect()
-    assert str(info.value).startswith("bad ELASTICSEARCH_URL 'http://***@es.example:99999': ")
+    assert str(info.value).startswith("bad node URL (--url or ELASTICSEARCH_URL) 'http://***@es.example:99999': ")
     assert_no_secret(info.value)
 
 

@@ -101,5 +101,14 @@ def test_cli_two_tower_es_knn(trained, es_engine, tmp_path):  # noqa: F811
         a = invoke("search", "--run", run, "--user", "u5", "--k", "5", "--backend", "es-knn", "--alias", alias, "--json")
         b = invoke("search", "--run", run, "--user", "u5", "--k", "5", "--backend", "exact", "--json")
         assert [h["item_id"] for h in json.loads(a.output)["hits"]] == [h["item_id"] for h in json.loads(b.output)["hits"]]
+        # --url alone serves a two-tower run from the node (es-knn), whatever ELASTICSEARCH_URL says.
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("ELASTICSEARCH_URL", "http://127.0.0.1:9")
+            c = invoke("search", "--run", run, "--user", "u5", "--k", "5", "--alias", alias, "--url", es_engine.url,
+                       "--json")
+            assert c.exit_code == 0, c.output
+            assert json.loads(c.output)["backend"] == "es-knn" and json.loads(c.output)["hits"] == json.loads(a.output)["hits"]
+            d = invoke("evaluate", run, "--backend", "es-knn", "--alias", alias, "--url", es_engine.url, "--json")
+            assert d.exit_code == 0 and json.loads(d.output)["recall@10"] == exact["recall@10"]
     finally:
         drop_alias_family(es_engine, alias)

@@ -273,3 +273,17 @@ def test_weights_of_another_model_are_one_line(trained, tmp_path):
     weights[name] = torch.zeros(*[n + 1 for n in weights[name].shape])
     torch.save(weights, copy / "weights.pt")
     one_line_error(invoke("evaluate", copy), "weights.pt does not fit the model config.json describes")
+
+
+@pytest.mark.parametrize("args", [
+    ["search", "--user", "u0", "--backend", "local"],
+    ["search", "--user", "u0", "--backend", "exact"],
+    ["evaluate"],
+    ["evaluate", "--backend", "hnsw"],
+])
+def test_url_to_a_backend_without_a_node_is_a_usage_error(args, tmp_path):
+    """--url given where no node is opened would be ignored silently; it is refused instead."""
+    run = tmp_path / "run"
+    run.mkdir()
+    result = invoke(args[0], *(["--run", run] if args[0] == "search" else [run]), *args[1:], "--url", "http://x:1")
+    assert result.exit_code == 2 and "--url applies to --backend es, opensearch, es-knn" in result.output

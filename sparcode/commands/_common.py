@@ -71,6 +71,25 @@ def user_errors():
         raise click.ClickException(f"{err.strerror or err}{where}") from None
 
 
+def url_option(command):
+    """`--url`: the node to talk to, for one command, instead of the environment's URL."""
+    return click.option(
+        "--url", default=None, metavar="URL",
+        help="Search node URL (default: ELASTICSEARCH_URL, or OPENSEARCH_URL for OpenSearch, else the local "
+             "node). Credentials still come from the environment (ELASTICSEARCH_API_KEY, …_USERNAME/PASSWORD).",
+    )(command)
+
+
+NODE_BACKENDS = ("es", "opensearch", "es-knn")  # the backends that talk to a search node
+
+
+def check_url(backend: str | None, url: str | None) -> None:
+    """--url given to a backend that opens no node would be silently ignored."""
+    if url is not None and backend not in NODE_BACKENDS:
+        raise click.UsageError(f"--url applies to --backend {', '.join(NODE_BACKENDS)}; --backend {backend} "
+                               "opens no node")
+
+
 def serve_options(command):
     """`--stored-fraction`, `--query-probes` and `--max-codes`: the run's serve settings, chosen
     after training."""

@@ -23,7 +23,8 @@ def check_knobs(backend: str | None, ef: int | None, num_candidates: int | None)
 
 
 def open_vector_backend(backend: str, run_dir: Path, export_dir: Path | None, alias: str | None,
-                        fingerprint: str, *, k: int = 0, ef: int | None = None, num_candidates: int | None = None):
+                        fingerprint: str, *, k: int = 0, ef: int | None = None, num_candidates: int | None = None,
+                        url: str | None = None):
     """The backend serving `run_dir`'s vector export; refuses an export or index of another model.
     Unset, the candidate pools (hnsw ef, es-knn num_candidates) are the default or `k`, the larger."""
     from sparcode.commands.search import resolve_export
@@ -44,7 +45,7 @@ def open_vector_backend(backend: str, run_dir: Path, export_dir: Path | None, al
     if not alias:
         raise click.ClickException("--backend es-knn needs --alias NAME (the alias `sparcode index` created "
                                    "from the vector export)")
-    return KnnBackend.open(alias, export, num_candidates=num_candidates or max(DEFAULT_NUM_CANDIDATES, k))
+    return KnnBackend.open(alias, export, url=url, num_candidates=num_candidates or max(DEFAULT_NUM_CANDIDATES, k))
 
 
 def user_vectors(model, users, histories, device, batch_size: int = 1024):

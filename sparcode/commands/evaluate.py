@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from sparcode.commands._common import serve_options, serve_overrides, strict_json, user_errors
+from sparcode.commands._common import check_url, serve_options, serve_overrides, strict_json, url_option, user_errors
 
 # The cut-offs reported: eval.metrics.KS, spelled out so that --help need not import numpy (a test
 # keeps them equal). --ef and --num-candidates must reach the longest list.
@@ -38,8 +38,9 @@ LONGEST_LIST = max(KS)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--run-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a TREC run file.")
 @click.option("--qrels", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write TREC qrels.")
+@url_option
 def command(run_dir, backend, alias, export_dir, exclude_seen, part, sample_users, sample_seed, stored_fraction,
-            query_probes, max_codes, as_json, run_file, qrels, ef, num_candidates):
+            query_probes, max_codes, as_json, run_file, qrels, ef, num_candidates, url):
     """Recall, NDCG and HitRate at 5/10/20/50 over full-catalog rankings."""
     if backend == "model" and (export_dir is not None or alias is not None):
         # Silently scoring the run while the user believes an export or index was checked is worse.
@@ -52,6 +53,7 @@ def command(run_dir, backend, alias, export_dir, exclude_seen, part, sample_user
     from sparcode.commands._vectors import check_knobs
 
     check_knobs(backend, ef, num_candidates)
+    check_url(backend, url)
     if run_file is not None and qrels is not None and run_file.resolve() == qrels.resolve():
         raise click.UsageError("--run-file and --qrels name the same file; the qrels would overwrite the run")
     with user_errors():
@@ -68,7 +70,7 @@ def command(run_dir, backend, alias, export_dir, exclude_seen, part, sample_user
         metrics, rankings, run, evalset = evaluate_run(run_dir, backend=backend, alias=alias, export_dir=export_dir,
                                                        exclude_seen=exclude_seen, part=part, ks=KS, ef=ef,
                                                        num_candidates=num_candidates, sample_users=sample_users or 0,
-                                                       sample_seed=sample_seed, serve=serve)
+                                                       sample_seed=sample_seed, serve=serve, url=url)
         if run_file is not None or qrels is not None:
             from sparcode.eval.trec import write_qrels, write_run
 

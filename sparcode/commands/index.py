@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import click
 
-from sparcode.commands._common import user_errors
+from sparcode.commands._common import url_option, user_errors
 from sparcode.pipeline.bulk import STREAMS
 from sparcode.pipeline.local_node import ENGINES
 
 _FIELD_TYPES = click.Choice(["sparse_vector", "rank_features"])
 _ENGINE = click.option("--engine", type=click.Choice(ENGINES), default=None,
-                       help="Search engine (URL from ELASTICSEARCH_URL / OPENSEARCH_URL). "
-                            "Default: detected from the server at ELASTICSEARCH_URL, else OPENSEARCH_URL.")
+                       help="Search engine (URL from --url, else ELASTICSEARCH_URL / OPENSEARCH_URL). "
+                            "Default: detected from the server at --url, else ELASTICSEARCH_URL, else OPENSEARCH_URL.")
 _STREAMS = click.option("--bulk-streams", "streams", type=click.IntRange(min=1), default=STREAMS, show_default=True,
                         help="Bulk requests kept in flight; 1 sends them one after another (with 429 retries "
                              "inline). More than the node's cores buys nothing.")
@@ -29,7 +29,7 @@ def _status(line: str) -> None:
 
 
 def _run(export_dir: str, alias: str, *, engine: str | None, field_type: str | None, resume: bool,
-         delete_old: bool, replace: bool, streams: int) -> None:
+         delete_old: bool, replace: bool, streams: int, url: str | None) -> None:
     from sparcode.pipeline.bulk import BulkFailed
     from sparcode.pipeline.connect import ConnectionProblem, connect
     from sparcode.pipeline.engine import EngineError, EngineUnavailable
@@ -40,7 +40,7 @@ def _run(export_dir: str, alias: str, *, engine: str | None, field_type: str | N
     with user_errors():
         try:
             export = Export.open(export_dir)
-            conn = connect(engine=engine)
+            conn = connect(url, engine=engine)
             if export.manifest.get("kind") == "two-tower-vectors":
                 # Item vectors go into a dense_vector (HNSW) field instead of codes.
                 from sparcode.pipeline import knn
@@ -78,14 +78,15 @@ def _run(export_dir: str, alias: str, *, engine: str | None, field_type: str | N
 @_RESUME
 @_DELETE_OLD
 @_STREAMS
-def command(export_dir, alias, engine, field_type, resume, delete_old, streams):
+@url_option
+def command(export_dir, alias, engine, field_type, resume, delete_old, streams, url):
     """Index EXPORT_DIR into a new versioned index and point ALIAS at it.
 
     From 10,000 items the build waits up to 45 s between loading and merging, until the node
     lets the merge drop its recovery copy of the codes (about half the index otherwise;
     docs/engines.md "How documents hold the codes")."""
     _run(export_dir, alias, engine=engine, field_type=field_type, resume=resume, delete_old=delete_old,
-         replace=False, streams=streams)
+         replace=False, streams=streams, url=url)
 
 
 @click.command("reindex")
@@ -95,9 +96,10 @@ def command(export_dir, alias, engine, field_type, resume, delete_old, streams):
 @_RESUME
 @_DELETE_OLD
 @_STREAMS
-def reindex_command(export_dir, alias, engine, resume, delete_old, streams):
+@url_option
+def reindex_command(export_dir, alias, engine, resume, delete_old, streams, url):
     """Build a new versioned index from EXPORT_DIR and move ALIAS to it atomically (same field type).
 
     Like `index`, builds of 10,000 items or more wait up to 45 s before their merge."""
     _run(export_dir, alias, engine=engine, field_type=None, resume=resume, delete_old=delete_old, replace=True,
-         streams=streams)
+         streams=streams, url=url)

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import click
 
-from sparcode.commands._common import strict_json, user_errors
+from sparcode.commands._common import check_url, strict_json, url_option, user_errors
 
 BACKENDS = ["local", "es", "opensearch", "hnsw", "es-knn", "exact", "tiger"]
 
@@ -25,8 +25,11 @@ def _check_filters(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
     return values
 
 
-def default_backend() -> str:
-    return "es" if os.environ.get("ELASTICSEARCH_URL") else "local"
+def default_backend(kind: str, url: str | None = None) -> str:
+    """A node when one is named (--url, ELASTICSEARCH_URL), else in process."""
+    if kind == "two-tower":
+        return "es-knn" if url else "hnsw"
+    return "es" if url or os.environ.get("ELASTICSEARCH_URL") else "local"
 
 
 def resolve_export(run_dir: Path, export_dir: Path | None) -> Path:
@@ -46,7 +49,8 @@ class Serving(NamedTuple):
     query_probes: int  # what the export was made with: its index is queried that way
 
 
-def open_serving_backend(backend: str, run, export_dir: Path | None, alias: str | None) -> Serving:
+def open_serving_backend(backend: str, run, export_dir: Path | None, alias: str | None,
+                         url: str | None = None) -> Serving:
     """The backend serving `run`'s export, and the query probes that export was made with (an
     index built with `export --query-probes` is queried that way whatever the run's config says);
     refuses an export made from another model."""
@@ -66,7 +70,7 @@ def open_serving_backend(backend: str, run, export_dir: Path | None, alias: str 
     if not alias:
         raise click.ClickException(f"--backend {backend} needs --alias NAME (the alias `sparcode index` created)")
     engine = "opensearch" if backend == "opensearch" else "elasticsearch"
-    return Serving(open_backend(alias=alias, export_dir=export, engine=engine), probes)
+    return Serving(open_backend(alias=alias, export_dir=export, engine=engine, url=url), probes)
 
 
 MAX_K = 10_000
@@ -81,8 +85,8 @@ MAX_K = 10_000
 @click.option("--k", type=click.IntRange(1, MAX_K), default=10, show_default=True,
               help=f"How many items (at most {MAX_K:,}, a search node's default result window).")
 @click.option("--backend", type=click.Choice(BACKENDS), default=None,
-              help="Default: es when ELASTICSEARCH_URL is set, else the embedded local backend; "
-                   "hnsw for two-tower runs (hnsw, es-knn and exact serve two-tower vector exports); "
+              help="Default: es when --url or ELASTICSEARCH_URL is set, else the embedded local backend; "
+                   "hnsw (es-knn with --url) for two-tower runs (hnsw, es-knn and exact serve two-tower vector exports); "
                    "tiger, the only choice for TIGER runs (constrained beam search over semantic IDs).")
 @click.option("--alias", default=None, help="Index alias (es/opensearch backends; with a TIGER run: the alias of its "
                                              "semantic-ID export, which then supplies the cold-start prefix matches).")
@@ -95,8 +99,9 @@ MAX_K = 10_000
 @click.option("--ef", type=click.IntRange(min=1), default=None, help="hnsw: candidates kept by the walk (≥ k; default 100).")
 @click.option("--num-candidates", type=click.IntRange(min=1), default=None,
               help="es-knn: candidates per shard (≥ k; default 100).")
+@url_option
 def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filters, exclude_seen, explain, as_json, ef,
-            num_candidates):
+            num_candidates, url):
     """Recommend K items for USER: user → tokens → codes → one term query (two-tower: user vector → ANN)."""
     with user_errors():
         from sparcode.encoder.runs import open_run
@@ -106,6 +111,8 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
 
         if (user_id is None) == (history_items is None):
             raise click.UsageError("give exactly one of --user ID and --history ITEM,ITEM,…")
+        if backend not in (None, "tiger"):
+            check_url(backend, url)
         run = open_run(run_dir)
         if history_items is not None and (run.kind == "tiger" or backend == "tiger"):
             raise click.ClickException("--history is not supported for TIGER runs; use --user")
@@ -114,13 +121,16 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
                                                  ("--num-candidates", num_candidates)) if given]
             if ignored:  # beam search has none of these; silently ignoring them answered another question
                 raise click.UsageError(f"{', '.join(ignored)} do not apply to TIGER's beam search")
-            _search_tiger(run, user_id, k, backend, exclude_seen, as_json, alias, explain)
+            if url is not None and not alias:
+                raise click.UsageError("--url is the node holding the TIGER run's --alias; give --alias too")
+            _search_tiger(run, user_id, k, backend, exclude_seen, as_json, alias, explain, url)
             return
-        backend = backend or ("hnsw" if run.kind == "two-tower" else default_backend())
+        backend = backend or default_backend(run.kind, url)
         from sparcode.commands._vectors import check_backend, check_knobs
 
         check_backend(run.kind, backend)
         check_knobs(backend, ef, num_candidates)
+        check_url(backend, url)
         if run.kind != "sparcode" and run.kind != "two-tower":
             raise click.ClickException(f"search serves SparCode runs; {run_dir} was trained with --model {run.kind}")
         if history_items is not None:
@@ -142,9 +152,9 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
 
             query = user_vectors(model, np.asarray([user_index]), history[None, :], device)[0]
             engine = open_vector_backend(backend, run_dir, export_dir, alias, run.fingerprint(), k=k, ef=ef,
-                                         num_candidates=num_candidates)
+                                         num_candidates=num_candidates, url=url)
         else:
-            engine, probes = open_serving_backend(backend, run, export_dir, alias)
+            engine, probes = open_serving_backend(backend, run, export_dir, alias, url)
             query = user_queries(model, np.asarray([user_index]), history[None, :], device, engine.code_table,
                                  probes)[0]
         exclude = seen if exclude_seen else None
@@ -181,7 +191,7 @@ def _title(value):
 
 
 def _search_tiger(run, user_id: str, k: int, backend: str | None, exclude_seen: bool, as_json: bool,
-                  alias: str | None = None, explain: bool = False) -> None:
+                  alias: str | None = None, explain: bool = False, url: str | None = None) -> None:
     """A TIGER run generates item IDs with constrained beam search. With --alias, the cold items
     sharing a generated prefix come from the run's `sid` index instead of the in-process table."""
     if run.kind != "tiger" or backend not in (None, "tiger"):
@@ -199,7 +209,7 @@ def _search_tiger(run, user_id: str, k: int, backend: str | None, exclude_seen: 
         from sparcode.pipeline.connect import connect
         from sparcode.pipeline.sid_search import SidPrefixBackend
 
-        prefixes = SidPrefixBackend(connect(), alias, expected_fingerprint=sid_fingerprint(run.path))
+        prefixes = SidPrefixBackend(connect(url), alias, expected_fingerprint=sid_fingerprint(run.path))
     searcher = TigerSearcher(run.path, dataset=run.dataset, prefix_backend=prefixes)
     try:
         hits = searcher.search(user_id, k, exclude_seen=exclude_seen, cold_slots=searcher.tiger.cfg.cold_slots)

@@ -202,9 +202,9 @@ class EngineBackend:
 
     @classmethod
     def open(cls, alias: str, export_dir=None, *, connection: Engine | None = None, engine: str | None = None,
-             **kwargs) -> "EngineBackend":
-        """Connect from the environment (`engine` by name, else detected) unless `connection` is
-        given; with `export_dir`, use its code table and fingerprint."""
+             url: str | None = None, **kwargs) -> "EngineBackend":
+        """Connect to `url`, else from the environment (`engine` by name, else detected), unless
+        `connection` is given; with `export_dir`, use its code table and fingerprint."""
         from sparcode.pipeline.connect import connect
 
         if export_dir is not None:
@@ -212,7 +212,7 @@ class EngineBackend:
             kwargs.setdefault("code_table", export.code_table())
             kwargs.setdefault("expected_fingerprint", export.fingerprint)
             kwargs.setdefault("expected_export", export.summary())
-        return cls(connection or connect(engine=engine), alias, **kwargs)
+        return cls(connection or connect(url, engine=engine), alias, **kwargs)
 
     def explain(self, query: Query, k: int, filters: Mapping[str, object] | None = None,
                 exclude_items: Collection[str] | None = None) -> dict:
@@ -307,11 +307,11 @@ class LocalBackend:
 
 
 def open_backend(*, alias: str | None = None, export_dir=None, engine: str | None = None,
-                 connection: Engine | None = None) -> Backend:
+                 connection: Engine | None = None, url: str | None = None) -> Backend:
     """`alias` -> EngineBackend on `engine` ("elasticsearch", "opensearch", or None: detected from
     the server), checked against `export_dir` when given; else LocalBackend(export_dir)."""
     if alias is not None:
-        return EngineBackend.open(alias, export_dir, connection=connection, engine=engine)
+        return EngineBackend.open(alias, export_dir, connection=connection, engine=engine, url=url)
     if export_dir is None:
         raise BackendError("give a search-engine alias or an export directory to search")
     return LocalBackend(export_dir)

@@ -37,7 +37,7 @@ class ElasticsearchEngine(Engine):
         try:
             return cls(Elasticsearch(url, **kwargs), url)
         except ValueError as exc:
-            raise ConnectionProblem(f"bad {cls.url_var} {redact(url)!r}: {scrub(str(exc), url)}") from None
+            raise ConnectionProblem(f"bad node URL (--url or {cls.url_var}) {redact(url)!r}: {scrub(str(exc), url)}") from None
 
     def check(self) -> str:
         from elasticsearch import (AuthenticationException, AuthorizationException, TransportError,
@@ -59,7 +59,7 @@ class ElasticsearchEngine(Engine):
                                     "ELASTICSEARCH_USERNAME/PASSWORD") from None
         except TransportError as exc:
             raise ConnectionProblem(f"Elasticsearch not reachable at {shown} ({type(exc).__name__}); "
-                                    "start one with `sparcode es start` or set ELASTICSEARCH_URL") from None
+                                    "start one with `sparcode es start`, or give --url or ELASTICSEARCH_URL") from None
         except Exception as exc:  # an ApiError or a malformed answer: not a node we understand
             raise ConnectionProblem(f"{shown} did not answer like Elasticsearch: {type(exc).__name__}") from None
         if major_version(version) != SUPPORTED_MAJOR:

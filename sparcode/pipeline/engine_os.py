@@ -30,7 +30,7 @@ class OpenSearchEngine(Engine):
         try:
             return cls(OpenSearch([url], **kwargs), url)
         except Exception as exc:  # opensearch-py raises ImproperlyConfigured/ValueError on bad URLs
-            raise ConnectionProblem(f"bad {cls.url_var} {redact(url)!r}: {type(exc).__name__}") from None
+            raise ConnectionProblem(f"bad node URL (--url or {cls.url_var}) {redact(url)!r}: {type(exc).__name__}") from None
 
     def check(self) -> str:
         from opensearchpy import AuthenticationException, AuthorizationException, ConnectionError, TransportError
@@ -43,7 +43,7 @@ class OpenSearchEngine(Engine):
                                     "check OPENSEARCH_USERNAME/PASSWORD") from None
         except ConnectionError as exc:
             raise ConnectionProblem(f"OpenSearch not reachable at {shown} ({type(exc).__name__}); start one "
-                                    "with `sparcode es start --engine opensearch` or set OPENSEARCH_URL") from None
+                                    "with `sparcode es start --engine opensearch`, or give --url or OPENSEARCH_URL") from None
         except TransportError:
             info = {}  # an error answer to `GET /`: the integ-test Elasticsearch says 405 here
         version = info.get("version", {}) if isinstance(info, dict) else {}

@@ -152,12 +152,13 @@ class KnnBackend:
             k: v.get("type", "object") for k, v in props.items() if k not in ("item_id", "ord", FIELD)}
 
     @classmethod
-    def open(cls, alias: str, export_dir=None, *, connection: Engine | None = None, **kwargs) -> "KnnBackend":
+    def open(cls, alias: str, export_dir=None, *, connection: Engine | None = None, url: str | None = None,
+             **kwargs) -> "KnnBackend":
         from sparcode.pipeline.connect import connect
 
         if export_dir is not None:
             kwargs.setdefault("expected_fingerprint", VectorSet.load(export_dir).fingerprint)
-        return cls(connection or connect(engine="elasticsearch"), alias, **kwargs)
+        return cls(connection or connect(url, engine="elasticsearch"), alias, **kwargs)
 
     def explain(self, query, k: int, filters=None, exclude_items=None) -> dict:
         q = np.asarray(query, dtype=np.float32).reshape(-1)
