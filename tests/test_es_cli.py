@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -73,17 +77,64 @@ def test_a_server_error_is_its_most_specific_reason_on_one_line():
     assert error_reason(closed, "?") == "closed (index sc-1, index_closed_exception)"
 
 
-def test_es_start_on_another_port_leaves_the_running_node_alone(tmp_path, monkeypatch):
+@pytest.fixture
+def recorded_process(tmp_path):
+    """A live process recorded as the node of a fake home, as `es start` records one (pid file and
+    port); `as_node` makes its command line name the home's distribution as the JVM's would."""
+    from sparcode.pipeline.local_node import ELASTICSEARCH, LocalNode
+
     home = tmp_path / "node"
     (home / "run").mkdir(parents=True)
-    # A live pid (this test's own) and the port it was started on, as `es start` records them.
-    (home / "run" / "node.pid").write_text(str(os.getpid()))
     (home / "node.json").write_text(json.dumps({"port": 9298, "heap": "1g"}))
+    started = []
+
+    def record(as_node: bool) -> subprocess.Popen:
+        dist = LocalNode(ELASTICSEARCH, home).dist_dir
+        extra = [f"-Des.path.home={dist.resolve()}"] if as_node else []
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *extra])
+        started.append(proc)
+        for _ in range(100):  # /proc shows the new command line a moment after Popen returns
+            if b"time.sleep" in pathlib.Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+                break
+            time.sleep(0.01)
+        (home / "run" / "node.pid").write_text(str(proc.pid))
+        return proc
+
+    yield home, record
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def test_es_start_on_another_port_leaves_the_running_node_alone(recorded_process, monkeypatch):
+    home, record = recorded_process
+    node = record(as_node=True)
     monkeypatch.setenv("SPARCODE_ES_HOME", str(home))
     result = run("es", "start", "--port", "9299")
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "already runs on port 9298" in result.output and "SPARCODE_ES_HOME" in result.output
-    assert (home / "run" / "node.pid").read_text() == str(os.getpid())
+    assert (home / "run" / "node.pid").read_text() == str(node.pid) and node.poll() is None
+
+
+def test_es_stop_never_signals_a_process_that_reused_the_nodes_pid(recorded_process, monkeypatch):
+    """After a reboot the pid file can name another program; stop must not kill it."""
+    home, record = recorded_process
+    stranger = record(as_node=False)
+    monkeypatch.setenv("SPARCODE_ES_HOME", str(home))
+    result = run("es", "stop")
+    assert result.exit_code == 0, result.output
+    assert "not running" in result.output
+    time.sleep(0.3)
+    assert stranger.poll() is None  # still alive
+
+
+def test_es_stop_stops_the_recorded_node(recorded_process, monkeypatch):
+    home, record = recorded_process
+    node = record(as_node=True)
+    monkeypatch.setenv("SPARCODE_ES_HOME", str(home))
+    result = run("es", "stop")
+    assert result.exit_code == 0 and "not running" not in result.output, result.output
+    assert node.wait(timeout=10) is not None
 
 
 @pytest.mark.parametrize("engine_name,home_var", [("elasticsearch", "SPARCODE_ES_HOME"),

@@ -203,19 +203,22 @@ class LocalNode:
             return False
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while self.running_pid() == pid and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _alive(pid):
+        if self.running_pid() == pid:
             os.kill(pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)
         return True
 
     def running_pid(self) -> int | None:
+        """The pid in the pid file, when that process is this home's node. After a reboot or a
+        crashed JVM the file can hold a pid the system has since given to another program, which
+        `stop` would otherwise signal."""
         try:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        return pid if _alive(pid) and _runs_from(pid, self.dist_dir) else None
 
     def healthy(self) -> bool:
         try:
@@ -344,6 +347,18 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _runs_from(pid: int, dist_dir: Path) -> bool:
+    """True when process `pid` was started from `dist_dir` (its JVM names it as path.home).
+    Without /proc there is no way to tell, and the pid file is trusted as before."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()
+    except OSError:
+        return True  # unreadable (hidepid): alive, of unknown origin; better stoppable than orphaned
+    return f"path.home={Path(dist_dir).resolve()}".encode() in cmdline
 
 
 def _alive(pid: int) -> bool:
