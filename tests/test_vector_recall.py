@@ -172,3 +172,40 @@ def test_open_index_rebuilds_for_another_export(vectors, tmp_path):
     other.fingerprint = "1" * 64
     rebuilt, built = open_index(tmp_path, other)
     assert built and rebuilt.meta["fingerprint"] == "1" * 64
+
+
+@pytest.mark.parametrize("damage", ["truncated meta", "truncated graph", "meta of another shape", "meta gone"])
+def test_a_damaged_saved_graph_is_rebuilt_like_a_missing_one(vectors, queries, tmp_path, damage):
+    """The graph under export/hnsw/ is a cache: a damaged copy must not stop a search."""
+    from sparcode.pipeline.hnsw import INDEX_FILE, META_FILE, index_dir
+
+    open_index(tmp_path, vectors)
+    folder = index_dir(tmp_path, HnswParams())
+    meta, graph = folder / META_FILE, folder / INDEX_FILE
+    if damage == "truncated meta":
+        meta.write_bytes(meta.read_bytes()[:35])
+    elif damage == "truncated graph":
+        graph.write_bytes(graph.read_bytes()[:1000])
+    elif damage == "meta of another shape":
+        meta.write_text("[1, 2]")
+    else:
+        meta.unlink()
+    index, built = open_index(tmp_path, vectors)
+    assert built
+    fresh, _ = open_index(tmp_path / "fresh", vectors)  # the same seeded build, never damaged
+    walked = HnswBackend(index, vectors).batch_search(list(queries[:20]), 10)
+    assert walked == HnswBackend(fresh, vectors).batch_search(list(queries[:20]), 10)
+    assert not open_index(tmp_path, vectors)[1]  # and the rebuilt copy is used next time
+
+
+def test_a_saved_graph_folder_holding_other_files_is_left_alone(vectors, tmp_path):
+    from sparcode.pipeline.hnsw import META_FILE, index_dir
+    from sparcode.staging import OccupiedTarget
+
+    open_index(tmp_path, vectors)
+    folder = index_dir(tmp_path, HnswParams())
+    (folder / META_FILE).write_text("{")
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(OccupiedTarget):
+        open_index(tmp_path, vectors)
+    assert (folder / "notes.txt").read_text() == "mine"

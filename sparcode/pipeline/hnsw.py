@@ -75,7 +75,7 @@ class HnswIndex:
     def save(self, directory: Path) -> Path:
         """Write index.bin + meta.json into `directory` all at once (via a temporary sibling)."""
         directory = Path(directory)
-        with staged_directory(directory, marker=META_FILE) as tmp:
+        with staged_directory(directory, marker=_holds_only_an_index) as tmp:
             self.index.save_index(str(tmp / INDEX_FILE))
             (tmp / META_FILE).write_bytes(orjson.dumps(self.meta, option=orjson.OPT_INDENT_2))
         return directory
@@ -85,14 +85,27 @@ class HnswIndex:
         directory = Path(directory)
         if not (directory / META_FILE).is_file() or not (directory / INDEX_FILE).is_file():
             raise BackendError(f"{directory} holds no hnsw index ({INDEX_FILE} + {META_FILE})")
-        meta = orjson.loads((directory / META_FILE).read_bytes())
-        meta.setdefault("transform", mips.NONE)  # graphs saved before the transform existed
-        index = hnswlib.Index(space=meta["space"], dim=int(meta["dim"]) + (meta["transform"] == mips.TRANSFORM))
-        index.load_index(str(directory / INDEX_FILE), max_elements=max(int(meta["items"]), 1))
+        try:
+            meta = orjson.loads((directory / META_FILE).read_bytes())
+            meta.setdefault("transform", mips.NONE)  # graphs saved before the transform existed
+            index = hnswlib.Index(space=meta["space"], dim=int(meta["dim"]) + (meta["transform"] == mips.TRANSFORM))
+            index.load_index(str(directory / INDEX_FILE), max_elements=max(int(meta["items"]), 1))
+        except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:  # orjson's error is a ValueError
+            raise UnreadableIndex(f"{directory}: damaged hnsw index ({type(exc).__name__}: {exc})") from None
         return cls(index, meta)
 
     def size_bytes(self, directory: Path) -> int:
         return os.path.getsize(Path(directory) / INDEX_FILE)
+
+
+class UnreadableIndex(BackendError):
+    """A saved graph that cannot be loaded (truncated or edited meta.json or index.bin)."""
+
+
+def _holds_only_an_index(directory: Path) -> bool:
+    """A saved graph's folder, whole or damaged, is ours to replace; anything else in it is not."""
+    names = {path.name for path in Path(directory).iterdir()}
+    return bool(names) and names <= {INDEX_FILE, META_FILE}
 
 
 def index_dir(export_dir, params: HnswParams) -> Path:
@@ -103,9 +116,12 @@ def open_index(export_dir, vectors: VectorSet, params: HnswParams = HnswParams()
     """The saved index for these params, else a new one built and saved; (index, built now)."""
     directory = index_dir(export_dir, params)
     if (directory / META_FILE).is_file():
-        loaded = HnswIndex.load(directory)
-        if loaded.meta.get("fingerprint") == vectors.fingerprint and loaded.meta.get("items") == len(vectors.item_ids) \
-                and loaded.meta["transform"] == params.transform:
+        try:
+            loaded = HnswIndex.load(directory)
+        except UnreadableIndex:
+            loaded = None  # a cache: a damaged one (a truncated copy, a full disk) is rebuilt like a missing one
+        if loaded is not None and loaded.meta.get("fingerprint") == vectors.fingerprint \
+                and loaded.meta.get("items") == len(vectors.item_ids) and loaded.meta["transform"] == params.transform:
             return loaded, False
     built = HnswIndex.build(vectors, params)
     built.save(directory)
