@@ -128,3 +128,37 @@ def test_a_tiger_run_records_the_settings_of_the_ids_it_finds(tmp_path):
     (tiger_dir(tmp_path) / "weights.pt").write_bytes(b"")
     adopt_built_ids(tmp_path, other, dataset)
     assert other.tiger["rqvae"] == {"epochs": 3, "codes": 4}
+
+
+@pytest.mark.parametrize("damage", ["truncated vectors", "vectors gone", "meta not json", "fewer vectors"])
+def test_the_item_text_embedding_cache_is_used_when_whole_and_redone_when_not(tmp_path, monkeypatch, damage):
+    """The cache saves minutes of sentence encoding; a damaged one must be recomputed, never
+    returned (or crash), and a whole one must be used."""
+    from types import SimpleNamespace
+
+    from sparcode.generative import text
+
+    calls = []
+
+    def fake_embed(texts, **_):
+        calls.append(len(texts))
+        return np.arange(len(texts) * 4, dtype=np.float32).reshape(len(texts), 4)
+
+    monkeypatch.setattr(text, "embed_texts", fake_embed)
+    dataset = SimpleNamespace(name="toy", item_ids=["a", "b", "c"],
+                              item_attributes=[{"title": ["A"]}, {"title": ["B"]}, {"title": ["C"]}])
+    first = text.item_embeddings(dataset, tmp_path, log=lambda _: None)
+    again = text.item_embeddings(dataset, tmp_path, log=lambda _: None)
+    assert calls == [3] and np.array_equal(first, again)
+    array, meta = tmp_path / text.EMBEDDINGS, tmp_path / text.EMBEDDINGS_META
+    if damage == "truncated vectors":
+        array.write_bytes(array.read_bytes()[:90])
+    elif damage == "vectors gone":
+        array.unlink()
+    elif damage == "meta not json":
+        meta.write_text("{")
+    else:
+        np.save(array, first[:2])
+    redone = text.item_embeddings(dataset, tmp_path, log=lambda _: None)
+    assert calls == [3, 3] and np.array_equal(redone, first)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([array.name, meta.name])  # no temporary left

