@@ -203,3 +203,39 @@ def test_a_single_stream_load_leaves_busy_answers_to_the_bulk_helper():
     from sparcode.pipeline.engine import retry_transient, retry_unavailable
 
     assert indexer.load_step(1) is retry_unavailable and indexer.load_step(2) is retry_transient
+
+
+class MergingEngine:
+    """Counts the requests of the finishing steps; its force merge fails as `merge_fails` says."""
+
+    def __init__(self, merge_fails):
+        self.merge_fails, self.calls = list(merge_fails), []
+
+    def __getattr__(self, request):  # refresh settings, refresh, flush: answered at once
+        return lambda *args, **kwargs: self.calls.append(request)
+
+    def forcemerge(self, name, timeout_s):
+        self.calls.append("forcemerge")
+        if self.merge_fails:
+            raise self.merge_fails.pop(0)
+
+    def count(self, name):
+        return 7
+
+
+def test_a_merge_that_outlives_its_timeout_is_not_sent_again_and_the_build_goes_on():
+    """Re-sending a merge still running in the node waits another hour each time."""
+    from sparcode.pipeline.engine import EngineTimeout
+
+    engine, said = MergingEngine([EngineTimeout("ConnectionTimeout: read timed out")]), []
+    assert indexer._finalize(engine, "sc-x", settle=False, status=said.append) == 7
+    assert engine.calls.count("forcemerge") == 1
+    assert "did not finish within 3600 s; it goes on in the node" in said[-1]
+
+
+def test_a_merge_refused_by_a_busy_node_is_sent_again():
+    from sparcode.pipeline.engine import EngineError, EngineUnavailable
+
+    engine, said = MergingEngine([EngineError(429, "busy"), EngineUnavailable("ConnectionError: refused")]), []
+    assert indexer._finalize(engine, "sc-x", settle=False, status=said.append) == 7
+    assert engine.calls.count("forcemerge") == 3 and said[-1].startswith("merged in")

@@ -236,3 +236,4 @@ def test_auth_reads_only_its_own_prefix(monkeypatch):
         "ca_certs": "certs/es-ca.pem"}
     assert connect_module._auth("opensearch") == {
         "api_key": None, "username": "os-user", "password": "os-pass-s3cret", "ca_certs": "certs/os-ca.pem"}
+

@@ -47,6 +47,10 @@ class EngineUnavailable(RuntimeError):
     """The request did not get an answer (refused, reset, timed out)."""
 
 
+class EngineTimeout(EngineUnavailable):
+    """No answer within the request timeout; the node may still be doing the work."""
+
+
 # Answers of a busy or restarting node (indexing pressure, a full search queue, a proxy whose
 # node is away): worth resending after a pause, unlike every other refusal.
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 
-from sparcode.pipeline.engine import (MAX_CHUNK_BYTES, ConnectionProblem, Engine, EngineError, EngineUnavailable,
+from sparcode.pipeline.engine import (MAX_CHUNK_BYTES, ConnectionProblem, Engine, EngineError, EngineTimeout, EngineUnavailable,
                                       WrongEngine, error_reason, major_version, redact, scrub)
 
 SUPPORTED_MAJOR = 8
@@ -69,12 +69,14 @@ class ElasticsearchEngine(Engine):
 
     @contextlib.contextmanager
     def _translate(self):
-        from elasticsearch import ApiError, TransportError
+        from elasticsearch import ApiError, ConnectionTimeout, TransportError
 
         try:
             yield
         except ApiError as exc:
             raise EngineError(exc.meta.status, error_reason(exc.body, exc.message)) from exc
+        except ConnectionTimeout as exc:
+            raise EngineTimeout(f"{type(exc).__name__}: {exc.message}") from exc
         except TransportError as exc:  # connection refused, reset, timeout: no HTTP answer
             raise EngineUnavailable(f"{type(exc).__name__}: {exc.message}") from exc
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from sparcode.pipeline.engine import (MAX_CHUNK_BYTES, ConnectionProblem, Engine, EngineError, EngineUnavailable,
+from sparcode.pipeline.engine import (MAX_CHUNK_BYTES, ConnectionProblem, Engine, EngineError, EngineTimeout, EngineUnavailable,
                                       WrongEngine, error_reason, major_version, redact)
 
 SUPPORTED_MAJOR = 2
@@ -60,10 +60,12 @@ class OpenSearchEngine(Engine):
 
     @contextlib.contextmanager
     def _translate(self):
-        from opensearchpy import ConnectionError, TransportError
+        from opensearchpy import ConnectionError, ConnectionTimeout, TransportError
 
         try:
             yield
+        except ConnectionTimeout as exc:
+            raise EngineTimeout(f"{type(exc).__name__}: {exc.error}") from exc
         except ConnectionError as exc:  # includes timeouts and TLS failures: no HTTP answer
             raise EngineUnavailable(f"{type(exc).__name__}: {exc.error}") from exc
         except TransportError as exc:

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
+import tenacity
+
 from sparcode.pipeline import bulk, layout, mappings
-from sparcode.pipeline.engine import Engine, EngineError, EngineUnavailable, redact, retry_transient, retry_unavailable
+from sparcode.pipeline.engine import (Engine, EngineError, EngineTimeout, EngineUnavailable, redact, retry_transient,
+                                      retry_unavailable, transient)
 
 FORCE_MERGE_TIMEOUT_S = 3600
 # With `codes` out of `_source`, a merge keeps their JSON as `_recovery_source` until the
@@ -288,9 +291,33 @@ def _create(engine: Engine, name: str, body: dict, field_type: str) -> None:
         raise IndexProblem(f"{engine.label} refused the mapping for {name}: {exc.reason}") from None
 
 
-@_step
+# A merge that outlives its request timeout goes on in the node; sending it again would only
+# wait another hour (five times over under the step retry). Busy answers and refused
+# connections are still worth another try.
+_merge_step = tenacity.retry(retry=tenacity.retry_if_exception(lambda exc: transient(exc)
+                                                               and not isinstance(exc, EngineTimeout)),
+                             stop=tenacity.stop_after_attempt(5), wait=tenacity.wait_exponential(multiplier=1, max=20),
+                             reraise=True)
+
+
 def _finalize(engine: Engine, name: str, settle: bool, status: Callable[[str], None] | None = None) -> int:
     say = status or (lambda _line: None)
+    _prepare_merge(engine, name, settle, say)
+    # One segment: smaller, faster to search, and deleted copies from a resume are dropped.
+    say(f"merging {name} into one segment")
+    started = time.monotonic()
+    try:
+        _merge_step(engine.forcemerge)(name, FORCE_MERGE_TIMEOUT_S)
+        say(f"merged in {time.monotonic() - started:.0f} s")
+    except EngineTimeout:
+        # The index is complete and searchable; only its size and speed wait for the merge.
+        say(f"the merge of {name} did not finish within {FORCE_MERGE_TIMEOUT_S} s; it goes on in the node, and "
+            "the index serves meanwhile")
+    return _step(engine.count)(name)
+
+
+@_step
+def _prepare_merge(engine: Engine, name: str, settle: bool, say: Callable[[str], None]) -> None:
     engine.set_refresh_interval(name, None)  # null restores the default
     engine.refresh(name)
     if settle:
@@ -304,12 +331,6 @@ def _finalize(engine: Engine, name: str, settle: bool, status: Callable[[str], N
         # The merge also keeps whatever lies past the last *persisted* global checkpoint and the
         # last safe commit; the load's final batch can leave both behind until the next commit.
         engine.flush(name, force=True)
-    # One segment: smaller, faster to search, and deleted copies from a resume are dropped.
-    say(f"merging {name} into one segment")
-    started = time.monotonic()
-    engine.forcemerge(name, FORCE_MERGE_TIMEOUT_S)
-    say(f"merged in {time.monotonic() - started:.0f} s")
-    return engine.count(name)
 
 
 def _await_history_release(engine: Engine, name: str, timeout_s: float) -> float | None:
