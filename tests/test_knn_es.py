@@ -68,6 +68,14 @@ def test_knn_refuses_other_model(engine, alias, vector_export):
         knn.KnnBackend(engine, alias, expected_fingerprint="ef" * 32)
 
 
+def test_knn_build_refuses_an_alias_no_index_can_have_before_creating_one(engine, alias, vector_export):
+    from sparcode.pipeline.indexer import IndexProblem
+
+    with pytest.raises(IndexProblem, match="use lowercase letters"):
+        knn.build(engine, vector_export, alias.upper(), progress=False)
+    assert not engine.matching(f"{alias}*") and not engine.matching(f"{alias.upper()}*")
+
+
 def test_knn_backend_refuses_the_model_its_alias_moved_to(engine, alias, vector_export, tmp_path):
     knn.build(engine, vector_export, alias, progress=False)
     backend = knn.KnnBackend.open(alias, vector_export, connection=engine)

@@ -98,6 +98,12 @@ def test_generic_round_trip(tmp_path):
     ({"sequences.txt": "u1 a\n", "users.tsv": "u1 age=3\n"}, "separated by TABs, not spaces", 1),
     ({"sequences.txt": "u1 a b\ru2 b c\r"}, "carriage return inside a line", 1),
     ({"sequences.txt": "u1 a b\r\nu2 b c\nu3 c\rd\n"}, "carriage return inside a line", 3),
+    # A feature named like a field every exported item document has would overwrite it.
+    ({"sequences.txt": "u1 a b\n", "items.tsv": "a\tcolor=red\nb\tord=o1\n"}, "'ord' is reserved", 2),
+    ({"sequences.txt": "u1 a b\n", "items.tsv": "a\tcodes=x\n"}, "'codes' is reserved", 1),
+    ({"sequences.txt": "u1 a b\n", "items.tsv": "a\t_id=x\n"}, "'_id' is reserved", 1),
+    ({"sequences.txt": "u1 a b\n", "items.tsv": "a\tgenre=Drama\tgenre=Comedy\n"},
+     "'genre' appears twice on this line; give several values as genre=a|b", 1),
 ])
 def test_generic_errors_name_file_and_line(tmp_path, files, message, line):
     for name, text in files.items():
@@ -193,3 +199,29 @@ def test_bom_user_is_the_same_user_later(tmp_path):
     write(tmp_path / "sequences.txt", BOM + "u1 a\nu2 b\nu1 c\n")
     with pytest.raises(DataError, match=r"line 3: user 'u1' appears twice"):
         load_dataset(tmp_path)
+
+
+def test_user_features_may_use_the_item_documents_field_names(tmp_path):
+    write(tmp_path / "sequences.txt", "u1 a b\n")
+    write(tmp_path / "users.tsv", "u1\tord=first\n")  # users are never indexed as documents
+    assert load_dataset(tmp_path).user_features[0].name == "ord"
+
+
+@pytest.mark.parametrize("stem", ["sequences.txt", "items.tsv"])
+def test_a_file_present_plain_and_gzipped_is_refused_naming_both(tmp_path, stem):
+    write(tmp_path / "sequences.txt", "u1 a b\n")
+    write(tmp_path / "items.tsv", "a\tcolor=red\n")
+    write(tmp_path / f"{stem}.gz", "u1 a b c\n" if stem == "sequences.txt" else "a\tcolor=blue\n", compress=True)
+    with pytest.raises(DataError, match=rf"holds both {stem} and {stem}.gz"):
+        load_dataset(tmp_path)
+
+
+def test_a_folder_named_like_the_sequences_file_is_named_as_such(tmp_path):
+    (tmp_path / "sequences.txt").mkdir()
+    with pytest.raises(DataError, match="sequences.txt is not a file"):
+        load_dataset(tmp_path)
+
+
+def test_ids_are_cut_at_spaces_and_tabs_only(tmp_path):
+    write(tmp_path / "sequences.txt", "u1 Star\u00a0Wars\tb  c\u2028d\n")
+    assert load_dataset(tmp_path).item_ids == ["Star\u00a0Wars", "b", "c\u2028d"]

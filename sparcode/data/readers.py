@@ -49,6 +49,9 @@ from sparcode.data.errors import DataError
 from sparcode.data.paths import dataset_file
 
 PAD_VALUE = "<pad>"
+# Exported item documents have these fields of their own (SparCode codes, two-tower vector,
+# TIGER sid prefixes): a feature of the same name would overwrite them.
+RESERVED_ITEM_FIELDS = frozenset({"item_id", "ord", "codes", "vector", "sid", "cold"})
 NAMED = ("ml-1m", "beauty", "sports")
 
 
@@ -270,10 +273,23 @@ _NAMED_LOADERS = {"ml-1m": load_ml1m, "beauty": load_beauty, "sports": load_spor
 # --- generic ----------------------------------------------------------------------------------
 
 def _sibling(folder: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
+    """`stem` or `stem.gz` in `folder`; both present is refused, since a stale copy of either
+    would be read without a word."""
+    found = [folder / name for name in (stem, stem + ".gz") if (folder / name).exists()]
+    if len(found) == 2:
+        raise DataError(f"holds both {stem} and {stem}.gz; keep the one to read", folder)
+    if found and not found[0].is_file():
+        raise DataError(f"{found[0].name} is not a file", folder)
+    return found[0] if found else None
+
+
+# Generic files separate fields by spaces or tabs only: str.split() would also cut an id at a
+# no-break space or a Unicode line separator, which ids copied from titles do contain.
+_GENERIC_FIELDS = re.compile(r"[ \t]+")
+
+
+def _generic_fields(line: str) -> list[str]:
+    return [field for field in _GENERIC_FIELDS.split(line.strip(" \t\r\n")) if field]
 
 
 def load_generic(path: Path) -> Dataset:
@@ -287,7 +303,7 @@ def load_generic(path: Path) -> Dataset:
     item_index: dict[str, int] = {}
     sequences = []
     for lineno, line in text_lines(seq_path):
-        fields = line.split()
+        fields = _generic_fields(line)
         if not fields or fields[0].startswith("#"):
             continue
         if len(fields) < 2:
@@ -329,6 +345,13 @@ def _read_feature_file(path: Path, index: dict[str, int], kind: str) -> tuple[li
             feature, sep, values = field.partition("=")
             if not sep or not feature:
                 raise DataError(f"expected 'feature=value|value', got {field!r}", path, lineno)
+            if kind == "item" and (feature in RESERVED_ITEM_FIELDS or feature.startswith("_")):
+                raise DataError(f"item feature name {feature!r} is reserved (each indexed item document has "
+                                f"{', '.join(sorted(RESERVED_ITEM_FIELDS))}, and names starting with '_' are "
+                                "the search engine's); rename it", path, lineno)
+            if feature in rows[index[key]]:
+                raise DataError(f"feature {feature!r} appears twice on this line; give several values as "
+                                f"{feature}=a|b", path, lineno)
             names.setdefault(feature)
             rows[index[key]][feature] = [v for v in values.split("|") if v]
     features = [categorical(f, [row.get(f, []) for row in rows]) for f in names]

@@ -11,8 +11,11 @@ Users whose sequence is too short to leave a target (n < 2) are left out of the 
 
 ``leave-one-out`` (S3-Rec/TIGER; used for Beauty): every user is a train user. The last item
 is the test target, the second last the validation target, windows are cut from
-``seq[:-2]``; ``seen`` is the whole sequence before the target. Users with fewer than three
-items only train. Seen items are kept at evaluation by default (TIGER's protocol).
+``seq[:-2]``; ``seen`` is the whole sequence before the target. A user needs 4 items to give a
+training window (``seq[:-2]`` must hold a history and a positive) and 3 to be evaluated; a user
+with 2 items or fewer is in no part of the split, though counted in ``train_users`` (runs record
+that count, so it stays). The 5-core datasets have no such users. Seen items are kept at
+evaluation by default (TIGER's protocol).
 
 A window at position p ≥ 1 of a training sequence has history ``seq[max(0, p-H):p]``
 (left-padded with ``dataset.padding_item``) and positive ``seq[p]``.

@@ -109,6 +109,16 @@ def load_step(streams: int):
     return retry_transient if streams > 1 else retry_unavailable
 
 
+def checked_alias(engine: Engine, alias: str) -> list[str]:
+    """The indices `alias` points at, once it is known to be a name every build can use: the
+    engine's own refusal of a bad name would come only after a versioned index was named for it."""
+    if alias != alias.lower() or not re.match(r"^[a-z0-9][a-z0-9_.-]*$", alias):
+        raise IndexProblem(f"alias {alias!r}: use lowercase letters, digits, '-', '_' or '.'")
+    if engine.exists(alias) and not engine.alias_exists(alias):
+        raise IndexProblem(f"{alias!r} is a concrete index, not an alias; pick another --alias")
+    return engine.alias_holders(alias)
+
+
 def versioned_name(alias: str, fingerprint: str, now: datetime | None = None) -> str:
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dt%H%M%S%fz")
     return f"{alias}-{fingerprint[:8].lower()}-{stamp}"
@@ -166,11 +176,7 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
     A load that fails once the index exists raises `IncompleteLoad`, naming the index to resume;
     `delete_old` also removes the alias's unfinished leftovers once the new index serves.
     """
-    if alias != alias.lower() or not re.match(r"^[a-z0-9][a-z0-9_.-]*$", alias):
-        raise IndexProblem(f"alias {alias!r}: use lowercase letters, digits, '-', '_' or '.'")
-    if engine.exists(alias) and not engine.alias_exists(alias):
-        raise IndexProblem(f"{alias!r} is a concrete index, not an alias; pick another --alias")
-    previous = engine.alias_holders(alias)
+    previous = checked_alias(engine, alias)
     name = unfinished_index(engine, alias, export.fingerprint) if resume else None
     resumed = name is not None
     if previous and not replace and not resumed:

@@ -28,7 +28,7 @@ from sparcode.pipeline.backends import BackendError, Hit, ServedIndex, _per_quer
 from sparcode.pipeline.engine import Engine
 from sparcode.pipeline.export import SUMMARY_KEYS
 from sparcode.pipeline.indexer import (SETTLE_MIN_DOCS, BuildResult, CpuMeter, IncompleteLoad, IndexProblem, _create,
-                                       _finalize, kept_if_failed, load_step, publish, versioned_name)
+                                       _finalize, checked_alias, kept_if_failed, load_step, publish, versioned_name)
 from sparcode.pipeline.vectors import VectorSet, open_vector_export
 
 FIELD = "vector"
@@ -97,9 +97,7 @@ def build(engine: Engine, export_dir, alias: str, *, m: int = 16, ef_constructio
     """A new versioned dense_vector index of the export's vectors; `alias` moved onto it.
     `status(line)` hears what the build waits for after the load (the HNSW graph is built by the merge)."""
     export = open_vector_export(export_dir)
-    previous = engine.alias_holders(alias)
-    if engine.exists(alias) and not previous:
-        raise IndexProblem(f"{alias!r} is a concrete index, not an alias; pick another --alias")
+    previous = checked_alias(engine, alias)
     if previous and not replace:
         raise IndexProblem(f"alias {alias!r} already points at {', '.join(previous)}; "
                            "use `sparcode reindex` to replace it")
