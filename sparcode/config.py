@@ -27,6 +27,11 @@ DEAD_CODE_SHARE = 0.1  # a code used at a tenth of the uniform rate is dead
 
 @dataclass
 class ModelConfig:
+    # Keys older runs recorded that no longer mean anything: read and dropped, so those runs and
+    # configs copied from them still load. feature_dim was never used (features are embedded at
+    # `dim`).
+    RETIRED_KEYS: typing.ClassVar[frozenset[str]] = frozenset({"feature_dim"})
+
     kind: str = "sparcode"
     dim: int = 64  # token width; split into `codebooks` sub-vectors by the quantizer
     tokenizer: str = "attention"
@@ -68,7 +73,6 @@ class ModelConfig:
     # the exact ReLU(S + b̃).
     train_activation: str = "softplus"
     dropout: float = 0.1
-    feature_dim: int = 16
     # EASE only
     # Beauty chose 100 for seen-items-excluded scoring and 300 with them kept; ml-1m chose 1000.
     ease_lambda: list[float] = field(default_factory=lambda: [30.0, 100.0, 300.0, 1000.0, 3000.0])
@@ -333,6 +337,8 @@ def check_fields(cls, data: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{label}: expected an object, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    retired = getattr(cls, "RETIRED_KEYS", frozenset())
+    data = {key: value for key, value in data.items() if key not in retired}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{label}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 import time
 
-import click
 import numpy as np
 import pytest
 

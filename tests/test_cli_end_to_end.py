@@ -16,7 +16,7 @@ from sparcode.config import RunConfig
 
 TINY = {
     "model": {"dim": 16, "codebooks": 2, "codes": 8, "user_tokens": 2, "scorer_hidden": 8, "tokenizer": "dnn",
-              "kmeans_iters": 3, "feature_dim": 4},
+              "kmeans_iters": 3},
     "train": {"epochs": 2, "batch_size": 64, "negatives": 16, "patience": 5, "max_history": 5, "threads": 1},
     "serve": {"stored_fraction": 0.3},
 }

@@ -244,3 +244,12 @@ def test_a_config_that_can_be_read_only_once_is_read_once(tmp_path):
     writer.join(timeout=5)
     one_line_error(result, "train.epochs must be ≥ 1, got -3")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_retired_key_older_runs_recorded_still_loads_and_means_nothing():
+    from sparcode.config import RunConfig
+
+    old = RunConfig().to_dict()
+    assert "feature_dim" not in old["model"]
+    old["model"]["feature_dim"] = 16  # as every run before its removal recorded it
+    assert RunConfig.from_dict(old) == RunConfig()

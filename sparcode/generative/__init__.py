@@ -9,6 +9,6 @@
     config.py        TigerConfig
 
 Entry points for the CLI: `train_tiger.train_tiger`, `train_tiger.evaluate_tiger`,
-`train_tiger.search_tiger`, `train_tiger.build_semantic_ids`. Nothing is imported here, so
+`train_tiger.TigerSearcher` (one user's search), `train_tiger.build_semantic_ids`. Nothing is imported here, so
 importing the package does not load torch.
 """

@@ -516,8 +516,3 @@ class TigerSearcher:
         return [(self.dataset.item_ids[item], float(scores[0][rank]) if rank < len(generated) and generated[rank] == item
                  else float("-inf")) for rank, item in enumerate(ranked[:k])]
 
-
-def search_tiger(run_dir: Path, user_id: str, k: int = 10, exclude_seen: bool = True,
-                 cold_slots: float = 0.0) -> list[tuple[str, float]]:
-    """Top-k (external item id, log-probability of its semantic ID) for one user."""
-    return TigerSearcher(run_dir).search(user_id, k, exclude_seen=exclude_seen, cold_slots=cold_slots)
