@@ -21,7 +21,6 @@ protocol understates itself.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
@@ -121,10 +120,9 @@ class EaseModel:
     def save(self, directory: Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        torch.save({"B": self.B.contiguous()}, directory / WEIGHTS)
-        meta = {"format": FORMAT, "lambda": self.lam, "history": self.history, "fold_in": self.fold_in,
-                "n_items": self.n_items, "info": self.info}
-        (directory / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        ckpt.atomic_torch_save({"B": self.B.contiguous()}, directory / WEIGHTS)
+        ckpt.write_json(directory / META, {"format": FORMAT, "lambda": self.lam, "history": self.history,
+                                           "fold_in": self.fold_in, "n_items": self.n_items, "info": self.info})
 
     @classmethod
     def load(cls, directory: Path) -> "EaseModel":

@@ -162,7 +162,7 @@ def load_ids(out_dir: Path) -> tuple[np.ndarray, dict]:
     if not (out_dir / IDS).is_file() or not (out_dir / IDS_META).is_file():
         raise FileNotFoundError(f"no semantic IDs in {out_dir}; build them with `sparcode semantic-ids --out RUN_DIR`")
     try:
-        ids = np.load(out_dir / IDS)
+        ids = np.load(out_dir / IDS, allow_pickle=False)
     except (ValueError, EOFError, OSError) as err:
         raise UnreadableFile(f"{out_dir / IDS}: not a complete array file ({err})") from None
     return ids, read_json(out_dir / IDS_META)

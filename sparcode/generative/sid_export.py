@@ -61,7 +61,7 @@ def export_semantic_ids(run_dir: Path, dataset, out_dir: Path, run_info: dict, f
     if clash:
         raise SidExportError(f"item attribute(s) {sorted(clash)} clash with the semantic-ID fields")
     # Without a trained model there is no held-out set yet: every item is warm.
-    cold = np.load(folder / COLD) if (folder / COLD).is_file() else np.zeros(0, dtype=np.int64)
+    cold = np.load(folder / COLD, allow_pickle=False) if (folder / COLD).is_file() else np.zeros(0, dtype=np.int64)
     depths = list(range(1, ids.shape[1] + 1))
 
     with staged_directory(out_dir, marker=is_export) as tmp:
