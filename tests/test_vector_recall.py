@@ -209,3 +209,13 @@ def test_a_saved_graph_folder_holding_other_files_is_left_alone(vectors, tmp_pat
     with pytest.raises(OccupiedTarget):
         open_index(tmp_path, vectors)
     assert (folder / "notes.txt").read_text() == "mine"
+
+
+
+def test_a_read_only_export_is_served_from_a_graph_built_in_memory(vectors, tmp_path, monkeypatch):
+    def refused(self, directory):  # what a read-only mount answers (root would write through a chmod)
+        raise PermissionError(13, "Permission denied", str(directory))
+
+    monkeypatch.setattr(HnswIndex, "save", refused)
+    index, built = open_index(tmp_path, vectors)
+    assert built and index.meta["items"] == len(vectors.item_ids) and not any(tmp_path.iterdir())

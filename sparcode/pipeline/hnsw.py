@@ -124,7 +124,10 @@ def open_index(export_dir, vectors: VectorSet, params: HnswParams = HnswParams()
                 and loaded.meta.get("items") == len(vectors.item_ids) and loaded.meta["transform"] == params.transform:
             return loaded, False
     built = HnswIndex.build(vectors, params)
-    built.save(directory)
+    try:
+        built.save(directory)
+    except PermissionError:
+        pass  # a read-only export (a shared mount) is still served, from the graph just built
     return built, True
 
 
