@@ -372,6 +372,13 @@ def test_search_by_history_equals_search_by_user_without_profiles(trained):
     assert unknown.exit_code == 1 and "unknown item 'nope'" in unknown.output
     both = invoke("search", "--run", run, "--history", "i1", "--user", "u1", "--backend", "local", "--export", export)
     assert both.exit_code == 2 and "exactly one of" in both.output
+    listed = root / "history.txt"  # one id per line and several on one, as a user's export would mix them
+    listed.write_text("\n".join([" ".join(line[1:3]), *line[3:]]) + "\n")
+    by_file = invoke("search", "--run", run, "--history-file", listed, "--backend", "local", "--export", export, "--json")
+    assert by_file.exit_code == 0, by_file.output
+    assert json.loads(by_file.output)["hits"] == json.loads(by_history.output)["hits"]
+    two = invoke("search", "--run", run, "--history", "i1", "--history-file", listed, "--backend", "local")
+    assert two.exit_code == 2 and "exactly one of" in two.output
 
 
 def test_four_codebooks_spell_four_part_terms_and_serve_as_evaluated(trained, tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -82,6 +83,9 @@ MAX_K = 10_000
 @click.option("--user", "user_id", default=None, metavar="USER_ID", help="External user id, as in the dataset.")
 @click.option("--history", "history_items", default=None, metavar="ITEM,ITEM,...",
               help="Instead of --user: the items an unknown user interacted with, oldest first, comma-separated.")
+@click.option("--history-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              metavar="FILE", help="Like --history, from a UTF-8 file of item ids separated by spaces, tabs or "
+                                   "newlines (for ids that contain commas).")
 @click.option("--k", type=click.IntRange(1, MAX_K), default=10, show_default=True,
               help=f"How many items (at most {MAX_K:,}, a search node's default result window).")
 @click.option("--backend", type=click.Choice(BACKENDS), default=None,
@@ -100,8 +104,8 @@ MAX_K = 10_000
 @click.option("--num-candidates", type=click.IntRange(min=1), default=None,
               help="es-knn: candidates per shard (≥ k; default 100).")
 @url_option
-def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filters, exclude_seen, explain, as_json, ef,
-            num_candidates, url):
+def command(run_dir, user_id, history_items, history_file, k, backend, alias, export_dir, filters, exclude_seen, explain,
+            as_json, ef, num_candidates, url):
     """Recommend K items for USER: user → tokens → codes → one term query (two-tower: user vector → ANN)."""
     with user_errors():
         from sparcode.encoder.runs import open_run
@@ -109,8 +113,12 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
         from sparcode.encoder.users import user_history
         from sparcode.pipeline.query import parse_filter
 
-        if (user_id is None) == (history_items is None):
-            raise click.UsageError("give exactly one of --user ID and --history ITEM,ITEM,…")
+        if sum(given is not None for given in (user_id, history_items, history_file)) != 1:
+            raise click.UsageError("give exactly one of --user ID, --history ITEM,ITEM,… and --history-file FILE")
+        if history_file is not None:
+            history_items = _history_from_file(history_file)
+        elif history_items is not None:
+            history_items = [item.strip() for item in history_items.split(",") if item.strip()]
         if backend not in (None, "tiger"):
             check_url(backend, url)
         run = open_run(run_dir)
@@ -136,7 +144,7 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
         if history_items is not None:
             from sparcode.encoder.users import anonymous_history
 
-            user_index, history, seen = anonymous_history(run, [i.strip() for i in history_items.split(",") if i.strip()])
+            user_index, history, seen = anonymous_history(run, history_items)
             user_id = "(history)"
         else:
             user_index, history, seen = user_history(run, user_id)
@@ -183,6 +191,14 @@ def command(run_dir, user_id, history_items, k, backend, alias, export_dir, filt
     if not hits:
         # An empty list is a valid answer (a filter, or no positive score), but a silent one looks broken.
         click.echo("no items matched" + (f" (--filter {' '.join(filters)})" if filters else ""), err=True)
+
+
+def _history_from_file(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise click.ClickException(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
+    return [item for item in re.split(r"[ \t\r\n]+", text) if item]
 
 
 def _title(value):
