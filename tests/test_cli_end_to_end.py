@@ -600,3 +600,32 @@ def test_codebooks_are_seeded_from_many_windows_once_per_run_not_on_resume(train
     result = invoke(*args, "--config", cfg, "--epochs", 2, "--resume")
     assert result.exit_code == 0, result.output
     assert seeded == [200]  # the resumed codebook is the trained one, not a second k-means
+
+
+def test_an_interrupted_run_resumed_trains_exactly_what_an_uninterrupted_one_does(trained, tmp_path, monkeypatch):
+    """Resume restores every random stream (window order, negatives, dropout): the weights and
+    history after 1 + 2 epochs equal those after 3 straight. A stop between an epoch's history
+    line and its state leaves a line that the resume must not keep twice."""
+    import torch
+
+    from sparcode.encoder import checkpoint as ckpt
+
+    root, data, _, _ = trained
+    cfg = tmp_path / "three.json"
+    cfg.write_text(json.dumps({**TINY, "model": {**TINY["model"], "dropout": 0.3},
+                               "train": {**TINY["train"], "epochs": 3}}))
+    args = ("train", "--model", "sparcode", "--dataset", data, "--split", "leave-one-out", "--quiet")
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert invoke(*args, "--config", cfg, "--out", straight).exit_code == 0
+    assert invoke(*args, "--config", cfg, "--epochs", 1, "--out", stopped).exit_code == 0
+    # The stop came after epoch 2's history line was appended, before its state was saved.
+    history = (stopped / "history.jsonl").read_text()
+    (stopped / "history.jsonl").write_text(history + history.replace('"epoch": 1', '"epoch": 2') + '{"epo')
+    result = invoke(*args[:-1], "--out", stopped, "--resume", "--epochs", 3, "--quiet")
+    assert result.exit_code == 0, result.output
+    a, b = (ckpt.load_tensors(run / "weights.pt") for run in (straight, stopped))
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    lines = [json.loads(line) for line in (stopped / "history.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in lines] == [1, 2, 3]
+    expected = [json.loads(line) for line in (straight / "history.jsonl").read_text().splitlines()]
+    assert [row["loss"] for row in lines] == [row["loss"] for row in expected]

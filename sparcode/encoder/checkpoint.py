@@ -39,6 +39,26 @@ def load_tensors(path: Path):
                              f"({reason[:160]})") from None
 
 
+def trim_history(history: Path, epochs: int) -> None:
+    """Keep one line per epoch up to `epochs` (the saved state's count) in a history.jsonl: a
+    stop after an epoch's line but before its state leaves a line the resumed run writes again,
+    and a stop inside the append leaves half a line."""
+    if not history.is_file():
+        return
+    lines = history.read_text(encoding="utf-8", errors="replace").splitlines()
+    by_epoch = {}
+    for line in lines:
+        try:
+            epoch = int(json.loads(line)["epoch"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if epoch <= epochs:
+            by_epoch[epoch] = line
+    kept = [by_epoch[epoch] for epoch in sorted(by_epoch)]
+    if kept != lines:
+        atomic_write_bytes(history, "".join(line + "\n" for line in kept).encode())
+
+
 def write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 

@@ -185,7 +185,15 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
         start_epoch, best, best_epoch, stale = int(state["epoch"]) + 1, float(state["best"]), int(state["best_epoch"]), int(state["stale"])
         elapsed = float(state["elapsed"])
         generator.set_state(state["generator"])
-        rng = np.random.default_rng([cfg.seed, start_epoch])
+        if "torch_rng" in state:  # dropout and the quantizer's restarts draw from it
+            torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        # The window order replays the epochs already trained (one permutation each, cheap), so a
+        # resumed run trains on exactly the windows an uninterrupted one would.
+        for _ in range(start_epoch):
+            rng.permutation(len(split.train))
+        _agree_with_state(run_dir, state)
     elif not resume:
         (run_dir / ckpt.HISTORY).unlink(missing_ok=True)
     if start_epoch == 0 and cfg.model.kmeans_init_windows:
@@ -238,11 +246,13 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
         if quantizer is not None:
             record.update(quantizer.usage_stats())
         score = metrics[cfg.train.select_metric]
-        if score > best:
+        improved = score > best
+        if improved:
             best, best_epoch, stale = score, epoch + 1, 0
-            ckpt.atomic_torch_save(model.state_dict(), run_dir / ckpt.WEIGHTS)
         else:
             stale += 1
+        # History, then state, then best weights: a stop between any two of them is put right
+        # by the next --resume (_agree_with_state), which goes by the state.
         with open(run_dir / ckpt.HISTORY, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         if progress:
@@ -250,12 +260,25 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
         ckpt.atomic_torch_save({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
             "best": best, "best_epoch": best_epoch, "stale": stale, "elapsed": elapsed,
-            "generator": generator.get_state(),
+            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
         }, state_path)
+        if improved:
+            ckpt.atomic_torch_save(model.state_dict(), run_dir / ckpt.WEIGHTS)
         if stale >= cfg.train.patience:
             break
     return {"best_epoch": best_epoch, f"valid_{cfg.train.select_metric}": best, "train_seconds": round(elapsed, 1),
             "device": str(device), "torch": torch.__version__}
+
+
+def _agree_with_state(run_dir: Path, state: dict) -> None:
+    """Make history and best weights say what the saved state says, after a stop between
+    writing them: history lines past the state's epoch go (that epoch is trained again), and
+    when the state's epoch was the best one its model is the best weights (possibly unwritten)."""
+    done = int(state["epoch"]) + 1
+    ckpt.trim_history(run_dir / ckpt.HISTORY, done)
+    if int(state["best_epoch"]) == done:
+        ckpt.atomic_torch_save(state["model"], run_dir / ckpt.WEIGHTS)
 
 
 def seed_codebooks(model, train_set, windows: int, seed: int, device, chunk: int = 4096) -> None:

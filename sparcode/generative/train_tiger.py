@@ -259,7 +259,7 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
 
     model = tiger.model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    epoch, step, best, bad_epochs = 0, 0, -1.0, 0
+    epoch, step, best, best_epoch, bad_epochs = 0, 0, -1.0, 0, 0
     state_path = folder / STATE
     if resume is None:
         resume = state_path.is_file() and not (folder / "finished").exists()
@@ -268,6 +268,11 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         epoch, step, best, bad_epochs = int(state["epoch"]), int(state["step"]), float(state["best"]), int(state["bad_epochs"])
+        best_epoch = int(state.get("best_epoch", -1))
+        # As in the encoder's loop: history and best weights follow the state after a stop between them.
+        ckpt.trim_history(folder / HISTORY, epoch)
+        if int(state.get("best_epoch", -1)) == epoch:
+            _save_tensors(state["model"], folder / WEIGHTS)
         log(f"resuming TIGER at epoch {epoch + 1} (best valid {cfg.select_on} {best:.4f})")
     elif (folder / HISTORY).exists():
         (folder / HISTORY).unlink()
@@ -331,17 +336,18 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
             fh.write(json.dumps(row) + "\n")
         improved = valid > best
         if improved:
-            best, bad_epochs = valid, 0
-            _save_tensors({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / WEIGHTS)
+            best, best_epoch, bad_epochs = valid, epoch, 0
         else:
             bad_epochs += 1
         log(f"epoch {epoch}: loss {row['loss']:.4f}, valid R@5 {valid_metrics['recall@5']:.4f} "
             f"R@10 {valid_metrics['recall@10']:.4f} N@10 {valid_metrics['ndcg@10']:.4f}"
             f"{f' * ({cfg.select_on})' if improved else ''}, "
             f"{row['seconds_per_step'] * 1000:.0f} ms/step, eval {row['eval_seconds']}s")
-        _save_tensors({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                       "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "best": best,
-                       "bad_epochs": bad_epochs}, state_path)
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        _save_tensors({"model": weights, "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+                       "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs}, state_path)
+        if improved:
+            _save_tensors(weights, folder / WEIGHTS)
         if budget_spent or (bad_epochs >= cfg.patience and not cfg.total_steps):
             break
     (folder / "finished").write_text("")
