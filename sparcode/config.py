@@ -227,9 +227,14 @@ def _noted(rule: tuple[str, Any], note: str) -> tuple[str, Any]:
 # Ranges outside which a value breaks training or silently does nothing (epochs -1 "trained"
 # in 0 s and wrote no weights). Where 0 is allowed, it means "off" or "all" (see the field).
 _BOUNDS: dict[str, tuple[str, Any]] = {
-    "seed": at_least(0),  # numpy refuses negative seeds
-    **{f"model.{key}": at_least(1) for key in ("dim", "user_tokens", "item_tokens", "codebooks", "codes",
-                                               "scorer_hidden")},
+    "seed": ("in [0, 2**32 - 1]", lambda v: 0 <= v < 2**32),  # what numpy's legacy seeding takes
+    # A code's term spells each index in 4 digits (c0412_0077).
+    "model.codes": ("in [1, 10000]", lambda v: 1 <= v <= 10_000),
+    # Upper bounds far above anything that trains here, below sizes whose first allocation
+    # fails: past them a value is a typo, better named than met as an allocator error.
+    **{f"model.{key}": (f"in [1, {high}]", lambda v, high=high: 1 <= v <= high)
+       for key, high in (("dim", 4096), ("user_tokens", 256), ("item_tokens", 256), ("codebooks", 64),
+                         ("scorer_hidden", 8192))},
     "model.ema_decay": PROBABILITY,
     "model.commit_weight": at_least(0),
     "model.kmeans_iters": at_least(0),

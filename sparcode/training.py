@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -33,23 +34,16 @@ def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: boo
         TigerConfig.from_run_config(cfg)
         dataset_texts(dataset, cfg.dataset)
         adopt_built_ids(run_dir, cfg, dataset)
+    fresh = not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir()))
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / ckpt.CONFIG).exists():
-        cfg.save(run_dir / ckpt.CONFIG)  # first, so an interrupted run of any kind is recognised and resumable
-    if kind in ("ease", "tiger"):  # the torch trainer does this itself, once its checkpoint is checked
-        mark_unfinished(run_dir)
-    if kind == "ease":
-        from sparcode.encoder.ease_run import train_ease
-
-        summary = train_ease(run_dir, cfg, dataset, split, progress=progress)
-    elif kind == "tiger":
-        from sparcode.generative.train_tiger import train_tiger
-
-        summary = train_tiger(run_dir, dataset, split, cfg, resume=True if resume else None, progress=progress)
-    else:
-        from sparcode.encoder.train import train
-
-        summary = train(run_dir, cfg, dataset, split, resume=resume, progress=progress)
+    try:
+        summary = _fit(run_dir, cfg, dataset, split, resume, progress)
+    except BaseException:
+        if fresh and _nothing_trained(run_dir):
+            # A failure before the first checkpoint (a diverging loss, an allocation, Ctrl-C in
+            # epoch 1) would leave a folder that blocks a retry and that --resume starts over anyway.
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     cfg.save(run_dir / ckpt.CONFIG)
     summary = {**summary, "wall_seconds": round(time.perf_counter() - started, 1)}
     summary.setdefault("train_seconds", summary["wall_seconds"])
@@ -60,6 +54,32 @@ def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: boo
         "python": platform.python_version(), **summary,
     })
     return summary
+
+
+def _fit(run_dir: Path, cfg: RunConfig, dataset, split, resume: bool, progress: bool) -> dict:
+    from sparcode.encoder import checkpoint as ckpt
+
+    if not (run_dir / ckpt.CONFIG).exists():
+        cfg.save(run_dir / ckpt.CONFIG)  # first, so an interrupted run of any kind is recognised and resumable
+    kind = cfg.model.kind
+    if kind in ("ease", "tiger"):  # the torch trainer does this itself, once its checkpoint is checked
+        mark_unfinished(run_dir)
+    if kind == "ease":
+        from sparcode.encoder.ease_run import train_ease
+
+        return train_ease(run_dir, cfg, dataset, split, progress=progress)
+    if kind == "tiger":
+        from sparcode.generative.train_tiger import train_tiger
+
+        return train_tiger(run_dir, dataset, split, cfg, resume=True if resume else None, progress=progress)
+    from sparcode.encoder.train import train
+
+    return train(run_dir, cfg, dataset, split, resume=resume, progress=progress)
+
+
+def _nothing_trained(run_dir: Path) -> bool:
+    """Only what a run writes before its first checkpoint."""
+    return not run_dir.is_dir() or {path.name for path in run_dir.iterdir()} <= {"config.json", "history.jsonl"}
 
 
 def mark_unfinished(run_dir: Path) -> None:

@@ -287,3 +287,34 @@ def test_url_to_a_backend_without_a_node_is_a_usage_error(args, tmp_path):
     run.mkdir()
     result = invoke(args[0], *(["--run", run] if args[0] == "search" else [run]), *args[1:], "--url", "http://x:1")
     assert result.exit_code == 2 and "--url applies to --backend es, opensearch, es-knn" in result.output
+
+
+def test_a_diverging_run_stops_at_the_step_in_one_line_and_leaves_no_folder(trained, tmp_path):  # noqa: F811
+    root, data, _, _ = trained
+    cfg = tmp_path / "hot.json"
+    cfg.write_text(json.dumps({**TINY, "train": {**TINY["train"], "lr": 1e30, "grad_clip": 0}}))
+    out = tmp_path / "run"
+    result = invoke("train", "--model", "sparcode", "--dataset", data, "--split", "leave-one-out", "--out", out,
+                    "--config", cfg, "--quiet")
+    one_line_error(result, "training diverged: the loss is", "lower train.lr (now 1e+30) or set train.grad_clip")
+    assert not out.exists()  # nothing a retry would trip over
+
+
+def test_a_failure_in_a_resumed_run_keeps_its_folder_and_is_one_line(trained, tmp_path, monkeypatch):  # noqa: F811
+    """Only a folder this invocation made, holding no checkpoint, is removed on failure."""
+    import sparcode.encoder.train as training
+
+    root, data, cfg, _ = trained
+    out = tmp_path / "run"
+    args = ("train", "--model", "sparcode", "--dataset", data, "--split", "leave-one-out", "--out", out, "--quiet")
+    assert invoke(*args, "--config", cfg, "--epochs", 1).exit_code == 0
+    before = sorted(p.name for p in out.iterdir())
+
+    def allocator(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 2560000000000 bytes.\nmore detail")
+
+    monkeypatch.setattr(training, "build_model", allocator)
+    result = invoke(*args, "--resume", "--epochs", 2)
+    one_line_error(result, "out of memory:", "can't allocate memory")
+    assert sorted(p.name for p in out.iterdir()) == before

@@ -66,6 +66,12 @@ def user_errors():
         raise click.ClickException(f"a file ended early, probably truncated: {err}") from None
     except MemoryError as err:  # numpy names the array's size, which tells the user which setting to lower
         raise click.ClickException(f"out of memory: {err or 'an allocation failed'}") from None
+    except RuntimeError as err:
+        # torch's allocators (CPU and CUDA) raise RuntimeError, not MemoryError.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if "can't allocate memory" not in first and "out of memory" not in first.lower():
+            raise
+        raise click.ClickException(f"out of memory: {first[:300]}") from None
     except OSError as err:  # read-only or full disk, no permission, a file where a folder should be
         where = f": {err.filename}" if err.filename else ""
         raise click.ClickException(f"{err.strerror or err}{where}") from None

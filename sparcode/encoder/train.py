@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from sparcode.config import RunConfig
+from sparcode.config import ConfigError, RunConfig
 from sparcode.data.dataset import Dataset, EvalSet, Split
 from sparcode.encoder import checkpoint as ckpt
 from sparcode.encoder.models import build_model
@@ -234,7 +234,13 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
             if cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             optimizer.step()
-            total_loss += float(loss.detach())
+            step_loss = float(loss.detach())
+            if not math.isfinite(step_loss):
+                # Caught at the step: otherwise the epoch runs on and validation fails on NaN scores.
+                raise ConfigError(f"training diverged: the loss is {step_loss} at step {steps + 1} of epoch {epoch + 1}; "
+                                  f"lower train.lr (now {cfg.train.lr:g})"
+                                  + ("" if cfg.train.grad_clip else " or set train.grad_clip"))
+            total_loss += step_loss
             steps += 1
             if steps % 20 == 0:
                 bar.set_postfix(loss=f"{total_loss / steps:.3f}")
