@@ -521,3 +521,14 @@ def test_codebook_seeding_clusters_many_windows_once(tmp_path):
 
     seeded.user_tokens(torch.as_tensor(train.users[eight]), torch.as_tensor(train.histories[eight]))
     assert torch.equal(seeded.quantizer.codebook, book)
+
+
+def test_a_first_batch_smaller_than_the_codebook_inits_without_a_word(capfd):
+    """The library warns (through loguru, onto the progress bar) whenever k-means init has fewer
+    vectors than codes; sparcode does that by design, so the warning must not show."""
+    pq = ProductQuantizer(dim=8, codebooks=2, codes=16, decay=0.9, commit_weight=0.25, kmeans_iters=5,
+                          dead_code_threshold=0.0)
+    pq.train()
+    pq(torch.randn(2, 4, 8))  # 8 vectors for 16 codes
+    captured = capfd.readouterr()
+    assert "duplicates will be sampled" not in captured.err + captured.out

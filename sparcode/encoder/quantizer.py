@@ -11,8 +11,14 @@ commitment loss.
 from __future__ import annotations
 
 import torch
+from loguru import logger
 from torch import nn
 from vector_quantize_pytorch import VectorQuantize
+
+# Its one message, "k-means init received N vectors for a codebook of M - duplicates will be
+# sampled", is what every first-batch init with fewer windows than codes does by design (see
+# model.kmeans_init_windows); printed through loguru, it broke the progress bar, even with --quiet.
+logger.disable("vector_quantize_pytorch")
 
 
 class ProductQuantizer(nn.Module):
