@@ -629,3 +629,22 @@ def test_an_interrupted_run_resumed_trains_exactly_what_an_uninterrupted_one_doe
     assert [row["epoch"] for row in lines] == [1, 2, 3]
     expected = [json.loads(line) for line in (straight / "history.jsonl").read_text().splitlines()]
     assert [row["loss"] for row in lines] == [row["loss"] for row in expected]
+
+
+def test_a_run_patience_stopped_says_so_and_stays_stopped_on_resume(trained, tmp_path):
+    root, data, _, _ = trained
+    cfg = tmp_path / "impatient.json"
+    cfg.write_text(json.dumps({**TINY, "train": {**TINY["train"], "epochs": 40, "patience": 1}}))
+    run = tmp_path / "run"
+    args = ("train", "--model", "sparcode", "--dataset", data, "--split", "leave-one-out", "--out", run, "--quiet")
+    first = invoke(*args, "--config", cfg)
+    assert first.exit_code == 0 and "stopped early: no better validation recall@50 for 1 epochs, of 40 planned" \
+        in first.output, first.output
+    history = (run / "history.jsonl").read_text()
+    again = invoke(*args, "--resume", "--epochs", 45)
+    assert again.exit_code == 0 and "stopped early" in again.output, again.output
+    assert (run / "history.jsonl").read_text() == history  # not one more epoch per resume
+    patient = tmp_path / "patient.json"
+    patient.write_text(json.dumps({"train": {"patience": 3}}))
+    goes_on = invoke(*args, "--resume", "--config", patient)
+    assert goes_on.exit_code == 0 and len((run / "history.jsonl").read_text().splitlines()) > len(history.splitlines())

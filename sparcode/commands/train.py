@@ -53,13 +53,31 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
                     raise
                 raise ConfigError(f"{config_file}: {err}") from None
         _check_out(run_dir, resume, cfg.model.kind)
-        summary = train_run(run_dir, cfg, resume=resume, progress=not quiet)
-    click.echo(f"trained {model_kind} on {cfg.dataset} ({cfg.split}) in {summary['train_seconds']:.0f}s → {run_dir}")
+        try:
+            summary = train_run(run_dir, cfg, resume=resume, progress=not quiet)
+        except KeyboardInterrupt:
+            if not run_dir.exists():
+                raise click.ClickException("interrupted before the first epoch finished; nothing was kept") from None
+            raise click.ClickException(f"interrupted; {run_dir} keeps its last finished epoch: continue with "
+                                       f"`sparcode train --out {run_dir} --resume`") from None
+    click.echo(f"trained {model_kind} on {cfg.dataset} ({cfg.split}) in {summary['train_seconds']:.0f}s → {run_dir}"
+               + _how_it_ended(summary, cfg))
 
 
 # What a resumed run may change: how long and on how many threads it trains, never the model.
 RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.threads", "tiger.epochs", "tiger.patience",
                   "tiger.max_minutes")
+
+
+def _how_it_ended(summary: dict, cfg) -> str:
+    """Which epoch was kept, and whether patience ended training before its budget."""
+    if "best_epoch" not in summary or "planned_epochs" not in summary:
+        return ""
+    text = f" (best epoch {summary['best_epoch']} of {summary['epochs']}"
+    if summary.get("stopped_early"):
+        text += (f"; stopped early: no better validation {cfg.train.select_metric} for {cfg.train.patience} epochs, "
+                 f"of {summary['planned_epochs']} planned; raise train.patience to go on")
+    return text + ")"
 
 
 def _given(param: str) -> bool:

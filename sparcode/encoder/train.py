@@ -208,7 +208,10 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
     steps_per_epoch = math.ceil(per_epoch / batch_size)
     total_steps = steps_per_epoch * cfg.train.epochs
     model.train()
-    for epoch in range(start_epoch, cfg.train.epochs):
+    # A run patience already stopped stays stopped on resume: one more epoch each time would be
+    # neither the budget nor the rule (raise train.patience to go on).
+    last_epoch = start_epoch
+    for epoch in range(start_epoch, cfg.train.epochs if stale < cfg.train.patience else start_epoch):
         t0 = time.perf_counter()
         order = rng.permutation(n_examples)[:per_epoch]
         total_loss, steps = 0.0, 0
@@ -271,9 +274,11 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
         }, state_path)
         if improved:
             ckpt.atomic_torch_save(model.state_dict(), run_dir / ckpt.WEIGHTS)
+        last_epoch = epoch + 1
         if stale >= cfg.train.patience:
             break
-    return {"best_epoch": best_epoch, f"valid_{cfg.train.select_metric}": best, "train_seconds": round(elapsed, 1),
+    return {"best_epoch": best_epoch, "epochs": last_epoch, "planned_epochs": cfg.train.epochs,
+            "stopped_early": stale >= cfg.train.patience and last_epoch < cfg.train.epochs, f"valid_{cfg.train.select_metric}": best, "train_seconds": round(elapsed, 1),
             "device": str(device), "torch": torch.__version__}
 
 
