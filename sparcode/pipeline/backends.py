@@ -17,7 +17,7 @@ from sparcode.codes_fallback import CodeTable
 from sparcode.featurefield import truncate
 from sparcode.pipeline import layout
 from sparcode.pipeline import query as dsl
-from sparcode.pipeline.engine import TRANSIENT_STATUSES, Engine, EngineError, error_reason, retry_transient
+from sparcode.pipeline.engine import TRANSIENT_STATUSES, Engine, EngineError, error_reason, retry_unless_timed_out
 from sparcode.pipeline.export import Export
 
 Query = Mapping[str, float]
@@ -98,13 +98,14 @@ class ServedIndex:
     def _send_batch(self, batch: list[dict]) -> list[dict]:
         """One `_msearch`. The searches a busy node rejected inside it (429: its search queue was
         full) are sent again after a pause: one rejection must not end a whole evaluation."""
-        responses = retry_transient(self.engine.msearch)(self.alias, batch)
+        # A timed-out search is not sent again: someone is waiting, and five request timeouts are minutes.
+        responses = retry_unless_timed_out(self.engine.msearch)(self.alias, batch)
         for pause in REJECTED_PAUSES_S:
             again = [i for i, r in enumerate(responses) if "error" in r and r.get("status") in TRANSIENT_STATUSES]
             if not again:
                 break
             time.sleep(pause)
-            for i, response in zip(again, retry_transient(self.engine.msearch)(self.alias, [batch[i] for i in again])):
+            for i, response in zip(again, retry_unless_timed_out(self.engine.msearch)(self.alias, [batch[i] for i in again])):
                 responses[i] = response
         return responses
 

@@ -33,11 +33,15 @@ class OpenSearchEngine(Engine):
             raise ConnectionProblem(f"bad node URL (--url or {cls.url_var}) {redact(url)!r}: {type(exc).__name__}") from None
 
     def check(self) -> str:
-        from opensearchpy import AuthenticationException, AuthorizationException, ConnectionError, TransportError
+        from opensearchpy import (AuthenticationException, AuthorizationException, ConnectionError, SerializationError,
+                                  TransportError)
 
         shown = redact(self.url)
         try:
             info = self.client.info()
+        except SerializationError as exc:
+            raise ConnectionProblem(f"{shown} did not answer like OpenSearch: its answer to GET / is not JSON "
+                                    f"({_start(exc)})") from None
         except (AuthenticationException, AuthorizationException) as exc:
             raise ConnectionProblem(f"OpenSearch at {shown} refused our credentials (HTTP {exc.status_code}); "
                                     "check OPENSEARCH_USERNAME/PASSWORD") from None
@@ -60,10 +64,14 @@ class OpenSearchEngine(Engine):
 
     @contextlib.contextmanager
     def _translate(self):
-        from opensearchpy import ConnectionError, ConnectionTimeout, TransportError
+        from opensearchpy import ConnectionError, ConnectionTimeout, SerializationError, TransportError
 
         try:
             yield
+        except SerializationError as exc:
+            # An answer that is not JSON (a proxy's error page): opensearch-py's error for it is
+            # no TransportError, unlike the Elasticsearch client's, which is treated as no answer.
+            raise EngineUnavailable(f"SerializationError: the node's answer is not JSON ({_start(exc)})") from exc
         except ConnectionTimeout as exc:
             raise EngineTimeout(f"{type(exc).__name__}: {exc.error}") from exc
         except ConnectionError as exc:  # includes timeouts and TLS failures: no HTTP answer
@@ -90,6 +98,12 @@ class OpenSearchEngine(Engine):
 
     def _forcemerge(self, index, timeout_s):
         self.client.indices.forcemerge(index=index, max_num_segments=1, request_timeout=timeout_s)
+
+
+def _start(exc: Exception) -> str:
+    """The first characters of the answer a SerializationError carries (args[0] is the body)."""
+    body = exc.args[0] if exc.args else ""
+    return repr(str(body)[:60])
 
 
 def _as_text(actions):

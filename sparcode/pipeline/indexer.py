@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
-import tenacity
-
 from sparcode.pipeline import bulk, layout, mappings
 from sparcode.pipeline.engine import (Engine, EngineError, EngineTimeout, EngineUnavailable, redact, retry_transient,
-                                      retry_unavailable, transient)
+                                      retry_unavailable, retry_unless_timed_out)
 
 FORCE_MERGE_TIMEOUT_S = 3600
 # With `codes` out of `_source`, a merge keeps their JSON as `_recovery_source` until the
@@ -297,15 +295,6 @@ def _create(engine: Engine, name: str, body: dict, field_type: str) -> None:
         raise IndexProblem(f"{engine.label} refused the mapping for {name}: {exc.reason}") from None
 
 
-# A merge that outlives its request timeout goes on in the node; sending it again would only
-# wait another hour (five times over under the step retry). Busy answers and refused
-# connections are still worth another try.
-_merge_step = tenacity.retry(retry=tenacity.retry_if_exception(lambda exc: transient(exc)
-                                                               and not isinstance(exc, EngineTimeout)),
-                             stop=tenacity.stop_after_attempt(5), wait=tenacity.wait_exponential(multiplier=1, max=20),
-                             reraise=True)
-
-
 def _finalize(engine: Engine, name: str, settle: bool, status: Callable[[str], None] | None = None) -> int:
     say = status or (lambda _line: None)
     _prepare_merge(engine, name, settle, say)
@@ -313,7 +302,9 @@ def _finalize(engine: Engine, name: str, settle: bool, status: Callable[[str], N
     say(f"merging {name} into one segment")
     started = time.monotonic()
     try:
-        _merge_step(engine.forcemerge)(name, FORCE_MERGE_TIMEOUT_S)
+        # A merge that outlives its request timeout goes on in the node; sending it again would
+        # only wait another hour, five times over.
+        retry_unless_timed_out(engine.forcemerge)(name, FORCE_MERGE_TIMEOUT_S)
         say(f"merged in {time.monotonic() - started:.0f} s")
     except EngineTimeout:
         # The index is complete and searchable; only its size and speed wait for the merge.
