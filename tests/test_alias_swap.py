@@ -83,6 +83,9 @@ class FlakyEngine:
         self._maybe_fail("delete")
         self.indices -= set(names)
 
+    def exists(self, name):
+        return name in self.indices
+
 
 NEW = "sc-dddd-20261204t120000000000z"
 META = {"fingerprint": "f" * 64, "complete": True}
@@ -128,10 +131,39 @@ def test_a_failed_delete_says_the_alias_moved_and_what_is_left():
     from sparcode.pipeline.engine import EngineError
 
     engine = FlakyEngine({OLD}, {OLD, NEW}, {"delete": (EngineError(403, "index read-only"), None)})
-    with pytest.raises(indexer.IndexProblem, match=rf"alias sc now serves {NEW}, but the old indices {OLD} were not"):
+    with pytest.raises(indexer.IndexProblem, match=rf"alias sc serves {NEW}, but {OLD} were not deleted: rerun with"):
         indexer.publish(engine, "sc", NEW, META, [OLD], delete_old=True)
     assert engine.alias_holders("sc") == [NEW]
 
+
+def test_a_failed_delete_never_advises_deleting_what_another_build_made_the_alias_serve():
+    """Two builds with --delete-old: the other one moved the alias onto THEIRS (an index this
+    build was about to delete as old) and deleted this build's index. The way on must not be
+    "delete THEIRS": that would leave the alias on nothing."""
+    from sparcode.pipeline.engine import EngineError
+
+    theirs = "sc-ffff-20261204t120500000000z"
+    engine = FlakyEngine({OLD}, {OLD, NEW, theirs}, {"delete": (EngineError(404, "index_not_found_exception"), None)})
+    real_delete = engine.delete_indices
+
+    def the_other_build_wins(names):
+        engine.holders, engine.indices = {theirs}, {theirs}  # its swap and its --delete-old land first
+        real_delete(names)
+
+    engine.delete_indices = the_other_build_wins
+    with pytest.raises(indexer.IndexProblem) as problem:
+        indexer.publish(engine, "sc", NEW, META, [OLD], delete_old=True)
+    assert f"alias sc serves {theirs}" in str(problem.value) and "gone or serving" in str(problem.value)
+    assert "delete them" not in str(problem.value)
+
+
+def test_a_load_failing_because_another_build_deleted_its_index_says_so():
+    from sparcode.pipeline.engine import EngineError
+
+    engine = FlakyEngine({OLD}, {OLD}, {})  # NEW is already gone
+    with pytest.raises(indexer.IncompleteLoad, match=rf"the partial index {NEW} no longer exists \(deleted meanwhile"):
+        with indexer.kept_if_failed(engine, NEW, "sc"):
+            raise EngineError(404, "index_not_found_exception")
 
 def test_a_refused_completion_mark_is_an_incomplete_load():
     from sparcode.pipeline.engine import EngineError

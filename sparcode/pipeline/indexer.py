@@ -32,24 +32,30 @@ class IndexProblem(RuntimeError):
 class IncompleteLoad(IndexProblem):
     """The load into `index` failed after the index was created; the alias did not move."""
 
-    def __init__(self, cause: Exception | str, index: str, alias: str, resumable: bool = True):
+    def __init__(self, cause: Exception | str, index: str, alias: str, resumable: bool = True, gone: bool = False):
         self.index, self.alias = index, alias
         what = answered(cause)
         # One line, unless the cause lists refused documents: then the way on closes the list.
         joint = "\n" if "\n" in what else "; "
+        if gone:
+            super().__init__(f"{what}{joint}alias {alias} not moved; the partial index {index} no longer exists "
+                             f"(deleted meanwhile, perhaps by another build of {alias} with --delete-old): "
+                             "build again")
+            return
         way_on = ("`--resume` continues it once the cause is fixed, and the next build with `--delete-old` removes it"
                   if resumable else "the next build with `--delete-old` removes it")
         super().__init__(f"{what}{joint}alias {alias} not moved; the partial index {index} is kept: {way_on}")
 
 
 @contextlib.contextmanager
-def kept_if_failed(name: str, alias: str, resumable: bool = True):
+def kept_if_failed(engine: Engine, name: str, alias: str, resumable: bool = True):
     """Around the steps between creating `name` and marking it complete: a failure, or Ctrl-C,
-    names the partial index it leaves (a Ctrl-C stays an interrupt, carrying the line as a note)."""
+    names the partial index it leaves (a Ctrl-C stays an interrupt, carrying the line as a note),
+    or says it is gone when another build deleted it meanwhile (which is often why the load failed)."""
     try:
         yield
     except (bulk.BulkFailed, EngineError, EngineUnavailable) as exc:
-        raise IncompleteLoad(exc, name, alias, resumable) from exc
+        raise IncompleteLoad(exc, name, alias, resumable, gone=_gone(engine, name)) from exc
     except KeyboardInterrupt as exc:
         exc.add_note(str(IncompleteLoad("interrupted", name, alias, resumable)))
         raise
@@ -205,10 +211,10 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
             raise IndexProblem(f"{name} was started from another export of this model (its code table "
                                f"differs); rebuild without --resume")
 
-    with kept_if_failed(name, alias), CpuMeter(engine) as meter:
+    with kept_if_failed(engine, name, alias), CpuMeter(engine) as meter:
         load_step(streams)(bulk.load)(engine, export, name, term_layout=term_layout, numbering=numbering,
                                       chunk_size=chunk_size, streams=streams, on_chunk=on_chunk, progress=progress)
-    with kept_if_failed(name, alias):
+    with kept_if_failed(engine, name, alias):
         docs = _finalize(engine, name, export.n_items >= SETTLE_MIN_DOCS if settle is None else settle, status)
     if docs != export.n_items:
         raise IncompleteLoad(f"{name} holds {docs} documents, the export has {export.n_items}", name, alias)
@@ -223,7 +229,7 @@ def publish(engine: Engine, alias: str, name: str, meta: dict, previous: list[st
     the alias's other indices; returns those deleted. A failure says the state it leaves: the
     alias not moved and which index is kept, or the alias moved and what is left to delete."""
     _check_still_ours(engine, name, meta, alias)
-    with kept_if_failed(name, alias, resumable):  # not marked complete: --delete-old finds it
+    with kept_if_failed(engine, name, alias, resumable):  # not marked complete: --delete-old finds it
         _step(engine.put_meta)(name, meta)
     try:
         serving = _swap(engine, alias, name)
@@ -233,8 +239,11 @@ def publish(engine: Engine, alias: str, name: str, meta: dict, previous: list[st
             raise IndexProblem(f"{answered(exc)}; whether alias {alias} moved is unknown (its holders could not be "
                                f"read: check GET _alias/{alias}); the complete index {name} is kept") from exc
         if name not in holders:  # else only the answer was lost: the alias did move
+            kept = (f"the complete index {name} no longer exists (deleted meanwhile, perhaps by another build of "
+                    f"{alias} with --delete-old)" if _gone(engine, name) else
+                    f"the complete index {name} is kept: the next build with --delete-old removes it")
             raise IndexProblem(f"{answered(exc)}; alias {alias} not moved (it serves {', '.join(holders) or 'nothing'}); "
-                               f"the complete index {name} is kept: the next build with --delete-old removes it") from exc
+                               f"{kept}") from exc
         serving = newest(holders)
     except KeyboardInterrupt as exc:
         exc.add_note(f"interrupted while moving alias {alias} to the complete index {name}: check where it points "
@@ -253,8 +262,17 @@ def publish(engine: Engine, alias: str, name: str, meta: dict, previous: list[st
                          "rerun with --delete-old")
             raise
         except (EngineError, EngineUnavailable) as exc:
-            raise IndexProblem(f"{answered(exc)}; alias {alias} now serves {serving}, but the old indices "
-                               f"{', '.join(deleted)} were not deleted: delete them, or rerun with --delete-old") from exc
+            # Read again: another build may have moved the alias or deleted some of these meanwhile,
+            # and advice to delete an index the alias now serves would take the alias down.
+            holders = _holders_if_readable(engine, alias)
+            left = [old for old in deleted if not _gone(engine, old) and old not in (holders or [])]
+            serves = "an unknown index (check GET _alias/" + alias + ")" if holders is None else \
+                ", ".join(holders) or "nothing"
+            if not left:
+                raise IndexProblem(f"{answered(exc)}; alias {alias} serves {serves}; the old indices are gone or "
+                                   "serving (another build ran at the same time)") from exc
+            raise IndexProblem(f"{answered(exc)}; alias {alias} serves {serves}, but {', '.join(left)} "
+                               "were not deleted: rerun with --delete-old") from exc
     return deleted
 
 
@@ -268,6 +286,14 @@ def _check_still_ours(engine: Engine, name: str, meta: dict, alias: str) -> None
                            "perhaps by another build's --delete-old, and re-created by the node without its "
                            f"mapping); alias {alias} not moved; that index cannot serve or be resumed: the next "
                            "build with --delete-old removes it")
+
+
+def _gone(engine: Engine, name: str) -> bool:
+    """True only when the node says `name` does not exist; unknown (no answer) is not gone."""
+    try:
+        return not engine.exists(name)
+    except (EngineError, EngineUnavailable):
+        return False
 
 
 def _holders_if_readable(engine: Engine, alias: str) -> list[str] | None:

@@ -103,10 +103,10 @@ def build(engine: Engine, export_dir, alias: str, *, m: int = 16, ef_constructio
                            "use `sparcode reindex` to replace it")
     name = versioned_name(alias, export.fingerprint)
     _create(engine, name, index_body(export, m=m, ef_construction=ef_construction, transform=transform), FIELD_TYPE)
-    with kept_if_failed(name, alias, resumable=False), CpuMeter(engine) as meter:
+    with kept_if_failed(engine, name, alias, resumable=False), CpuMeter(engine) as meter:
         load_step(streams)(bulk.load)(engine, _VectorDocs(export, transform), name, streams=streams,
                                       progress=progress)
-    with kept_if_failed(name, alias, resumable=False):
+    with kept_if_failed(engine, name, alias, resumable=False):
         docs = _finalize(engine, name, export.n_items >= SETTLE_MIN_DOCS, status)
     if docs != export.n_items:
         raise IncompleteLoad(f"{name} holds {docs} documents, the export has {export.n_items}", name, alias,
