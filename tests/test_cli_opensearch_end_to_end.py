@@ -31,3 +31,15 @@ def test_opensearch_search_equals_local_and_explains_rank_feature(indexed):
                        "--export", export, "--explain")
     assert explained.exit_code == 0, explained.output
     assert '"rank_feature"' in explained.output and '"linear"' in explained.output
+
+
+def test_search_url_alone_finds_the_engine_it_names(indexed, os_engine, monkeypatch):
+    """`search --url` without --backend asks the node what it is, as `index --url` does."""
+    root, run, export, alias = indexed
+    monkeypatch.delenv("OPENSEARCH_URL", raising=False)
+    found = invoke("search", "--run", run, "--user", "u1", "--alias", alias, "--export", export, "--url",
+                   os_engine.url, "--json", "--k", "20")
+    assert found.exit_code == 0, found.output
+    assert json.loads(found.output)["backend"] == "opensearch"
+    local = invoke("search", "--run", run, "--user", "u1", "--backend", "local", "--export", export, "--json", "--k", "20")
+    assert json.loads(found.output)["hits"] == json.loads(local.output)["hits"]

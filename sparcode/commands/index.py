@@ -16,7 +16,8 @@ _STREAMS = click.option("--bulk-streams", "streams", type=click.IntRange(min=1),
                              "inline). More than the node's cores buys nothing.")
 
 _RESUME = click.option("--resume", is_flag=True,
-                       help="Continue the newest unfinished load of this export (one a failed load left behind).")
+                       help="Continue the newest unfinished load of this model (one a failed load left behind), "
+                            "sending every document of EXPORT_DIR again.")
 _DELETE_OLD = click.option("--delete-old", is_flag=True,
                            help="Once the new index serves, delete the index the alias pointed at before "
                                 "and every other index a build of this alias made (unfinished loads, and "

@@ -27,10 +27,15 @@ def _check_filters(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def default_backend(kind: str, url: str | None = None) -> str:
-    """A node when one is named (--url, ELASTICSEARCH_URL), else in process."""
+    """A node when one is named (--url, ELASTICSEARCH_URL), else in process; the engine at --url
+    is asked what it is, as `index --url` does."""
     if kind == "two-tower":
         return "es-knn" if url else "hnsw"
-    return "es" if url or os.environ.get("ELASTICSEARCH_URL") else "local"
+    if url:
+        from sparcode.pipeline.connect import connect
+
+        return "opensearch" if connect(url).name == "opensearch" else "es"
+    return "es" if os.environ.get("ELASTICSEARCH_URL") else "local"
 
 
 def resolve_export(run_dir: Path, export_dir: Path | None) -> Path:
@@ -96,7 +101,8 @@ MAX_K = 10_000
                                              "semantic-ID export, which then supplies the cold-start prefix matches).")
 @click.option("--export", "export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Export directory (default: the run's last export).")
-@click.option("--filter", "filters", multiple=True, callback=_check_filters, metavar="FIELD=VALUE", help="Attribute filter FIELD=VALUE, e.g. genres=Comedy (repeatable).")
+@click.option("--filter", "filters", multiple=True, callback=_check_filters, metavar="FIELD=VALUE", help="Attribute filter FIELD=VALUE, e.g. genres=Comedy. Repeatable: values of one field are "
+                   "alternatives (any of them), different fields must all match.")
 @click.option("--exclude-seen/--keep-seen", default=True, show_default=True, help="Drop items the user already has.")
 @click.option("--explain", is_flag=True, help="Print the exact request body (send it with curl to POST /<alias>/_search).")
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
