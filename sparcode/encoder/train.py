@@ -240,8 +240,8 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
             step_loss = float(loss.detach())
             if not math.isfinite(step_loss):
                 # Caught at the step: otherwise the epoch runs on and validation fails on NaN scores.
-                raise ConfigError(f"training diverged: the loss is {step_loss} at step {steps + 1} of epoch {epoch + 1}; "
-                                  f"lower train.lr (now {cfg.train.lr:g})"
+                raise ConfigError(f"training diverged: the loss is {step_loss} at step {steps + 1} of epoch "
+                                  f"{epoch + 1}; lower train.lr (now {cfg.train.lr:g})"
                                   + ("" if cfg.train.grad_clip else " or set train.grad_clip"))
             total_loss += step_loss
             steps += 1
@@ -278,7 +278,8 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
         if stale >= cfg.train.patience:
             break
     return {"best_epoch": best_epoch, "epochs": last_epoch, "planned_epochs": cfg.train.epochs,
-            "stopped_early": stale >= cfg.train.patience and last_epoch < cfg.train.epochs, f"valid_{cfg.train.select_metric}": best, "train_seconds": round(elapsed, 1),
+            "stopped_early": stale >= cfg.train.patience and last_epoch < cfg.train.epochs,
+            f"valid_{cfg.train.select_metric}": best, "train_seconds": round(elapsed, 1),
             "device": str(device), "torch": torch.__version__}
 
 

@@ -105,7 +105,8 @@ class ServedIndex:
             if not again:
                 break
             time.sleep(pause)
-            for i, response in zip(again, retry_unless_timed_out(self.engine.msearch)(self.alias, [batch[i] for i in again])):
+            resent = retry_unless_timed_out(self.engine.msearch)(self.alias, [batch[i] for i in again])
+            for i, response in zip(again, resent):
                 responses[i] = response
         return responses
 

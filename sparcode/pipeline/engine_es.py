@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import contextlib
 
-from sparcode.pipeline.engine import (MAX_CHUNK_BYTES, ConnectionProblem, Engine, EngineError, EngineTimeout, EngineUnavailable,
-                                      WrongEngine, error_reason, major_version, redact, scrub)
+from sparcode.pipeline.engine import (MAX_CHUNK_BYTES, ConnectionProblem, Engine, EngineError, EngineTimeout,
+                                      EngineUnavailable, WrongEngine, error_reason, major_version, redact, scrub)
 
 SUPPORTED_MAJOR = 8
 # The 8.x client sends and receives the compatibility-mode type, plain JSON elsewhere.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 
-from sparcode.pipeline.engine import (MAX_CHUNK_BYTES, ConnectionProblem, Engine, EngineError, EngineTimeout, EngineUnavailable,
-                                      WrongEngine, error_reason, major_version, redact)
+from sparcode.pipeline.engine import (MAX_CHUNK_BYTES, ConnectionProblem, Engine, EngineError, EngineTimeout,
+                                      EngineUnavailable, WrongEngine, error_reason, major_version, redact)
 
 SUPPORTED_MAJOR = 2
 
