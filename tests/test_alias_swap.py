@@ -271,3 +271,25 @@ def test_a_merge_refused_by_a_busy_node_is_sent_again():
     engine, said = MergingEngine([EngineError(429, "busy"), EngineUnavailable("ConnectionError: refused")]), []
     assert indexer._finalize(engine, "sc-x", settle=False, status=said.append) == 7
     assert engine.calls.count("forcemerge") == 3 and said[-1].startswith("merged in")
+
+
+def test_delete_old_spares_newer_builds_and_whatever_the_alias_serves_when_read_again():
+    """Two builds with --delete-old at once each deleted the other's index, leaving the alias
+    on nothing: a build deletes only indices older than its own, minus the alias's holders read
+    just before the delete."""
+    newer = "sc-ffff-20261204t130000000000z"  # another build, started later (loading, or about to swap)
+    engine = FlakyEngine({OLD}, {OLD, NEW, newer, ORPHAN}, {})
+    assert indexer.publish(engine, "sc", NEW, META, [OLD], delete_old=True) == sorted([OLD, ORPHAN])
+    assert engine.indices == {NEW, newer}
+    # The other build swapped between this build's swap and its delete: its index serves now.
+    engine = FlakyEngine({OLD}, {OLD, NEW, ORPHAN}, {})
+    real_holders = engine.alias_holders
+    reads = []
+
+    def moved_meanwhile(alias):
+        reads.append(alias)
+        return [ORPHAN] if len(reads) > 1 else real_holders(alias)  # after the swap's own read-back
+
+    engine.alias_holders = moved_meanwhile
+    assert ORPHAN not in indexer.publish(engine, "sc", NEW, META, [OLD], delete_old=True)
+    assert ORPHAN in engine.indices

@@ -253,7 +253,15 @@ def publish(engine: Engine, alias: str, name: str, meta: dict, previous: list[st
         status(f"a build running at the same time moved {alias} to {serving}, the newer index")
     if not delete_old:
         return []
-    deleted = sorted({old for old in previous if old != serving} | set(versioned_indices(engine, alias)) - {serving})
+    # Never a newer build's index (it may still be loading, or about to serve), and never what the
+    # alias serves when read again just before the delete: two builds with --delete-old at once
+    # otherwise each delete the other's index, and the alias ends on nothing.
+    stamp = _stamp(serving)
+    older = {old for old in versioned_indices(engine, alias) if _stamp(old) < stamp}
+    holders = _holders_if_readable(engine, alias)
+    if holders is None:
+        return []  # cannot tell what serves: delete nothing rather than guess
+    deleted = sorted(({old for old in previous} | older) - set(holders) - {serving})
     if deleted:
         try:
             _step(engine.delete_indices)(deleted)
@@ -389,4 +397,9 @@ def _swap(engine: Engine, alias: str, name: str) -> str:
 
 def newest(indices: list[str]) -> str:
     """The most recently built of an alias's versioned indices (`versioned_name`'s timestamp)."""
-    return max(indices, key=lambda name: name.rsplit("-", 1)[-1])
+    return max(indices, key=_stamp)
+
+
+def _stamp(name: str) -> str:
+    """`versioned_name`'s timestamp, which sorts in time order."""
+    return name.rsplit("-", 1)[-1]
