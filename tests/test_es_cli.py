@@ -87,9 +87,9 @@ def recorded_process(tmp_path):
     (home / "node.json").write_text(json.dumps({"port": 9298, "heap": "1g"}))
     started = []
 
-    def record(as_node: bool) -> subprocess.Popen:
+    def record(as_node: bool, home_suffix: str = "") -> subprocess.Popen:
         dist = LocalNode(ELASTICSEARCH, home).dist_dir
-        extra = [f"-Des.path.home={dist.resolve()}"] if as_node else []
+        extra = [f"-Des.path.home={dist.resolve()}{home_suffix}"] if as_node else []
         proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *extra])
         started.append(proc)
         for _ in range(100):  # /proc shows the new command line a moment after Popen returns
@@ -125,6 +125,15 @@ def test_es_stop_never_signals_a_process_that_reused_the_nodes_pid(recorded_proc
     assert "not running" in result.output
     time.sleep(0.3)
     assert stranger.poll() is None  # still alive
+
+
+def test_es_stop_never_signals_a_node_of_a_sibling_folder(recorded_process, monkeypatch):
+    home, record = recorded_process
+    sibling = record(as_node=True, home_suffix="-old")
+    monkeypatch.setenv("SPARCODE_ES_HOME", str(home))
+    assert "not running" in run("es", "stop").output
+    time.sleep(0.3)
+    assert sibling.poll() is None
 
 
 def test_es_stop_stops_the_recorded_node(recorded_process, monkeypatch):

@@ -102,6 +102,7 @@ def test_generic_round_trip(tmp_path):
     ({"sequences.txt": "u1 a b\n", "items.tsv": "a\tcolor=red\nb\tord=o1\n"}, "'ord' is reserved", 2),
     ({"sequences.txt": "u1 a b\n", "items.tsv": "a\tcodes=x\n"}, "'codes' is reserved", 1),
     ({"sequences.txt": "u1 a b\n", "items.tsv": "a\t_id=x\n"}, "'_id' is reserved", 1),
+    ({"sequences.txt": "u1 a b\n", "items.tsv": "a\tcodes.c0001=x\n"}, "'codes.c0001' contains '.'", 1),
     ({"sequences.txt": "u1 a b\n", "items.tsv": "a\tgenre=Drama\tgenre=Comedy\n"},
      "'genre' appears twice on this line; give several values as genre=a|b", 1),
 ])

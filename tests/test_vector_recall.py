@@ -174,7 +174,8 @@ def test_open_index_rebuilds_for_another_export(vectors, tmp_path):
     assert built and rebuilt.meta["fingerprint"] == "1" * 64
 
 
-@pytest.mark.parametrize("damage", ["truncated meta", "truncated graph", "meta of another shape", "meta gone"])
+@pytest.mark.parametrize("damage", ["truncated meta", "truncated graph", "meta of another shape", "meta gone",
+                                    "graph gone"])
 def test_a_damaged_saved_graph_is_rebuilt_like_a_missing_one(vectors, queries, tmp_path, damage):
     """The graph under export/hnsw/ is a cache: a damaged copy must not stop a search."""
     from sparcode.pipeline.hnsw import INDEX_FILE, META_FILE, index_dir
@@ -188,6 +189,8 @@ def test_a_damaged_saved_graph_is_rebuilt_like_a_missing_one(vectors, queries, t
         graph.write_bytes(graph.read_bytes()[:1000])
     elif damage == "meta of another shape":
         meta.write_text("[1, 2]")
+    elif damage == "graph gone":
+        graph.unlink()
     else:
         meta.unlink()
     index, built = open_index(tmp_path, vectors)
@@ -212,9 +215,12 @@ def test_a_saved_graph_folder_holding_other_files_is_left_alone(vectors, tmp_pat
 
 
 
-def test_a_read_only_export_is_served_from_a_graph_built_in_memory(vectors, tmp_path, monkeypatch):
-    def refused(self, directory):  # what a read-only mount answers (root would write through a chmod)
-        raise PermissionError(13, "Permission denied", str(directory))
+@pytest.mark.parametrize("code", ["EROFS", "EACCES"])
+def test_a_read_only_export_is_served_from_a_graph_built_in_memory(vectors, tmp_path, monkeypatch, code):
+    import errno
+
+    def refused(self, directory):  # a read-only mount, another user's folder (root would write through a chmod)
+        raise OSError(getattr(errno, code), code, str(directory))
 
     monkeypatch.setattr(HnswIndex, "save", refused)
     index, built = open_index(tmp_path, vectors)

@@ -345,6 +345,9 @@ def _read_feature_file(path: Path, index: dict[str, int], kind: str) -> tuple[li
             feature, sep, values = field.partition("=")
             if not sep or not feature:
                 raise DataError(f"expected 'feature=value|value', got {field!r}", path, lineno)
+            if kind == "item" and "." in feature:
+                raise DataError(f"item feature name {feature!r} contains '.', which the search engines read as an "
+                                "object path; rename it", path, lineno)
             if kind == "item" and (feature in RESERVED_ITEM_FIELDS or feature.startswith("_")):
                 raise DataError(f"item feature name {feature!r} is reserved (each indexed item document has "
                                 f"{', '.join(sorted(RESERVED_ITEM_FIELDS))}, and names starting with '_' are "

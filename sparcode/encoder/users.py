@@ -22,12 +22,12 @@ def anonymous_history(run: Run, item_ids: list[str]) -> tuple[int, np.ndarray, l
     """The same triple for a history given as item ids (oldest first); the user index is
     `n_users`, the profile-less row, so only the items describe the user."""
     if not item_ids:
-        raise RunError("--history needs at least one item id")
+        raise RunError("the history needs at least one item id")
     index_of = _item_index(run)
     unknown = [item for item in item_ids if item not in index_of]
     if unknown:
         sample = ", ".join(run.dataset.item_ids[:3])
-        raise RunError(f"unknown item {unknown[0]!r} in --history for {run.config.dataset} (item ids look like {sample})")
+        raise RunError(f"unknown item {unknown[0]!r} in the history for {run.config.dataset} (item ids look like {sample})")
     sequence = np.asarray([index_of[item] for item in item_ids], dtype=np.int64)
     return run.dataset.n_users, *_padded(run, sequence)
 

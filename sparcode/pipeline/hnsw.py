@@ -12,6 +12,7 @@ order by `ord` everywhere.
 """
 from __future__ import annotations
 
+import errno
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -84,7 +85,7 @@ class HnswIndex:
     def load(cls, directory: Path) -> "HnswIndex":
         directory = Path(directory)
         if not (directory / META_FILE).is_file() or not (directory / INDEX_FILE).is_file():
-            raise BackendError(f"{directory} holds no hnsw index ({INDEX_FILE} + {META_FILE})")
+            raise UnreadableIndex(f"{directory} holds no hnsw index ({INDEX_FILE} + {META_FILE})")
         try:
             meta = orjson.loads((directory / META_FILE).read_bytes())
             meta.setdefault("transform", mips.NONE)  # graphs saved before the transform existed
@@ -126,8 +127,10 @@ def open_index(export_dir, vectors: VectorSet, params: HnswParams = HnswParams()
     built = HnswIndex.build(vectors, params)
     try:
         built.save(directory)
-    except PermissionError:
-        pass  # a read-only export (a shared mount) is still served, from the graph just built
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        # A read-only export (a shared mount, another user's files) is still served, from the graph just built.
     return built, True
 
 

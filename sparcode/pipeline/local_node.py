@@ -358,7 +358,8 @@ def _runs_from(pid: int, dist_dir: Path) -> bool:
         return not Path("/proc/self").exists()
     except OSError:
         return True  # unreadable (hidepid): alive, of unknown origin; better stoppable than orphaned
-    return f"path.home={Path(dist_dir).resolve()}".encode() in cmdline
+    # The argument's end (NUL) too: a sibling folder (elasticsearch-8.19.8-old) is another node.
+    return f"path.home={Path(dist_dir).resolve()}\0".encode() in cmdline
 
 
 def _alive(pid: int) -> bool:
