@@ -318,3 +318,29 @@ def test_a_failure_in_a_resumed_run_keeps_its_folder_and_is_one_line(trained, tm
     result = invoke(*args, "--resume", "--epochs", 2)
     one_line_error(result, "out of memory:", "can't allocate memory")
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_sigterm_before_the_first_checkpoint_leaves_no_folder(trained, tmp_path, monkeypatch):  # noqa: F811
+    """kill or a scheduler's time limit ends a fresh run as Ctrl-C does, instead of leaving a
+    config-only folder that the next `train` into it refuses."""
+    import os
+    import signal
+    import time
+
+    import sparcode.encoder.train as training
+
+    root, data, cfg, _ = trained
+    real = training.build_model
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler runs here
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "build_model", terminated)
+    out = tmp_path / "run"
+    result = invoke("train", "--model", "sparcode", "--dataset", data, "--split", "leave-one-out", "--out", out,
+                    "--config", cfg, "--quiet")
+    one_line_error(result, "interrupted before the first epoch finished; nothing was kept")
+    assert not out.exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
