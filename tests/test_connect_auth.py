@@ -237,3 +237,20 @@ def test_auth_reads_only_its_own_prefix(monkeypatch):
     assert connect_module._auth("opensearch") == {
         "api_key": None, "username": "os-user", "password": "os-pass-s3cret", "ca_certs": "certs/os-ca.pem"}
 
+
+
+def test_a_url_refusing_the_elasticsearch_credentials_names_the_flag_for_opensearch(monkeypatch):
+    """Detection at a --url never sends OPENSEARCH_* secrets after ELASTICSEARCH_* ones were
+    refused; the message says how to send the right ones."""
+    from sparcode.pipeline.connect import CredentialsRefused
+
+    environment(monkeypatch, **OS_SECRETS)
+    monkeypatch.setattr(Server, "kind", "refuses")
+    with pytest.raises(CredentialsRefused, match="say so .index/reindex: --engine opensearch; search/evaluate: "
+                                                 "--backend opensearch. to send OPENSEARCH_"):
+        connect(OS_URL)
+    assert FakeOpenSearch.made == []
+    monkeypatch.setattr(Server, "kind", "opensearch")
+    assert isinstance(connect(OS_URL, engine="opensearch"), OpenSearchEngine)
+    (_, kwargs), = FakeOpenSearch.made
+    assert auth_of(kwargs)["http_auth"] == ("os-user", "os-pass-s3cret")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sparcode.pipeline.engine import ConnectionProblem, Engine, WrongEngine, redact  # noqa: F401 (re-exported)
+from sparcode.pipeline.engine import (ConnectionProblem, CredentialsRefused, Engine, WrongEngine,  # noqa: F401
+                                      redact)  # (re-exported)
 from sparcode.pipeline.local_node import SPECS, local_url
 
 ENGINES = tuple(SPECS)
@@ -47,6 +48,7 @@ def connect(url: str | None = None, *, engine: str | None = None, request_timeou
     """
     if engine is not None:
         return _checked(engine, url or engine_url(engine), engine, request_timeout)
+    explicit = url is not None
     source = "opensearch" if url is None and not os.environ.get("ELASTICSEARCH_URL") \
         and os.environ.get("OPENSEARCH_URL") else "elasticsearch"
     url = url or engine_url(source)
@@ -55,6 +57,14 @@ def connect(url: str | None = None, *, engine: str | None = None, request_timeou
         return _checked(first, url, source, request_timeout)
     except WrongEngine:
         pass
+    except CredentialsRefused as exc:
+        if not explicit:
+            raise
+        # Detection sends the ELASTICSEARCH_* credentials only; trying the OPENSEARCH_* ones too
+        # would hand a node the other engine's secrets. Naming the engine picks the right ones.
+        raise CredentialsRefused(f"{exc}; if the node at --url is OpenSearch, say so (index/reindex: --engine "
+                                 "opensearch; search/evaluate: --backend opensearch) to send OPENSEARCH_* "
+                                 "credentials instead") from None
     try:
         # Credentials stay those of the variable the URL came from.
         return _checked(second, url, source, request_timeout)

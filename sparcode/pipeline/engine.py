@@ -30,6 +30,10 @@ class ConnectionProblem(RuntimeError):
     """The node is unreachable or unsuitable; the message is one line and holds no secret."""
 
 
+class CredentialsRefused(ConnectionProblem):
+    """The node answered 401/403 to the credentials sent."""
+
+
 class WrongEngine(ConnectionProblem):
     """The server is the other engine (or neither); the message says which flag to use."""
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import contextlib
 
-from sparcode.pipeline.engine import (MAX_CHUNK_BYTES, ConnectionProblem, Engine, EngineError, EngineTimeout,
-                                      EngineUnavailable, WrongEngine, error_reason, major_version, redact, scrub)
+from sparcode.pipeline.engine import (MAX_CHUNK_BYTES, ConnectionProblem, CredentialsRefused, Engine, EngineError,
+                                      EngineTimeout, EngineUnavailable, WrongEngine, error_reason, major_version, redact, scrub)
 
 SUPPORTED_MAJOR = 8
 # The 8.x client sends and receives the compatibility-mode type, plain JSON elsewhere.
@@ -54,7 +54,7 @@ class ElasticsearchEngine(Engine):
                               "and use --engine opensearch (index, reindex) or --backend opensearch "
                               "(search, evaluate)") from None
         except (AuthenticationException, AuthorizationException) as exc:
-            raise ConnectionProblem(f"Elasticsearch at {shown} refused our credentials "
+            raise CredentialsRefused(f"Elasticsearch at {shown} refused our credentials "
                                     f"(HTTP {exc.meta.status}); check ELASTICSEARCH_API_KEY or "
                                     "ELASTICSEARCH_USERNAME/PASSWORD") from None
         except TransportError as exc:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 
-from sparcode.pipeline.engine import (MAX_CHUNK_BYTES, ConnectionProblem, Engine, EngineError, EngineTimeout,
-                                      EngineUnavailable, WrongEngine, error_reason, major_version, redact)
+from sparcode.pipeline.engine import (MAX_CHUNK_BYTES, ConnectionProblem, CredentialsRefused, Engine, EngineError,
+                                      EngineTimeout, EngineUnavailable, WrongEngine, error_reason, major_version, redact)
 
 SUPPORTED_MAJOR = 2
 
@@ -43,7 +43,7 @@ class OpenSearchEngine(Engine):
             raise ConnectionProblem(f"{shown} did not answer like OpenSearch: its answer to GET / is not JSON "
                                     f"({_start(exc)})") from None
         except (AuthenticationException, AuthorizationException) as exc:
-            raise ConnectionProblem(f"OpenSearch at {shown} refused our credentials (HTTP {exc.status_code}); "
+            raise CredentialsRefused(f"OpenSearch at {shown} refused our credentials (HTTP {exc.status_code}); "
                                     "check OPENSEARCH_USERNAME/PASSWORD") from None
         except ConnectionError as exc:
             raise ConnectionProblem(f"OpenSearch not reachable at {shown} ({type(exc).__name__}); start one "
