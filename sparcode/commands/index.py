@@ -20,9 +20,9 @@ _RESUME = click.option("--resume", is_flag=True,
                             "sending every document of EXPORT_DIR again.")
 _DELETE_OLD = click.option("--delete-old", is_flag=True,
                            help="Once the new index serves, delete the index the alias pointed at before "
-                                "and every older index a build of this alias made (unfinished loads, and "
-                                "complete ones a failed swap left); never a newer build's, nor what the "
-                                "alias serves when read again just before the delete.")
+                                "and every index a build of this alias made before this one began (unfinished "
+                                "loads, and complete ones a failed swap left); never one made since, nor what "
+                                "the alias serves when read again just before the delete.")
 
 
 def _status(line: str) -> None:

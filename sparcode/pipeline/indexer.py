@@ -180,6 +180,7 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
     A load that fails once the index exists raises `IncompleteLoad`, naming the index to resume;
     `delete_old` also removes the alias's unfinished leftovers once the new index serves.
     """
+    started = _stamp(versioned_name(alias, export.fingerprint))  # what --delete-old spares is made after this
     previous = checked_alias(engine, alias)
     name = unfinished_index(engine, alias, export.fingerprint) if resume else None
     resumed = name is not None
@@ -219,14 +220,15 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
     if docs != export.n_items:
         raise IncompleteLoad(f"{name} holds {docs} documents, the export has {export.n_items}", name, alias)
     meta = mappings.index_meta(export, field_type, term_layout, complete=True, numbering=numbering)
-    deleted = publish(engine, alias, name, meta, previous, delete_old, status)
+    deleted = publish(engine, alias, name, meta, previous, delete_old, status, started=started)
     return BuildResult(name, alias, docs, meter.wall, previous, deleted, resumed, meter.seconds)
 
 
 def publish(engine: Engine, alias: str, name: str, meta: dict, previous: list[str], delete_old: bool,
-            status: Callable[[str], None] | None = None, resumable: bool = True) -> list[str]:
+            status: Callable[[str], None] | None = None, resumable: bool = True, started: str | None = None) -> list[str]:
     """Mark the loaded index `name` complete, move `alias` onto it and, with `delete_old`, delete
-    the alias's other indices; returns those deleted. A failure says the state it leaves: the
+    the alias's indices made before this build `started` (a versioned-name timestamp; default:
+    `name`'s own) other than what the alias serves; returns those deleted. A failure says the state it leaves: the
     alias not moved and which index is kept, or the alias moved and what is left to delete."""
     _check_still_ours(engine, name, meta, alias)
     with kept_if_failed(engine, name, alias, resumable):  # not marked complete: --delete-old finds it
@@ -253,11 +255,12 @@ def publish(engine: Engine, alias: str, name: str, meta: dict, previous: list[st
         status(f"a build running at the same time moved {alias} to {serving}, the newer index")
     if not delete_old:
         return []
-    # Never a newer build's index (it may still be loading, or about to serve), and never what the
-    # alias serves when read again just before the delete: two builds with --delete-old at once
-    # otherwise each delete the other's index, and the alias ends on nothing.
-    stamp = _stamp(serving)
-    older = {old for old in versioned_indices(engine, alias) if _stamp(old) < stamp}
+    # Never an index made after this build began (another build's, perhaps still loading or about
+    # to serve), and never what the alias serves when read again just before the delete: two
+    # builds with --delete-old at once otherwise each delete the other's index, and the alias
+    # ends on nothing. A resumed build began now, not when its index was first made.
+    cutoff = started or _stamp(name)
+    older = {old for old in versioned_indices(engine, alias) if _stamp(old) < cutoff}
     holders = _holders_if_readable(engine, alias)
     if holders is None:
         return []  # cannot tell what serves: delete nothing rather than guess
