@@ -125,7 +125,7 @@ def command(run_dir, user_id, history_items, history_file, k, backend, alias, ex
             history_items = _history_from_file(history_file)
         elif history_items is not None:
             history_items = [item.strip() for item in history_items.split(",") if item.strip()]
-        if backend not in (None, "tiger"):
+        if backend not in (None, "tiger"):  # unset, the default is a node's whenever --url is given
             check_url(backend, url)
         run = open_run(run_dir)
         if history_items is not None and (run.kind == "tiger" or backend == "tiger"):
@@ -144,7 +144,6 @@ def command(run_dir, user_id, history_items, history_file, k, backend, alias, ex
 
         check_backend(run.kind, backend)
         check_knobs(backend, ef, num_candidates)
-        check_url(backend, url)
         if run.kind != "sparcode" and run.kind != "two-tower":
             raise click.ClickException(f"search serves SparCode runs; {run_dir} was trained with --model {run.kind}")
         if history_items is not None:

@@ -59,6 +59,15 @@ def trim_history(history: Path, epochs: int) -> None:
         atomic_write_bytes(history, "".join(line + "\n" for line in kept).encode())
 
 
+def follow_state(history: Path, weights: Path, epochs: int, best_epoch: int, model_state: dict) -> None:
+    """Make history and best weights say what a resumed run's saved state says, after a stop
+    between writing them: history lines past its `epochs` go (that epoch is trained again), and
+    when its last epoch was the best one, its model is the best weights (perhaps never written)."""
+    trim_history(history, epochs)
+    if best_epoch == epochs:
+        atomic_torch_save(model_state, weights)
+
+
 def write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 

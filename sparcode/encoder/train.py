@@ -193,7 +193,7 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
         # resumed run trains on exactly the windows an uninterrupted one would.
         for _ in range(start_epoch):
             rng.permutation(len(split.train))
-        _agree_with_state(run_dir, state)
+        ckpt.follow_state(run_dir / ckpt.HISTORY, run_dir / ckpt.WEIGHTS, start_epoch, best_epoch, state["model"])
     elif not resume:
         (run_dir / ckpt.HISTORY).unlink(missing_ok=True)
     if start_epoch == 0 and cfg.model.kmeans_init_windows:
@@ -261,7 +261,7 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
         else:
             stale += 1
         # History, then state, then best weights: a stop between any two of them is put right
-        # by the next --resume (_agree_with_state), which goes by the state.
+        # by the next --resume (checkpoint.follow_state), which goes by the state.
         with open(run_dir / ckpt.HISTORY, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         if progress:
@@ -281,16 +281,6 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
             "stopped_early": stale >= cfg.train.patience and last_epoch < cfg.train.epochs,
             f"valid_{cfg.train.select_metric}": best, "train_seconds": round(elapsed, 1),
             "device": str(device), "torch": torch.__version__}
-
-
-def _agree_with_state(run_dir: Path, state: dict) -> None:
-    """Make history and best weights say what the saved state says, after a stop between
-    writing them: history lines past the state's epoch go (that epoch is trained again), and
-    when the state's epoch was the best one its model is the best weights (possibly unwritten)."""
-    done = int(state["epoch"]) + 1
-    ckpt.trim_history(run_dir / ckpt.HISTORY, done)
-    if int(state["best_epoch"]) == done:
-        ckpt.atomic_torch_save(state["model"], run_dir / ckpt.WEIGHTS)
 
 
 def seed_codebooks(model, train_set, windows: int, seed: int, device, chunk: int = 4096) -> None:

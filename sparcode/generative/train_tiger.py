@@ -268,11 +268,8 @@ def train_tiger(run_dir: Path, dataset, split, config=None, resume: bool | None 
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         epoch, step, best, bad_epochs = int(state["epoch"]), int(state["step"]), float(state["best"]), int(state["bad_epochs"])
-        best_epoch = int(state.get("best_epoch", -1))
-        # As in the encoder's loop: history and best weights follow the state after a stop between them.
-        ckpt.trim_history(folder / HISTORY, epoch)
-        if int(state.get("best_epoch", -1)) == epoch:
-            _save_tensors(state["model"], folder / WEIGHTS)
+        best_epoch = int(state.get("best_epoch", -1))  # states saved before it was recorded lack it
+        ckpt.follow_state(folder / HISTORY, folder / WEIGHTS, epoch, best_epoch, state["model"])
         log(f"resuming TIGER at epoch {epoch + 1} (best valid {cfg.select_on} {best:.4f})")
     elif (folder / HISTORY).exists():
         (folder / HISTORY).unlink()

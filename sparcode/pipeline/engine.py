@@ -66,13 +66,13 @@ def transient(exc: BaseException) -> bool:
 
 # Whole requests (a build's steps, a batch of searches) are retried on network trouble and on a
 # busy node's answers, over about 15 s; any other refusal is a real answer and surfaces at once.
-retry_transient = tenacity.retry(retry=tenacity.retry_if_exception(transient), stop=tenacity.stop_after_attempt(5),
-                                 wait=tenacity.wait_exponential(multiplier=1, max=20), reraise=True)
+_BACKOFF = {"stop": tenacity.stop_after_attempt(5), "wait": tenacity.wait_exponential(multiplier=1, max=20),
+            "reraise": True}
+retry_transient = tenacity.retry(retry=tenacity.retry_if_exception(transient), **_BACKOFF)
 # For requests a timeout should end rather than repeat: a search someone waits for (five request
 # timeouts would be minutes) and a merge that may still be running in the node.
 retry_unless_timed_out = tenacity.retry(
-    retry=tenacity.retry_if_exception(lambda exc: transient(exc) and not isinstance(exc, EngineTimeout)),
-    stop=tenacity.stop_after_attempt(5), wait=tenacity.wait_exponential(multiplier=1, max=20), reraise=True)
+    retry=tenacity.retry_if_exception(lambda exc: transient(exc) and not isinstance(exc, EngineTimeout)), **_BACKOFF)
 # For a step that already resends a busy node's 429s itself (the bulk helper's own backoff):
 # retried on network trouble only, so the two retries do not multiply into minutes.
 retry_unavailable = tenacity.retry(retry=tenacity.retry_if_exception_type(EngineUnavailable),

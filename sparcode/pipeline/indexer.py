@@ -124,8 +124,12 @@ def checked_alias(engine: Engine, alias: str) -> list[str]:
 
 
 def versioned_name(alias: str, fingerprint: str, now: datetime | None = None) -> str:
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dt%H%M%S%fz")
-    return f"{alias}-{fingerprint[:8].lower()}-{stamp}"
+    return f"{alias}-{fingerprint[:8].lower()}-{_stamp_of(now)}"
+
+
+def _stamp_of(now: datetime | None = None) -> str:
+    """A versioned name's timestamp (now by default); they sort in time order."""
+    return (now or datetime.now(timezone.utc)).strftime("%Y%m%dt%H%M%S%fz")
 
 
 def index_meta(engine: Engine, index: str) -> dict:
@@ -180,7 +184,7 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
     A load that fails once the index exists raises `IncompleteLoad`, naming the index to resume;
     `delete_old` also removes the alias's unfinished leftovers once the new index serves.
     """
-    started = _stamp(versioned_name(alias, export.fingerprint))  # what --delete-old spares is made after this
+    started = _stamp_of()  # what --delete-old spares is made after this
     previous = checked_alias(engine, alias)
     name = unfinished_index(engine, alias, export.fingerprint) if resume else None
     resumed = name is not None
@@ -264,7 +268,7 @@ def publish(engine: Engine, alias: str, name: str, meta: dict, previous: list[st
     holders = _holders_if_readable(engine, alias)
     if holders is None:
         return []  # cannot tell what serves: delete nothing rather than guess
-    deleted = sorted(({old for old in previous} | older) - set(holders) - {serving})
+    deleted = sorted((set(previous) | older) - set(holders) - {serving})
     if deleted:
         try:
             _step(engine.delete_indices)(deleted)
