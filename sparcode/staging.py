@@ -37,6 +37,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     write_then_rename(path, write)
 
 
+def atomic_save_npy(path: Path, array) -> None:
+    """`np.save` all at once (and never to a name with `.npy` appended)."""
+    import numpy as np
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+
+    write_then_rename(path, write)
+
+
 def write_then_rename(path: Path, write: Callable[[str], None]) -> None:
     """`write(tmp)` a temporary sibling, then rename it over `path`: the file appears whole or
     not at all, and a failed write (disk full) leaves no temporary file behind."""

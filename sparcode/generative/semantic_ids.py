@@ -13,7 +13,6 @@ Files in the ID directory:
 """
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparcode.staging import UnreadableFile, atomic_write_bytes, read_json
+from sparcode.staging import UnreadableFile, atomic_save_npy, atomic_write_bytes, read_json
 
 IDS = "semantic_ids.npy"
 IDS_META = "semantic_ids.json"
@@ -144,9 +143,7 @@ def save_ids(out_dir: Path, ids: np.ndarray, meta: dict) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Each file appears whole or not at all, the IDs before the metadata that vouches for them.
-    buffer = io.BytesIO()
-    np.save(buffer, np.asarray(ids, dtype=np.int64))
-    atomic_write_bytes(out_dir / IDS, buffer.getvalue())
+    atomic_save_npy(out_dir / IDS, np.asarray(ids, dtype=np.int64))
     atomic_write_bytes(out_dir / IDS_META, (json.dumps(meta, indent=2) + "\n").encode())
 
 

