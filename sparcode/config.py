@@ -138,7 +138,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     # TIGER-only settings (any key of `sparcode.generative.config.TigerConfig`, e.g. d_model,
-    # max_minutes, rqvae); checked against TigerConfig when a TIGER run starts.
+    # max_minutes, rqvae); checked against TigerConfig by `validate` whatever the model.
     tiger: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,6 +198,12 @@ class RunConfig:
             raise ConfigError(f"serve.allocation must be per-code or global, not {self.serve.allocation!r}")
         if not 0 < self.serve.stored_fraction <= 1:
             raise ConfigError("serve.stored_fraction must be in (0, 1]")
+        if self.tiger:
+            # Checked for every model: a config file shared by all models would otherwise carry a
+            # mistyped TIGER key silently until the day someone trains TIGER with it.
+            from sparcode.generative.config import TigerConfig
+
+            TigerConfig.from_run_config(self)
         return self
 
 

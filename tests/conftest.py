@@ -2,9 +2,9 @@
 discovered from the environment (`ELASTICSEARCH_URL`, `OPENSEARCH_URL`; default the nodes
 `sparcode es start [--engine opensearch]` runs).
 
-A test needing a node fails under CI=true when none answers, so CI can never go green by
-skipping (under CI=true any skip is reported as a failure); on a developer machine it skips and
-says how to start one. A module using `engine` or `alias` sets `ENGINE = "elasticsearch"` or `"opensearch"`.
+A test needing a node fails when none answers, naming how to start one (`scripts/test.sh`
+leaves such tests out by marker instead and prints NOT TESTED for them); under CI=true any skip,
+whatever its cause, is reported as a failure, so CI can never go green by skipping. A module using `engine` or `alias` sets `ENGINE = "elasticsearch"` or `"opensearch"`.
 """
 from __future__ import annotations
 

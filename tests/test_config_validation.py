@@ -137,6 +137,10 @@ def test_tiger_keys_are_checked_too(tiger, message):
     ({"train": {"select_metric": "foo@7"}}, "train.select_metric must be one of"),
     ({"model": {"codes": "256"}}, "model.codes must be an integer"),
     ([1, 2], "expected a JSON object"),
+    # A TIGER section is checked whatever the model: a config file shared by all models would
+    # otherwise carry a mistyped TIGER key silently until TIGER is trained with it.
+    ({"tiger": {"nonsense": 1}}, "unknown TIGER config key(s) nonsense"),
+    ({"tiger": {"epochs": "x"}}, "tiger.epochs must be an integer"),
 ])
 def test_train_refuses_bad_values_in_one_line_and_writes_nothing(tmp_path, config, message):
     data = write_dataset(tmp_path / "seq.txt")
@@ -258,3 +262,29 @@ def test_a_retired_key_older_runs_recorded_still_loads_and_means_nothing():
     assert "feature_dim" not in old["model"]
     old["model"]["feature_dim"] = 16  # as every run before its removal recorded it
     assert RunConfig.from_dict(old) == RunConfig()
+
+
+def test_show_config_prints_a_config_train_takes_back_and_trains_nothing(tmp_path):
+    data = write_dataset(tmp_path / "seq.txt")
+    (tmp_path / "cfg.json").write_text(json.dumps({"train": {"epochs": 3}}))
+    shown = invoke("train", "--dataset", data, "--config", tmp_path / "cfg.json", "--seed", 7, "--show-config")
+    assert shown.exit_code == 0, shown.output
+    config = json.loads(shown.output)
+    assert config["train"]["epochs"] == 3 and config["seed"] == 7 and config["dataset"] == str(data)
+    assert config["model"]["kind"] == "sparcode" and config["split"] == "leave-one-out"
+    # Fed back as --config it is the same config: the printout is a complete, valid file.
+    (tmp_path / "shown.json").write_text(shown.output)
+    again = invoke("train", "--dataset", data, "--config", tmp_path / "shown.json", "--show-config")
+    assert again.exit_code == 0 and json.loads(again.output) == config
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.json", "seq.txt", "shown.json"]  # no run folder
+    tiger = json.loads(invoke("train", "--model", "tiger", "--dataset", data, "--show-config").output)
+    assert tiger["tiger"]["beam_size"] >= 1 and "rqvae" in tiger["tiger"]  # TIGER's own defaults, shown in full
+    # ...but not the keys it follows from train.*: an edited copy's train.epochs must still count.
+    assert "epochs" not in tiger["tiger"] and "seed" not in tiger["tiger"]["rqvae"]
+    (tmp_path / "tiger.json").write_text(json.dumps({**tiger, "train": {**tiger["train"], "epochs": 4}}))
+    edited = json.loads(invoke("train", "--dataset", data, "--config", tmp_path / "tiger.json", "--show-config").output)
+    from sparcode.generative.config import TigerConfig
+
+    assert TigerConfig.from_run_config(RunConfig.from_dict(edited)).epochs == 4
+    missing = invoke("train", "--dataset", data)
+    assert missing.exit_code == 2 and "Missing option '--out'" in missing.output

@@ -129,3 +129,17 @@ def test_a_folded_in_model_never_scores_the_validation_users_it_saw(tmp_path):
     assert metrics.pop("refitted") and metrics.pop("lambda") == 1.0
     assert metrics == fit_at(ds, split, 1.0, None, True, "valid").evaluate(split.valid, False)
     assert metrics != model.evaluate(split.valid, False)
+
+
+def test_train_ease_selects_lambda_on_the_configured_metric(tmp_path):
+    from sparcode.config import RunConfig
+    from sparcode.encoder.ease_run import train_ease
+
+    ds = pairs_dataset()
+    split = make_split(ds, "leave-one-out", seed=0)
+    cfg = RunConfig.from_dict({"model": {"kind": "ease", "ease_lambda": [1.0, 10.0]},
+                               "train": {"select_metric": "ndcg@5"}})
+    report = train_ease(tmp_path, cfg, ds, split, progress=False)
+    # leave-one-out's own default is recall@10: a train.select_metric must not be ignored.
+    assert {row["metric"] for row in report["selection"]} == {"ndcg@5"}
+    assert EaseModel.load(tmp_path / EASE_DIR).info["select_metric"] == "ndcg@5"

@@ -35,7 +35,7 @@ def test_engine_is_detected_and_a_mismatch_is_refused(os_engine, alias, export_d
     wrong = run("index", str(export_dir), "--alias", alias + "-x", "--engine", "elasticsearch",
                 env={"ELASTICSEARCH_URL": os_engine.url})
     assert wrong.exit_code == 1
-    assert "is not Elasticsearch (OpenSearch?); set OPENSEARCH_URL and use --engine opensearch" in wrong.output
+    assert "is not Elasticsearch (OpenSearch?); for OpenSearch use --engine opensearch" in wrong.output
     assert "--backend opensearch (search, evaluate)" in wrong.output  # search has no --engine
 
 

@@ -88,6 +88,16 @@ def test_generic_round_trip(tmp_path):
     assert [s.tolist() for s in same.sequences] == [s.tolist() for s in ds.sequences]
 
 
+def test_feature_files_forgive_trailing_tabs_and_spaces_around_values(tmp_path):
+    # Many TSV writers end lines with a TAB; a value "Comedy " would silently miss --filter genre=Comedy.
+    write(tmp_path / "sequences.txt", "u1 a b\nu2 b a\n")
+    write(tmp_path / "items.tsv", "a\tgenre=Comedy |Drama\t\nb\t genre = Horror\t\t\n")
+    ds = load_dataset(tmp_path)
+    assert ds.item_attributes == [{"genre": ["Comedy", "Drama"]}, {"genre": ["Horror"]}]
+    # A generic dataset is named as given, so messages name the folder, not "sequences".
+    assert ds.name == str(tmp_path) and load_dataset(tmp_path / "sequences.txt").name == str(tmp_path / "sequences.txt")
+
+
 @pytest.mark.parametrize("files, message, line", [
     ({"sequences.txt": "u1 a b\nu2\n"}, "has no items", 2),
     ({"sequences.txt": "u1 a\nu1 b\n"}, "appears twice", 2),

@@ -289,6 +289,19 @@ def test_url_to_a_backend_without_a_node_is_a_usage_error(args, tmp_path):
     assert result.exit_code == 2 and "--url applies to --backend es, opensearch, es-knn" in result.output
 
 
+@pytest.mark.parametrize("args", [
+    ["search", "--user", "u0", "--backend", "local"],
+    ["search", "--user", "u0"],  # the default without ELASTICSEARCH_URL is in-process too
+    ["evaluate", "--backend", "local"],
+])
+def test_alias_to_an_in_process_backend_is_a_usage_error(args, trained, monkeypatch):  # noqa: F811
+    """An ignored --alias would pass the embedded backend's answer off as the node's."""
+    monkeypatch.delenv("ELASTICSEARCH_URL", raising=False)
+    run = trained[3]
+    result = invoke(args[0], *(["--run", run] if args[0] == "search" else [run]), *args[1:], "--alias", "sc-live")
+    assert result.exit_code == 2 and "--alias names an index on a node; --backend local" in result.output
+
+
 def test_a_diverging_run_stops_at_the_step_in_one_line_and_leaves_no_folder(trained, tmp_path):  # noqa: F811
     root, data, _, _ = trained
     cfg = tmp_path / "hot.json"

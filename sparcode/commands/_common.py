@@ -96,6 +96,14 @@ def check_url(backend: str | None, url: str | None) -> None:
                                "opens no node")
 
 
+def check_alias(backend: str, alias: str | None) -> None:
+    """An --alias given to an in-process backend would be silently ignored: the user would take
+    the embedded backend's answer for the node's."""
+    if alias is not None and backend not in NODE_BACKENDS:
+        raise click.UsageError(f"--alias names an index on a node; --backend {backend} serves the export in this "
+                               "process (give --backend es or opensearch, or set ELASTICSEARCH_URL)")
+
+
 def serve_options(command):
     """`--stored-fraction`, `--query-probes` and `--max-codes`: the run's serve settings, chosen
     after training."""

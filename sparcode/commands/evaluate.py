@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from sparcode.commands._common import check_url, serve_options, serve_overrides, strict_json, url_option, user_errors
+from sparcode.commands._common import check_alias, check_url, serve_options, serve_overrides, strict_json, url_option, user_errors
 
 # The cut-offs reported: eval.metrics.KS, spelled out so that --help need not import numpy (a test
 # keeps them equal). --ef and --num-candidates must reach the longest list.
@@ -54,6 +54,8 @@ def command(run_dir, backend, alias, export_dir, exclude_seen, part, sample_user
 
     check_knobs(backend, ef, num_candidates)
     check_url(backend, url)
+    if backend != "model":  # model's own refusal above says more
+        check_alias(backend, alias)
     if run_file is not None and qrels is not None and run_file.resolve() == qrels.resolve():
         raise click.UsageError("--run-file and --qrels name the same file; the qrels would overwrite the run")
     with user_errors():

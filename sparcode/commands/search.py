@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import click
 
-from sparcode.commands._common import check_url, strict_json, url_option, user_errors
+from sparcode.commands._common import check_alias, check_url, strict_json, url_option, user_errors
 
 BACKENDS = ["local", "es", "opensearch", "hnsw", "es-knn", "exact", "tiger"]
 
@@ -129,7 +129,9 @@ def command(run_dir, user_id, history_items, history_file, k, backend, alias, ex
             check_url(backend, url)
         run = open_run(run_dir)
         if history_items is not None and (run.kind == "tiger" or backend == "tiger"):
-            raise click.ClickException("--history is not supported for TIGER runs; use --user")
+            given = "--history-file" if history_file is not None else "--history"
+            raise click.ClickException(f"{given} is not supported for TIGER runs (its user tokens come from "
+                                       "training); use --user")
         if run.kind == "tiger" or backend == "tiger":
             ignored = [flag for flag, given in (("--filter", filters), ("--export", export_dir), ("--ef", ef),
                                                  ("--num-candidates", num_candidates)) if given]
@@ -143,6 +145,7 @@ def command(run_dir, user_id, history_items, history_file, k, backend, alias, ex
         from sparcode.commands._vectors import check_backend, check_knobs
 
         check_backend(run.kind, backend)
+        check_alias(backend, alias)
         check_knobs(backend, ef, num_candidates)
         if run.kind != "sparcode" and run.kind != "two-tower":
             raise click.ClickException(f"search serves SparCode runs; {run_dir} was trained with --model {run.kind}")

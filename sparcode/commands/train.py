@@ -21,16 +21,22 @@ DEFAULT_SPLIT = {"ml-1m": "multi-target", "beauty": "leave-one-out"}
                    "and optional items.tsv / users.tsv (README: Data).")
 @click.option("--split", type=click.Choice(["multi-target", "leave-one-out"]), default=None,
               help="Default: multi-target for ml-1m, leave-one-out otherwise.")
-@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="RUN_DIR",
-              help="The run directory: new, empty, or an interrupted run to continue with --resume.")
+@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="RUN_DIR",
+              help="The run directory: new, empty, or an interrupted run to continue with --resume. Required, "
+                   "except with --show-config.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSON file overriding the model's preset; unknown keys are an error.")
 @click.option("--seed", type=int, default=None, help="Overrides the config's seed (default 0).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Overrides train.epochs.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in RUN_DIR from its last epoch.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resume, quiet):
+@click.option("--show-config", is_flag=True,
+              help="Print the complete config this command would train with (the model's preset for the dataset, "
+                   "then --config, then the flags) as JSON, and exit without training.")
+def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resume, quiet, show_config):
     """Train a model and record config, weights and validation history in RUN_DIR."""
+    if run_dir is None and (resume or not show_config):
+        raise click.UsageError("Missing option '--out'.")
     with user_errors():
         from sparcode.config import ConfigError, read_config_file
         from sparcode.presets import run_config
@@ -55,6 +61,9 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
                 if config_file is None or from_flag or str(err).startswith(str(config_file)):
                     raise
                 raise ConfigError(f"{config_file}: {err}") from None
+        if show_config:
+            click.echo(_config_json(cfg))
+            return
         _check_out(run_dir, resume, cfg.model.kind)
         try:
             with _terminate_as_interrupt():
@@ -66,6 +75,28 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
                                        f"`sparcode train --out {run_dir} --resume`") from None
     click.echo(f"trained {model_kind} on {cfg.dataset} ({cfg.split}) in {summary['train_seconds']:.0f}s → {run_dir}"
                + _how_it_ended(summary, cfg))
+
+
+# TIGER keys that follow the run config's (top level and train.*) unless a `tiger` section sets them.
+TIGER_SHARED_KEYS = ("dataset", "seed", "max_history", "epochs", "batch_size", "lr", "patience", "eval_users")
+
+
+def _config_json(cfg) -> str:
+    """The run config as JSON. A TIGER run's `tiger` section is shown in full (its defaults live in
+    TigerConfig, not in the presets), except the keys it takes from the rest of the config:
+    shown there too, a copy of this output edited in train.epochs would still train tiger.epochs."""
+    import json
+
+    data = cfg.to_dict()
+    if cfg.model.kind == "tiger":
+        from sparcode.generative.config import TigerConfig
+
+        tiger = TigerConfig.from_run_config(cfg).to_dict()
+        shared = set(TIGER_SHARED_KEYS) - set(cfg.tiger)
+        data["tiger"] = {key: value for key, value in tiger.items() if key not in shared}
+        if "seed" not in cfg.tiger.get("rqvae", {}):
+            data["tiger"]["rqvae"].pop("seed", None)
+    return json.dumps(data, indent=2, sort_keys=True)
 
 
 # What a resumed run may change: how long and on how many threads it trains, never the model.

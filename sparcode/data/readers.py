@@ -315,7 +315,7 @@ def load_generic(path: Path) -> Dataset:
         raise DataError("no user lines", seq_path)
     user_ids = list(user_lines)
     item_ids = list(item_index)
-    name = seq_path.name.removesuffix(".gz").removesuffix(".txt") if seq_path != path else path.name
+    name = str(path)  # as given: messages then name the dataset the user typed (never one of NAMED)
     dataset = Dataset(name, user_ids, item_ids, sequences)
     items_path = _sibling(seq_path.parent, "items.tsv")
     if items_path is not None:
@@ -342,7 +342,10 @@ def _read_feature_file(path: Path, index: dict[str, int], kind: str) -> tuple[li
             raise DataError(f"{kind} id {key!r} does not occur in the sequences{hint}", path, lineno)
         _first_line(first_lines, key, path, lineno, kind)
         for field in fields:
+            if not field.strip():
+                continue  # an empty field: the trailing TAB many TSV writers leave
             feature, sep, values = field.partition("=")
+            feature = feature.strip()
             if not sep or not feature:
                 raise DataError(f"expected 'feature=value|value', got {field!r}", path, lineno)
             if kind == "item" and "." in feature:
@@ -356,6 +359,7 @@ def _read_feature_file(path: Path, index: dict[str, int], kind: str) -> tuple[li
                 raise DataError(f"feature {feature!r} appears twice on this line; give several values as "
                                 f"{feature}=a|b", path, lineno)
             names.setdefault(feature)
-            rows[index[key]][feature] = [v for v in values.split("|") if v]
+            # Stray spaces around a value would make `--filter genre=Comedy` silently miss "Comedy ".
+            rows[index[key]][feature] = [v.strip() for v in values.split("|") if v.strip()]
     features = [categorical(f, [row.get(f, []) for row in rows]) for f in names]
     return features, [{f: row.get(f, []) for f in names} for row in rows]

@@ -15,7 +15,7 @@ EASE_DIR = "ease"
 def train_ease(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, progress: bool = True) -> dict:
     history = cfg.model.ease_history or None  # 0 in the config means the whole history
     model = fit_ease(dataset, split, lambdas=cfg.model.ease_lambda, history=history, fold_in=cfg.model.ease_fold_in,
-                     progress=progress, report=tqdm.write)
+                     select_metric=cfg.train.select_metric, progress=progress, report=tqdm.write)
     model.save(Path(run_dir) / EASE_DIR)
     return {"lambda": model.lam, "lambda_by_mode": model.info["lambda_by_mode"], "history": model.history,
             "fold_in": model.fold_in, "selection": model.info["selection"], "train_seconds": model.info["fit_seconds"]}

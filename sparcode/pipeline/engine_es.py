@@ -50,9 +50,9 @@ class ElasticsearchEngine(Engine):
             version = next(iter(nodes["nodes"].values()))["version"]
         except UnsupportedProductError:
             # The client's product check: no X-Elastic-Product header, e.g. an OpenSearch node.
-            raise WrongEngine(f"{shown} is not Elasticsearch (OpenSearch?); set OPENSEARCH_URL "
-                              "and use --engine opensearch (index, reindex) or --backend opensearch "
-                              "(search, evaluate)") from None
+            raise WrongEngine(f"{shown} is not Elasticsearch (OpenSearch?); for OpenSearch use --engine opensearch "
+                              "(index, reindex) or --backend opensearch (search, evaluate), with --url or "
+                              "OPENSEARCH_URL; two-tower vectors are served by Elasticsearch only") from None
         except (AuthenticationException, AuthorizationException) as exc:
             raise CredentialsRefused(f"Elasticsearch at {shown} refused our credentials "
                                     f"(HTTP {exc.meta.status}); check ELASTICSEARCH_API_KEY or "

@@ -54,8 +54,8 @@ class OpenSearchEngine(Engine):
         # Only OpenSearch names itself in `GET /`; Elasticsearch omits the key.
         if version.get("distribution") != "opensearch":
             raise WrongEngine(f"{shown} is not OpenSearch (no version.distribution=opensearch in GET /; "
-                              "Elasticsearch?); set ELASTICSEARCH_URL and use --engine elasticsearch (index, "
-                              "reindex) or --backend es (search, evaluate)")
+                              "Elasticsearch?); for Elasticsearch use --engine elasticsearch (index, reindex) "
+                              "or --backend es (search, evaluate), with --url or ELASTICSEARCH_URL")
         number = str(version.get("number", "0"))
         if major_version(number) != SUPPORTED_MAJOR:
             raise ConnectionProblem(f"OpenSearch at {shown} is version {number}; sparcode is tested with "
