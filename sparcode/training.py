@@ -11,7 +11,8 @@ from sparcode.data.readers import NAMED, load_dataset
 from sparcode.data.splits import check_usable, make_split, split_summary
 
 
-def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict:
+def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: bool = True,
+              config_file: Path | None = None) -> dict:
     from sparcode.encoder import checkpoint as ckpt
 
     run_dir = Path(run_dir)
@@ -33,7 +34,7 @@ def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: boo
 
         TigerConfig.from_run_config(cfg)
         dataset_texts(dataset, cfg.dataset)
-        adopt_built_ids(run_dir, cfg, dataset)
+        adopt_built_ids(run_dir, cfg, dataset, config_file)
     fresh = not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir()))
     run_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -186,6 +186,9 @@ def test_train_and_search_through_the_cli(tmp_path, monkeypatch):
     seen = {f"i{(3 + j) % 12}" for j in range(5)}
     assert payload["backend"] == "tiger" and 1 <= len(payload["hits"]) <= 4
     assert not seen & {h["item_id"] for h in payload["hits"]}
+    (tmp_path / "history.txt").write_text("i1\ni2\n")
+    anonymous = runner.invoke(main, ["search", "--run", str(run), "--history-file", str(tmp_path / "history.txt")])
+    assert anonymous.exit_code == 1 and "--history-file is not supported for TIGER runs" in anonymous.output
     unknown = runner.invoke(main, ["search", "--run", str(run), "--user", "nobody", "--backend", "tiger"])
     assert unknown.exit_code != 0 and "nobody" in unknown.output
     wrong = runner.invoke(main, ["search", "--run", str(run), "--user", "u3", "--backend", "es"])

@@ -67,7 +67,7 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
         _check_out(run_dir, resume, cfg.model.kind)
         try:
             with _terminate_as_interrupt():
-                summary = train_run(run_dir, cfg, resume=resume, progress=not quiet)
+                summary = train_run(run_dir, cfg, resume=resume, progress=not quiet, config_file=config_file)
         except KeyboardInterrupt:
             if not run_dir.exists():
                 raise click.ClickException("interrupted before the first epoch finished; nothing was kept") from None

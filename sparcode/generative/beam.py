@@ -135,14 +135,17 @@ class ColdIndex:
 
     def mix(self, ranked: np.ndarray, k: int, slots: float, seen: np.ndarray | None = None,
             lookup=None) -> np.ndarray:
-        """Top-k with up to ceil(slots·k) of its last places given to prefix-matched cold items.
+        """Top-k with up to floor(slots·k) of its last places given to prefix-matched cold items.
 
         ``lookup(generated, skip, limit)`` replaces the in-process match with another source of
         the same ordered candidates (the Elasticsearch `sid` index, `pipeline/sid_search.py`)."""
         ranked = np.asarray(ranked, dtype=np.int64)
         ranked = ranked[ranked >= 0]
         skip = set(ranked[:k].tolist()) | (set(np.asarray(seen).tolist()) if seen is not None else set())
-        limit = math.ceil(slots * k)
+        # Floor, so cold items never take more than their share: rounding up gave one of k = 1..10
+        # places to them at the default 10 %, replacing the model's only answer at k = 1. The
+        # epsilon keeps 0.29·100 (28.999…96 in floating point) at 29.
+        limit = math.floor(slots * k + 1e-9)
         cold = lookup(ranked[:k], skip, limit) if lookup is not None else self.candidates(ranked[:k], skip)[:limit]
         if not cold:
             return ranked[:k]

@@ -55,7 +55,7 @@ def _save_tensors(obj, path: Path) -> None:
 
 # --- semantic IDs -----------------------------------------------------------------------------
 
-def adopt_built_ids(run_dir: Path, run_cfg, dataset) -> None:
+def adopt_built_ids(run_dir: Path, run_cfg, dataset, config_file: Path | None = None) -> None:
     """Semantic IDs already built in RUN_DIR for these items are reused, whatever RQ-VAE settings
     the run's config names: so the config must name the ones they were built with. Settings the
     config sets explicitly (`tiger.rqvae`) and the IDs do not have are refused, naming the way out;
@@ -78,8 +78,21 @@ def adopt_built_ids(run_dir: Path, run_cfg, dataset) -> None:
     if differ and not trained:
         shown = ", ".join(f"tiger.rqvae.{key} {asked[key]!r} (the IDs: {built_with.get(key)!r})" for key in differ)
         raise ConfigError(f"{folder} holds semantic IDs built with other settings: {shown}; rebuild them with "
-                          f"`sparcode semantic-ids --out {run_dir} --force` first, or drop those keys")
+                          f"{_rebuild_command(run_dir, run_cfg, config_file)} first, or drop those keys")
     run_cfg.tiger["rqvae"] = built_with
+
+
+def _rebuild_command(run_dir: Path, run_cfg, config_file: Path | None) -> str:
+    """The `semantic-ids` command that builds the IDs this run asks for: its dataset (the
+    command's default is Beauty), seed, and the config file that set the keys."""
+    import shlex
+
+    words = ["sparcode", "semantic-ids", "--dataset", str(run_cfg.dataset), "--out", str(run_dir),
+             "--config", str(config_file) if config_file else "CONFIG"]
+    if run_cfg.seed:
+        words += ["--seed", str(run_cfg.seed)]
+    command = " ".join(map(shlex.quote, words + ["--force"]))
+    return f"`{command}`" + ("" if config_file else " (CONFIG: a file setting those tiger.rqvae keys)")
 
 
 def build_semantic_ids(run_dir: Path, dataset, cfg: TigerConfig | None = None, device=None, log=print,
@@ -118,6 +131,12 @@ def build_semantic_ids(run_dir: Path, dataset, cfg: TigerConfig | None = None, d
         "item_ids": list(dataset.item_ids),
         "rqvae_config": rq_cfg.to_dict(),
     }
+    from sparcode.data.readers import NAMED
+
+    if cfg.dataset in NAMED or Path(cfg.dataset).exists():
+        # What `semantic-ids --force` rebuilds from when not told: dataset.name is "sequences"
+        # for every folder dataset, so it cannot find the data again.
+        meta["dataset_source"] = cfg.dataset
     save_ids(out, ids, meta)
     log(f"semantic IDs: collision rate {meta['collisions']['collision_rate']:.4f} before the 4th token, "
         f"codebook usage {[round(u, 3) for u in meta['codebook_usage']]}, vocab {meta['vocab']}")
@@ -389,32 +408,43 @@ def _time_so_far(history: Path) -> tuple[float, float]:
 
 # --- evaluation -------------------------------------------------------------------------------
 
+NO_CATEGORY = 0  # leaf_categories' code for an item without one
+
+
 def leaf_categories(dataset) -> np.ndarray | None:
-    """Per item, its most specific category (Beauty: last element of the category path)."""
+    """Per item, a code for its most specific category (Beauty: last element of the category
+    path), 1 upwards; NO_CATEGORY for an item without categories, which the entropy leaves out."""
     if not dataset.item_attributes:
         return None
     names = []
     for attributes in dataset.item_attributes:
         path = attributes.get("categories") or attributes.get("genres") or []
-        names.append(path[-1] if path else "")
-    if not any(names):
+        names.append(str(path[-1]) if path else None)
+    known = sorted({name for name in names if name is not None})
+    if not known:
         return None  # no item has a category: entropy does not apply (not 0, which reads as "one category")
-    _, codes = np.unique(np.asarray(names, dtype=object).astype(str), return_inverse=True)
-    return codes.reshape(-1)
+    code = {name: i + 1 for i, name in enumerate(known)}
+    return np.array([code[name] if name is not None else NO_CATEGORY for name in names], dtype=np.int64)
 
 
 def category_entropy(rankings: list[np.ndarray], categories: np.ndarray, k: int = 10) -> float:
-    """Mean over users of the entropy (nats) of the leaf-category distribution of their top-k."""
+    """Mean over users of the entropy (nats) of the leaf-category distribution of their top-k.
+
+    Items without a category are left out: pooling them as one shared category would count a
+    list of uncategorised items as undiverse, and each as its own as maximally diverse, when we
+    know neither. A user none of whose top-k has a category does not count."""
     values = []
     for ranked in rankings:
         top = np.asarray(ranked[:k], dtype=np.int64)
         top = top[top >= 0]
-        if len(top) == 0:
+        known = categories[top]
+        known = known[known != NO_CATEGORY]
+        if len(known) == 0:
             continue
-        _, counts = np.unique(categories[top], return_counts=True)
+        _, counts = np.unique(known, return_counts=True)
         p = counts / counts.sum()
         values.append(float(-(p * np.log(p)).sum()))
-    return float(np.mean(values)) if values else 0.0
+    return float(np.mean(values)) if values else float("nan")
 
 
 def evaluate_tiger(run_dir: Path, dataset, split, evalset=None, exclude_seen: bool | None = None,
