@@ -44,7 +44,7 @@ def main(items, candidates, queries, url, out):
     alias = f"sparcode-knn-sweep-{items}"
     try:
         vector_dir = synthetic.vector_catalog(work / "vectors", shape, items, seed=0)
-        vector_q = synthetic.vector_queries(shape, queries, seed=1)
+        vector_q = synthetic.vector_queries(shape, queries, seed=0)  # the catalog's seed: its centres
         exact = paths.run_exact(VectorSet.load(vector_dir), vector_q, 100, 2)
         started = time.perf_counter()
         # Raw inner products, as `sparcode bench` builds its ES kNN rows.

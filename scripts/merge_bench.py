@@ -4,16 +4,102 @@ without ES kNN) into one bench.json / bench.md / plots; each row keeps the run i
     python scripts/merge_bench.py OUT_DIR RUN_DIR[:path,path][@items,items] [RUN_DIR... ...]
 
 `:path,path` / `@items,items` keep only those paths / catalog sizes of a run (when two runs
-measured the same path and size).
+measured the same path and size). Two rows of one path and size, or a run contributing no row,
+are refused: pick which run measures what with those filters. Files of OUT_DIR other than the
+bench's own are kept; the bench's are replaced only once every new one is written.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import orjson
 
 from sparcode.bench import report
+
+OUTPUTS = ("bench.json", "bench.meta.json", "bench.md", "latency_vs_recall.png", "latency_vs_items.png")
+
+
+class BadInput(ValueError):
+    """Input the user can fix; printed as one line."""
+
+
+def parse_spec(spec: str) -> tuple[Path, set[str], set[int]]:
+    spec, _, sizes = spec.partition("@")
+    run, _, keep = spec.partition(":")
+    try:
+        items = {int(n) for n in sizes.split(",") if n.strip()}
+    except ValueError:
+        raise BadInput(f"{spec}@{sizes}: sizes after @ are item counts, e.g. @10000,100000") from None
+    return Path(run), {p.strip() for p in keep.split(",") if p.strip()}, items
+
+
+def read_json(path: Path):
+    try:
+        return orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise BadInput(f"{path} not found: each RUN_DIR must be a `sparcode bench --out` folder") from None
+    except orjson.JSONDecodeError as exc:
+        raise BadInput(f"{path} is not valid JSON: {exc}") from None
+
+
+def read_run(spec: str) -> tuple[dict, list[dict]]:
+    run, keep, sizes = parse_spec(spec)
+    meta = read_json(run / "bench.meta.json")
+    try:
+        rows = [row | {"run": meta["created"]} for row in read_json(run / "bench.json")
+                if (not keep or row["path"] in keep) and (not sizes or row["items"] in sizes)]
+    except (KeyError, TypeError) as exc:
+        raise BadInput(f"{run} does not hold a `sparcode bench` output ({type(exc).__name__}: {exc})") from None
+    if not rows:
+        raise BadInput(f"{spec} selects no rows (check the paths after : and the sizes after @)")
+    return meta, rows
+
+
+def check_unique(rows: list[dict]) -> None:
+    seen: dict[tuple[str, int], str] = {}
+    for row in rows:
+        key = (row["path"], row["items"])
+        if key in seen:
+            raise BadInput(f"{row['path']} at {row['items']:,} items comes from two runs ({seen[key]} and "
+                           f"{row['run']}): keep one with RUN:paths or RUN@items")
+        seen[key] = row["run"]
+
+
+def write(out: Path, rows: list[dict], meta: dict) -> None:
+    """Everything is written beside OUT first, then moved in file by file."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".merge."))
+    try:
+        (tmp / "bench.json").write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
+        (tmp / "bench.meta.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+        report.write_markdown(tmp / "bench.md", rows, meta)
+        report.write_plots(tmp, rows)
+        for name in OUTPUTS:
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def merge(out: Path, specs: list[str]) -> tuple[int, int]:
+    metas, rows = [], []
+    for spec in specs:
+        meta, picked = read_run(spec)
+        metas.append(meta)
+        rows += picked
+    check_unique(rows)
+    rows.sort(key=lambda r: (r["items"], r["run"]))
+    # Settings and load average of the last run given are printed; every run's are kept in the meta.
+    meta = dict(metas[-1], runs=[{k: m.get(k) for k in ("created", "loadavg", "paths", "urls", "catalogs")}
+                                 for m in metas])
+    # Each SparCode catalog as stored, whichever run measured it (older runs did not record it).
+    meta["catalogs"] = {str(r["items"]): {"pairs": r["pairs"], "postings_per_item": r["postings_per_item"]}
+                        for r in rows if "pairs" in r}
+    write(out, rows, meta)
+    return len(rows), len(metas)
 
 
 def main() -> None:
@@ -21,26 +107,11 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("runs", nargs="+")
     args = parser.parse_args()
-    rows, metas = [], []
-    for spec in args.runs:
-        spec, _, sizes = spec.partition("@")
-        run, _, keep = spec.partition(":")
-        run, keep = Path(run), set(filter(None, keep.split(",")))
-        sizes = {int(n) for n in sizes.split(",") if n}
-        meta = orjson.loads((run / "bench.meta.json").read_bytes())
-        metas.append(meta)
-        for row in orjson.loads((run / "bench.json").read_bytes()):
-            if (not keep or row["path"] in keep) and (not sizes or row["items"] in sizes):
-                rows.append(row | {"run": meta["created"]})
-    rows.sort(key=lambda r: (r["items"], r["run"]))
-    # Settings and load average of the last run given are printed; every run's are kept in the meta.
-    meta = dict(metas[-1], runs=[{k: m.get(k) for k in ("created", "loadavg", "paths")} for m in metas])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
-    (args.out / "bench.meta.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
-    report.write_markdown(args.out / "bench.md", rows, meta)
-    report.write_plots(args.out, rows)
-    print(f"{len(rows)} rows from {len(metas)} runs → {args.out}")
+    try:
+        rows, runs = merge(args.out, args.runs)
+    except (BadInput, OSError) as exc:
+        raise SystemExit(f"merge_bench: {exc}") from None
+    print(f"{rows} rows from {runs} runs → {args.out}")
 
 
 if __name__ == "__main__":

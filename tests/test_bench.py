@@ -2,6 +2,7 @@
 the contract's files against the live Elasticsearch node."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -131,8 +132,9 @@ def test_bench_quick_writes_the_contract(es_engine, tmp_path):
     result = invoke("bench", "--out", out, "--quick")
     assert result.exit_code == 0, result.output
     # Each engine build says what it waits for after its load, as `sparcode index` does.
-    assert "    merging sparcode-bench-sparcode-es-" in result.output
-    assert "    merging sparcode-bench-knn-" in result.output
+    tag = re.search(r"bench indices: sparcode-bench-([0-9a-f]+)-\*", result.output).group(1)
+    assert f"    merging sparcode-bench-{tag}-sparcode-es-" in result.output
+    assert f"    merging sparcode-bench-{tag}-knn-" in result.output
     rows = json.loads((out / "bench.json").read_text())
     assert {r["path"] for r in rows} >= {"sparcode-es", "sparcode-local", "hnswlib", "es-knn", "exact"}
     for row in rows:
@@ -144,7 +146,7 @@ def test_bench_quick_writes_the_contract(es_engine, tmp_path):
     assert by["es-knn"]["index_bytes"] > 0 and by["sparcode-es"]["bulk_docs_per_s"] > 0
     assert (out / "bench.md").read_text().startswith("# sparcode bench")
     assert (out / "latency_vs_recall.png").stat().st_size > 1000 and (out / "latency_vs_items.png").exists()
-    assert not es_engine.matching("sparcode-bench-*-*")  # its indices are cleaned up
+    assert not es_engine.matching(f"sparcode-bench-{tag}-*")  # its indices are cleaned up, the floor's too
     assert by["sparcode-es"]["bulk_docs_per_cpu_s"] > 0 and by["sparcode-es"]["node_cpu_ms_per_query"] > 0
     assert by["es-knn"]["node_cpu_ms_per_query"] > 0 and by["es-knn"]["floor_p50_ms"] > 0
     if os.environ.get("OPENSEARCH_URL"):  # CI runs both nodes: the OpenSearch row must be there too

@@ -5,6 +5,9 @@ Each `run_*` returns the fields of the CLI contract (docs/bench.md) that belong 
 """
 from __future__ import annotations
 
+import contextlib
+import re
+import secrets
 import time
 from typing import Callable
 from dataclasses import dataclass, field
@@ -14,10 +17,35 @@ import numpy as np
 
 from sparcode.bench.measure import latency, qps
 from sparcode.pipeline.backends import EngineBackend, Hit, LocalBackend
+from sparcode.pipeline.engine import EngineError, EngineUnavailable
 from sparcode.pipeline.export import Export
+from sparcode.pipeline.indexer import IndexProblem, answered
 
 K = 50
-FLOOR_INDEX = "sparcode-bench-floor"
+PREFIX = "sparcode-bench"
+
+
+class BenchFailed(IndexProblem):
+    """A bench build or measurement stopped; one line saying what the bench cleaned up."""
+
+
+@dataclass(frozen=True)
+class RunNames:
+    """The index names of one bench run. The random tag keeps two benches running at once (or a
+    bench and the leftovers of a killed one) from ever touching each other's indices."""
+    tag: str = field(default_factory=lambda: secrets.token_hex(4))
+
+    @property
+    def pattern(self) -> str:
+        return f"{PREFIX}-{self.tag}-*"
+
+    def alias(self, path: str, items: int) -> str:
+        return f"{PREFIX}-{self.tag}-{path}-{items}"
+
+    def others(self, engine) -> list[str]:
+        """Bench indices on the node that are not this run's: another bench's, running or killed."""
+        own = f"{PREFIX}-{self.tag}-"
+        return sorted(name for name in engine.matching(f"{PREFIX}-*") if not name.startswith(own))
 
 
 @dataclass
@@ -44,29 +72,28 @@ def index_store_bytes(engine, index: str) -> int:
     return int(stats["_all"]["primaries"]["store"]["size_in_bytes"])
 
 
-def floor(engine, queries: int, warmup: int) -> float | None:
-    """Client p50 of a match_all on a one-document index: the round trip no index design removes."""
-    from sparcode.pipeline.engine import EngineError
-
+def floor(engine, index: str, queries: int, warmup: int) -> float | None:
+    """Client p50 of a match_all on a one-document `index`: the round trip no index design removes."""
     try:
-        if not engine.exists(FLOOR_INDEX):
-            engine.create_index(FLOOR_INDEX, {"settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0}}})
-        engine._call(engine.client.index, index=FLOOR_INDEX, id="1", body={"x": 1}, refresh=True)
+        if not engine.exists(index):
+            engine.create_index(index, {"settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0}}})
+        engine._call(engine.client.index, index=index, id="1", body={"x": 1}, refresh=True)
     except EngineError:
         return None
     body = {"size": 1, "query": {"match_all": {}}, "track_total_hits": False, "_source": False}
 
     def call(_):
-        return float(engine.search(FLOOR_INDEX, body)["took"])
+        return float(engine.search(index, body)["took"])
 
     return latency(call, list(range(queries)), warmup)["p50_ms"]
 
 
-def _measure_engine(engine, row: dict, call, hits_of, queries, warmup: int, threads: int) -> Measured:
+def _measure_engine(engine, floor_index: str, row: dict, call, hits_of, queries, warmup: int,
+                    threads: int) -> Measured:
     """`_measure` for a search engine, plus the round-trip floor taken right before (under the same
     machine load as this path) and the CPU the node and the client spend per query: `took` is wall
     time inside the node and includes waiting for a CPU on a shared machine, CPU time does not."""
-    row["floor_p50_ms"] = floor(engine, min(len(queries), 500), warmup)
+    row["floor_p50_ms"] = floor(engine, floor_index, min(len(queries), 500), warmup)
     node, client = engine.process_cpu_seconds(), time.process_time()
     row.update(latency(call, queries, warmup))
     calls = len(queries) + min(warmup, len(queries))
@@ -83,20 +110,67 @@ def _cpu_row(built) -> dict:
     return {"bulk_docs_per_cpu_s": None if rate is None else round(rate)}
 
 
-def _drop_family(engine, alias: str) -> None:
-    names = engine.matching(f"{alias}-*")
-    if names:
-        engine.delete_indices(sorted(names))
+def drop(engine, pattern: str) -> str | None:
+    """Delete the indices matching `pattern` (their aliases go with them); None when done, else
+    one line naming what is left. Never raises: it runs while another error may be on its way out."""
+    try:
+        names = sorted(engine.matching(pattern))
+    except (EngineError, EngineUnavailable) as exc:
+        return f"the bench's indices {pattern} could not be listed to delete them ({exc}): delete them by name"
+    try:
+        if names:
+            engine.delete_indices(names)
+    except (EngineError, EngineUnavailable) as exc:
+        return f"the bench's indices {', '.join(names)} could not be deleted ({exc}): delete them by name"
+    return None
+
+
+def _cause(exc: IndexProblem) -> str:
+    """What went wrong, without the indexer's advice: --resume and --delete-old are `sparcode
+    index` options, and the bench deletes what it built instead."""
+    if exc.__cause__ is not None:
+        return answered(exc.__cause__)
+    clauses = [re.sub(r"\s*\([^)]*--[^)]*\)", "", clause) for clause in str(exc).split("; ")]
+    # "alias … not moved" and the like: the alias goes with the indices the bench deletes.
+    kept = [clause for clause in clauses if "--" not in clause and not clause.startswith("alias ")]
+    return "; ".join(kept) or "the build stopped"
+
+
+@contextlib.contextmanager
+def deleted_after(engine, pattern: str):
+    """Delete the indices matching `pattern` however the block ends, Ctrl-C included."""
+    try:
+        yield
+    except IndexProblem as exc:
+        left = drop(engine, pattern)
+        raise BenchFailed(f"{_cause(exc)}; {left or 'the indices it built were deleted'}") from exc
+    except KeyboardInterrupt as exc:
+        left = drop(engine, pattern)
+        # The last note is the line the CLI prints (commands/_common.user_errors).
+        exc.add_note(f"interrupted; {left or 'the indices the bench built were deleted'}")
+        raise
+    except BaseException:
+        drop(engine, pattern)
+        raise
+    left = drop(engine, pattern)
+    if left:
+        raise BenchFailed(left)
 
 
 def run_sparcode_es(engine, export_dir: Path, alias: str, queries, warmup: int, threads: int,
                     status: Callable[[str], None] | None = None) -> Measured:
     """SparCode as term lookups on a search engine (sparse_vector on ES, rank_features on OpenSearch).
-    `status` hears what the build waits for after the load, as in `sparcode index`."""
+    `status` hears what the build waits for after the load, as in `sparcode index`. Every index
+    named `alias-*` (the build's and the floor's) is deleted when it returns or fails, so `alias`
+    must be this run's own."""
+    with deleted_after(engine, f"{alias}-*"):
+        return _sparcode_es(engine, export_dir, alias, queries, warmup, threads, status)
+
+
+def _sparcode_es(engine, export_dir, alias, queries, warmup, threads, status) -> Measured:
     from sparcode.pipeline.indexer import build
 
     export = Export.open(export_dir)
-    _drop_family(engine, alias)
     started = time.perf_counter()
     built = build(engine, export, alias, progress=False, status=status)
     build_s = time.perf_counter() - started
@@ -109,9 +183,8 @@ def run_sparcode_es(engine, export_dir: Path, alias: str, queries, warmup: int, 
 
     row = {"index_bytes": index_store_bytes(engine, index), "build_s": round(build_s, 2),
            "bulk_docs_per_s": round(built.docs_per_second), **_cpu_row(built)}
-    measured = _measure_engine(engine, row, call, lambda q: backend.search(q, K), queries, warmup, threads)
-    _drop_family(engine, alias)
-    return measured
+    return _measure_engine(engine, f"{alias}-floor", row, call, lambda q: backend.search(q, K), queries, warmup,
+                           threads)
 
 
 def run_sparcode_local(export_dir: Path, queries, warmup: int, threads: int) -> Measured:
@@ -150,9 +223,17 @@ def run_hnswlib(vectors, export_dir: Path, params, ef: int, queries, warmup: int
 def run_es_knn(engine, export_dir: Path, alias: str, m: int, ef_construction: int, num_candidates: int,
                queries, warmup: int, threads: int, transform: str = "none",
                status: Callable[[str], None] | None = None) -> Measured:
+    """Dense vectors in an ES `dense_vector` HNSW index; as `run_sparcode_es`, every `alias-*`
+    index is deleted when it returns or fails."""
+    with deleted_after(engine, f"{alias}-*"):
+        return _es_knn(engine, export_dir, alias, m, ef_construction, num_candidates, queries, warmup, threads,
+                       transform, status)
+
+
+def _es_knn(engine, export_dir, alias, m, ef_construction, num_candidates, queries, warmup, threads, transform,
+            status) -> Measured:
     from sparcode.pipeline import knn
 
-    _drop_family(engine, alias)
     started = time.perf_counter()
     built = knn.build(engine, export_dir, alias, m=m, ef_construction=ef_construction, transform=transform,
                       progress=False, status=status)
@@ -167,9 +248,8 @@ def run_es_knn(engine, export_dir: Path, alias: str, m: int, ef_construction: in
            "bulk_docs_per_s": round(built.docs_per_second), **_cpu_row(built),
            "settings": {"m": m, "ef_construction": ef_construction, "num_candidates": num_candidates,
                         "transform": transform}}
-    measured = _measure_engine(engine, row, call, lambda q: backend.search(q, K), queries, warmup, threads)
-    _drop_family(engine, alias)
-    return measured
+    return _measure_engine(engine, f"{alias}-floor", row, call, lambda q: backend.search(q, K), queries, warmup,
+                           threads)
 
 
 def recall_at(hits: list[list[Hit]], truth: list[list[Hit]], k: int = K) -> float:

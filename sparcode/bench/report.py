@@ -58,22 +58,42 @@ def goals(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
     return [(name, detail if " — at " in detail else f"{detail} at {size:,} items", ok) for name, detail, ok in out]
 
 
-def _shape_note(shape: dict | None) -> str:
+def _threads(hnsw: dict) -> str:
+    threads = hnsw.get("threads")
+    if not threads or threads == 1:
+        return ""
+    return f", built on {threads} threads (not reproducible: its recall varies between runs of one seed)"
+
+
+def _stored(catalogs: dict | None) -> str:
+    """Postings per item the catalogs really hold: a code drawn twice for one item is stored once."""
+    if not catalogs:
+        return ""
+    sizes = sorted(catalogs, key=int)
+    held = ", ".join(f"{catalogs[n]['postings_per_item']:.1f} at {int(n):,} items ({catalogs[n]['pairs']:,} pairs)"
+                     for n in sizes)
+    return f", a repeat stored once: {held}"
+
+
+def _shape_note(shape: dict | None, catalogs: dict | None = None) -> str:
     if not shape:
         return ""
     cap = shape.get("posting_cap")
     lists = f"≈ {cap} postings per code at every size" if cap else "posting lists growing with the catalog"
     codes = f"{shape['codes']:,} codes, " if shape.get("codes") and not cap else ""
-    return f" ({codes}{shape['codes_per_item']} codes per item, {shape['query_codes']} codes per query, {lists})"
+    return (f" ({codes}{shape['codes_per_item']} codes drawn per item{_stored(catalogs)}; {shape['query_codes']} "
+            f"codes per query, {lists})")
 
 
 def write_markdown(path: Path, rows: list[dict], meta: dict) -> None:
     lines = ["# sparcode bench", "",
              f"**Synthetic:** {meta['synthetic']}. SparCode shape from {meta['sparcode_shape_from']}"
-             f"{_shape_note(meta.get('sparcode_shape'))}; vector shape from {meta['vector_shape_from']}.", "",
+             f"{_shape_note(meta.get('sparcode_shape'), meta.get('catalogs'))}; vector shape from "
+             f"{meta['vector_shape_from']}.", "",
              f"{meta['queries']} queries per path, one at a time after {meta['warmup']} warm-up ones; QPS with "
              f"{meta['qps_threads']} client threads; k = {meta['k']}. hnswlib M {meta['hnsw']['m']}, "
-             f"ef_construction {meta['hnsw']['ef_construction']}, ef {meta['hnsw']['ef']}; ES kNN m "
+             f"ef_construction {meta['hnsw']['ef_construction']}, ef {meta['hnsw']['ef']}"
+             f"{_threads(meta['hnsw'])}; ES kNN m "
              f"{meta['es_knn']['m']}, ef_construction {meta['es_knn']['ef_construction']}, num_candidates "
              f"{meta['es_knn']['num_candidates']}; ANN graphs on "
              f"{'raw inner products' if meta['hnsw'].get('transform', 'none') == 'none' else 'the MIPS transform'} "

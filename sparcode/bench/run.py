@@ -6,6 +6,7 @@ SparCode paths (the engines must equal it), exact flat search for the vector pat
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -41,27 +42,70 @@ class BenchConfig:
     paths: tuple[str, ...] = PATHS
 
 
+ES_PATHS = frozenset({"sparcode-es", "es-knn"})
+
+
+class UrlAmbiguous(ValueError):
+    """--url names one node, but the chosen paths query both engines."""
+
+
 def engines(url: str | None, paths: tuple[str, ...] = PATHS) -> dict:
     """{engine name: connection} for the engines the chosen `paths` query: Elasticsearch for
-    sparcode-es and es-knn, OpenSearch (from OPENSEARCH_URL) for sparcode-os."""
+    sparcode-es and es-knn, OpenSearch for sparcode-os. `url` is the node of whichever one engine
+    the paths query; with both, it would silently apply to one of them, so it is refused."""
     from sparcode.pipeline.connect import connect
 
+    es, opensearch = bool(ES_PATHS & set(paths)), "sparcode-os" in paths
+    if url is not None and es and opensearch:
+        raise UrlAmbiguous("--url names one node, but these paths query Elasticsearch (sparcode-es, es-knn) and "
+                           "OpenSearch (sparcode-os): pick one engine's paths with --paths, or set ELASTICSEARCH_URL "
+                           "and OPENSEARCH_URL instead of --url")
     found = {}
-    if {"sparcode-es", "es-knn"} & set(paths):
+    if es:
         found["es"] = connect(url, engine="elasticsearch", request_timeout=600)
-    if "sparcode-os" in paths:
-        found["os"] = connect(os.environ.get("OPENSEARCH_URL"), engine="opensearch", request_timeout=600)
+    if opensearch:
+        found["os"] = connect(url or os.environ.get("OPENSEARCH_URL"), engine="opensearch", request_timeout=600)
     return found
 
 
-def run_bench(config: BenchConfig, work: Path, conns: dict, log: Callable[[str], None] = print) -> list[dict]:
+def catalog_facts(sparse_dir: Path) -> dict:
+    """What the SparCode catalog really stores: fewer postings per item than drawn, as a code drawn
+    twice for one item is stored once."""
+    manifest = json.loads((sparse_dir / "manifest.json").read_text())
+    return {"pairs": manifest["pairs"], "postings_per_item": round(manifest["postings_per_item"]["mean"], 2)}
+
+
+def queries_for(config: BenchConfig, items: int) -> tuple[list, list]:
+    """(SparCode queries, vector queries). Vector queries take the vector catalog's own seed: its
+    centres come from it, and queries about other centres would measure another geometry."""
+    return (synthetic.sparcode_queries(config.sparcode_shape, config.queries, config.seed + 1, items),
+            synthetic.vector_queries(config.vector_shape, config.queries, config.seed))
+
+
+def announce(names: paths.RunNames, conns: dict, log: Callable[[str], None]) -> None:
+    """Say which indices are this run's, and name other benches' without touching them: they may
+    be a bench running right now, and a killed one's cannot be told apart from it."""
+    log(f"bench indices: {names.pattern} (each deleted when its path ends)")
+    for engine in conns.values():
+        others = names.others(engine)
+        if others:
+            shown = ", ".join(others[:6]) + (f" and {len(others) - 6} more" if len(others) > 6 else "")
+            log(f"left alone on {engine.label}: {shown} (another bench's, running or killed; delete them by name "
+                "once no other bench runs)")
+
+
+def run_bench(config: BenchConfig, work: Path, conns: dict, log: Callable[[str], None] = print,
+              names: paths.RunNames | None = None) -> list[dict]:
+    names = names or paths.RunNames()
+    if conns:
+        announce(names, conns, log)
     rows: list[dict] = []
     for items in config.sizes:
         log(f"[{items:,} items] generating synthetic catalogs")
         sparse_dir = synthetic.sparcode_catalog(work / f"sparcode-{items}", config.sparcode_shape, items, config.seed)
         vector_dir = synthetic.vector_catalog(work / f"vectors-{items}", config.vector_shape, items, config.seed)
-        sparse_q = synthetic.sparcode_queries(config.sparcode_shape, config.queries, config.seed + 1, items)
-        vector_q = synthetic.vector_queries(config.vector_shape, config.queries, config.seed + 1)
+        catalog = catalog_facts(sparse_dir)
+        sparse_q, vector_q = queries_for(config, items)
         common = (config.warmup, config.threads)
 
         def status(line: str) -> None:  # a 1M build waits minutes after its load; say for what
@@ -78,12 +122,14 @@ def run_bench(config: BenchConfig, work: Path, conns: dict, log: Callable[[str],
         log("  sparcode-local")
         # Always measured: it is the exact reference the engines' recall is taken against.
         local = paths.run_sparcode_local(sparse_dir, sparse_q, *common)
+        local.row.update(catalog)
         add("sparcode-local", local, local.hits)
         for name, label in (("es", "sparcode-es"), ("os", "sparcode-os")):
             if name in conns and label in config.paths:
                 log(f"  {label}")
-                measured = paths.run_sparcode_es(conns[name], sparse_dir, f"sparcode-bench-{label}-{items}",
+                measured = paths.run_sparcode_es(conns[name], sparse_dir, names.alias(label, items),
                                                  sparse_q, *common, status=status)
+                measured.row.update(catalog)
                 add(label, measured, local.hits)
 
         vectors = VectorSet.load(vector_dir)
@@ -96,7 +142,7 @@ def run_bench(config: BenchConfig, work: Path, conns: dict, log: Callable[[str],
                 exact.hits)
         if "es-knn" in config.paths:
             log("  es-knn")
-            knn = paths.run_es_knn(conns["es"], vector_dir, f"sparcode-bench-knn-{items}", config.hnsw.m,
+            knn = paths.run_es_knn(conns["es"], vector_dir, names.alias("knn", items), config.hnsw.m,
                                    config.hnsw.ef_construction, config.num_candidates, vector_q, *common,
                                    transform=config.hnsw.transform, status=status)
             add("es-knn", knn, exact.hits)
@@ -105,7 +151,9 @@ def run_bench(config: BenchConfig, work: Path, conns: dict, log: Callable[[str],
     return rows
 
 
-def describe(config: BenchConfig, conns: dict) -> dict:
+def describe(config: BenchConfig, conns: dict, rows: list[dict] = ()) -> dict:
+    from sparcode.pipeline.engine import redact
+
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "synthetic": "every row: catalogs and queries are generated (sparcode/bench/synthetic.py); "
@@ -115,15 +163,24 @@ def describe(config: BenchConfig, conns: dict) -> dict:
                            "codes_per_item": config.sparcode_shape.codes_per_item,
                            "query_codes": config.sparcode_shape.query_codes,
                            "posting_cap": config.sparcode_shape.posting_cap},
+        # What each catalog stores, not what was drawn (`sparcode_shape.codes_per_item`).
+        "catalogs": {str(r["items"]): {"pairs": r["pairs"], "postings_per_item": r["postings_per_item"]}
+                     for r in rows if r["path"] == "sparcode-local" and "pairs" in r},
         "vector_shape_from": config.vector_shape.source,
-        "queries": config.queries, "warmup": config.warmup, "qps_threads": config.threads, "k": paths.K,
+        # Fewer warm-up queries than asked when there are fewer queries: the loop warms on them.
+        "queries": config.queries, "warmup": min(config.warmup, config.queries), "qps_threads": config.threads,
+        "k": paths.K,
+        # With more than one thread hnswlib inserts in a racy order: the graph, and its recall,
+        # differ between runs with the same seed.
         "hnsw": {"m": config.hnsw.m, "ef_construction": config.hnsw.ef_construction, "ef": config.ef,
-                 "seed": config.hnsw.seed, "transform": config.hnsw.transform},
+                 "seed": config.hnsw.seed, "threads": config.hnsw.threads,
+                 "reproducible": config.hnsw.threads == 1, "transform": config.hnsw.transform},
         "es_knn": {"m": config.hnsw.m, "ef_construction": config.hnsw.ef_construction,
                    "transform": config.hnsw.transform,
                    "num_candidates": config.num_candidates},
         "paths": list(config.paths),
         "engines": {name: f"{engine.label} {engine.version}" for name, engine in conns.items()},
+        "urls": {name: redact(engine.url) for name, engine in conns.items()},
         "cpus": os.cpu_count(),
         # Latency on a shared machine includes waiting for a CPU; the load says how much to expect.
         "loadavg": list(os.getloadavg()),

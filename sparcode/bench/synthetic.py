@@ -175,6 +175,8 @@ def sparcode_catalog(path, shape: SparcodeShape, items: int, seed: int = 0) -> P
         "quantizer": {"M": 2, "N": book, "dim": 16}, "tokens_per_user": shape.tokens_per_user,
         "query_probes": shape.query_probes, "bias": 0.0,
         "max_postings": shape.posting_cap, "items": items, "codes": n_codes, "pairs": pairs,
+        # Below `shape.codes_per_item`: a code drawn twice for one item is stored once.
+        "postings_per_item": {"drawn": shape.codes_per_item, "mean": pairs / max(items, 1)},
         "stored_fraction": pairs / max(n_codes * items, 1),
         "postings_per_code": {"mean": float(per_code.mean()), "p50": float(np.percentile(per_code, 50)),
                               "p99": float(np.percentile(per_code, 99)), "max": int(per_code.max())},
@@ -216,5 +218,6 @@ def vector_catalog(path, shape: VectorShape, items: int, seed: int = 0) -> Path:
 
 
 def vector_queries(shape: VectorShape, n: int, seed: int = 0) -> list[np.ndarray]:
-    # Same centres as the catalog (users like what exists), a different draw.
+    """`n` query vectors around the centres of the catalog made with the same `seed` (users like
+    what exists); the draw itself comes from another stream than the catalog's items."""
     return list(shape.sample(np.random.default_rng(seed + 2000), n, shape.centres(np.random.default_rng(seed + 1000))))

@@ -25,6 +25,18 @@ def _sizes(ctx, param, value):
     return sizes
 
 
+def _check_vectors_fit(config, from_vectors: Path | None) -> None:
+    """Refuse vectors the ES kNN index cannot hold before any path is measured, not after the
+    others have run for hours: the same check the kNN build makes (pipeline/knn.index_body)."""
+    if from_vectors is None or "es-knn" not in config.paths:
+        return
+    from sparcode.pipeline import knn
+    from sparcode.pipeline.vectors import open_vector_export
+
+    knn.index_body(open_vector_export(from_vectors), m=config.hnsw.m, ef_construction=config.hnsw.ef_construction,
+                   transform=config.hnsw.transform)
+
+
 # What one bench writes into --out; --force replaces a folder holding nothing else.
 OUTPUTS = frozenset({"bench.json", "bench.meta.json", "bench.md", "latency_vs_recall.png", "latency_vs_items.png"})
 
@@ -41,7 +53,9 @@ def _only_bench_output(folder: Path) -> bool:
 @click.option("--sizes", callback=_sizes, default=None, metavar="N,N,...", help="Catalog sizes (default 10000,100000,1000000; --quick: 2000).")
 @click.option("--quick", is_flag=True, help="A small smoke run (one 2,000-item catalog, 200 queries).")
 @click.option("--queries", type=click.IntRange(min=10), default=None, help="Timed queries per path (default 1000).")
-@click.option("--url", default=None, metavar="URL", help="Elasticsearch URL (default: ELASTICSEARCH_URL, else the local node).")
+@click.option("--url", default=None, metavar="URL",
+              help="The search node's URL (default: ELASTICSEARCH_URL, else the local node; OPENSEARCH_URL for "
+                   "sparcode-os). With paths on both engines, set the two variables instead.")
 @click.option("--from-export", "from_export", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Take the SparCode shape (codes, postings per code, scores) from a real export.")
 @click.option("--from-vectors", "from_vectors", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -69,7 +83,7 @@ def command(out_dir, sizes, quick, queries, url, from_export, from_vectors, path
 
     with user_errors():
         from sparcode.bench import report, synthetic
-        from sparcode.bench.run import BenchConfig, describe, engines, run_bench
+        from sparcode.bench.run import BenchConfig, UrlAmbiguous, describe, engines, run_bench
 
         if out_dir.exists() and any(out_dir.iterdir()):
             if not (out_dir / "bench.json").exists():
@@ -102,12 +116,16 @@ def command(out_dir, sizes, quick, queries, url, from_export, from_vectors, path
         if path_names is None and not os.environ.get("OPENSEARCH_URL"):
             # By default OpenSearch is measured when there is one; asked for by name, it must be.
             config.paths = tuple(p for p in config.paths if p != "sparcode-os")
-        conns = engines(url, config.paths)
+        _check_vectors_fit(config, from_vectors)
+        try:
+            conns = engines(url, config.paths)
+        except UrlAmbiguous as exc:
+            raise click.BadParameter(str(exc), param_hint="--url") from None
         # Everything lands in a temporary sibling first: an interrupted bench leaves no partial result.
         with staged_directory(out_dir, marker=_only_bench_output) as tmp:
             rows = run_bench(config, tmp / "work", conns, log=click.echo)
             shutil.rmtree(tmp / "work", ignore_errors=True)
-            meta = describe(config, conns)
+            meta = describe(config, conns, rows)
             (tmp / "bench.json").write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
             (tmp / "bench.meta.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
             report.write_markdown(tmp / "bench.md", rows, meta)
