@@ -77,7 +77,7 @@ def assert_backends_match_model(indexed, tmp_path, backends):
     runs = {}
     for backend in ("model", *backends):
         path = tmp_path / f"{backend}.run"
-        serving = [] if backend == "model" else ["--alias", alias, "--export", export]
+        serving = [] if backend == "model" else ["--export", export] + ([] if backend == "local" else ["--alias", alias])
         result = invoke("evaluate", run, "--backend", backend, *serving, "--json", "--run-file", path)
         assert result.exit_code == 0, result.output
         runs[backend] = (json.loads(result.output), path.read_text().replace(f"-{backend}", ""))
@@ -249,7 +249,8 @@ def test_ease_is_scored_each_way_at_the_lambda_chosen_for_it(tmp_path):
     # evaluation ignoring lambda_by_mode would pass; 20-item groups make them choose apart.
     data = make_dataset(tmp_path / "data", items_per_group=20, seed=2)
     run, cfg = tmp_path / "run-ease", tmp_path / "ease.json"
-    cfg.write_text(json.dumps({"model": {"ease_lambda": [1, 30, 1000], "ease_fold_in": True}}))
+    cfg.write_text(json.dumps({"model": {"ease_lambda": [1, 30, 1000], "ease_fold_in": True},
+                               "train": {"select_metric": "recall@10"}}))
     result = invoke("train", "--model", "ease", "--dataset", data, "--split", "leave-one-out", "--out", run,
                     "--config", cfg, "--quiet")
     assert result.exit_code == 0, result.output

@@ -46,10 +46,12 @@ def command(run_dir, out_dir, bias, max_postings, allocation, stored_fraction, q
 
         run = open_run(run_dir, serve=serve_overrides(stored_fraction, query_probes, max_codes))
         if run.kind == "tiger":
-            _export_semantic_ids(run, out_dir, force, bias=bias, max_postings=max_postings, shard=shard)
+            _export_semantic_ids(run, out_dir, force, bias=bias, max_postings=max_postings, allocation=allocation,
+                                 shard=shard)
             return
         if run.kind == "two-tower":
-            _export_vectors(run, out_dir, force, bias=bias, max_postings=max_postings, shard=shard)
+            _export_vectors(run, out_dir, force, bias=bias, max_postings=max_postings, allocation=allocation,
+                            shard=shard)
             return
         manifest = export_run(run, out_dir, bias=bias, max_postings=max_postings, allocation=allocation,
                               shard=shard, progress=not quiet, force=force)
@@ -63,6 +65,12 @@ def command(run_dir, out_dir, bias, max_postings, allocation, stored_fraction, q
         f"{scoring['fraction_of_ceiling']:.2f} x the {scoring['ceiling_pairs_per_second']:,} pairs/s "
         f"ceiling of the scorer's GEMM on {scoring['device']}"
     )
+    missing = manifest.get("missing_shards")
+    if missing:
+        count = manifest["shard"][1]
+        click.echo(f"shard {manifest['shard'][0]}/{count} written; {len(missing)} of {count} shards still missing "
+                   f"({', '.join(f'{i}/{count}' for i in missing)}): {out_dir} is an export once every shard is "
+                   "written")
     if bias is not None and manifest["allocation"] == "per-code":
         click.echo(
             f"note: with per-code allocation each code keeps at most its best "

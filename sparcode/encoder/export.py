@@ -19,9 +19,11 @@ import torch
 from sparcode.codes_fallback import CodeTable
 from sparcode.encoder import checkpoint as ckpt
 from sparcode.encoder.runs import Run, RunError
-from sparcode.encoder.serving import Postings, build_postings, code_table, index_sample
+from sparcode.encoder.serving import Postings, build_postings, check_allocation, code_table, index_sample, \
+    postings_per_code
 from sparcode.encoder.training_codes import training_codes
-from sparcode.staging import check_export_target, is_export, staged_directory
+from sparcode.staging import (OccupiedTarget, check_export_target, check_replaceable, is_export, is_export_shards,
+                              staged_directory)
 
 FORMAT = "sparcode-export/1"
 
@@ -62,11 +64,15 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
                allocation: str | None = None,
                shard: tuple[int, int] = (0, 1), progress: bool = True, force: bool = False) -> dict:
     if run.kind != "sparcode":
-        raise RunError(f"export writes SparCode codes; {run.path} was trained with --model {run.kind}")
+        # `export` also takes two-tower and TIGER runs (commands/export.py sends them elsewhere):
+        # what reaches here has nothing an index could hold.
+        raise RunError(f"only sparcode, two-tower and tiger runs can be exported (ease and all-to-all have no codes "
+                       f"or vectors for an index; `sparcode evaluate` scores them); {run.path} was trained with "
+                       f"--model {run.kind}")
     index, count = shard
     out_dir = Path(out_dir)
     sharded = count > 1
-    check_export_target(out_dir, run.path, force=force, sharded=sharded)  # before minutes of scoring
+    _check_target(out_dir, run, force, sharded)  # before minutes of scoring
     if bias is None:
         bias = run.config.serve.bias
     if bias is not None and not math.isfinite(bias):
@@ -81,7 +87,8 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
     settings = {"stored_fraction": run.config.serve.stored_fraction, "query_probes": run.config.serve.query_probes,
                 "max_codes": run.config.serve.max_codes, "allocation": allocation, "bias": bias}
     if sharded:
-        _check_shard_folder(out_dir, run.fingerprint(), count, settings)
+        _check_shard_folder(out_dir, run.fingerprint(), count, settings, force)
+    check_allocation(allocation, run.config.serve.stored_fraction, bias)
     started = time.perf_counter()
     model, device = run.load_model()
     window_codes = training_codes(model, run, device)
@@ -101,14 +108,15 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
 
     # Build in a temporary sibling, then move into place: a failed export leaves nothing behind.
     # A shard moves its own files into the shared directory instead of replacing it.
-    with staged_directory(out_dir, replace=not sharded, marker=is_export) as tmp:
+    missing: list[int] = []
+    with staged_directory(out_dir, replace=not sharded, marker=is_export_shards if force else is_export) as tmp:
         items_name = "items.jsonl.gz" if not sharded else f"items.part-{index:05d}-of-{count:05d}.jsonl.gz"
         with gzip.open(tmp / items_name, "wb", compresslevel=1) as fh:
             for line in item_lines(run, postings, items):
                 fh.write(line + b"\n")
         if sharded:
             np.savez(tmp / "codes.npz", terms=np.asarray(table.terms), vectors=table.vectors,
-                     codebooks=table.codebooks, nonempty=nonempty)
+                     codebooks=table.codebooks, nonempty=nonempty, counts=np.diff(postings.indptr))
         else:
             table.save(tmp / "codes.npz")
         stats = postings.stats()
@@ -146,9 +154,12 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
         if sharded:
             manifest["shard"] = [index, count]
             manifest["shard_settings"] = settings
-            _place_shard(tmp, out_dir, items_name, manifest, count)
+            missing = _place_shard(tmp, out_dir, items_name, manifest, count, force)
         else:
             ckpt.write_json(tmp / "manifest.json", manifest)
+    if missing:
+        # Not an export yet: recorded, it would send the next `search --run` to a folder without a manifest.
+        return {**manifest, "missing_shards": missing}
     _record_export(run, out_dir)
     return manifest
 
@@ -162,10 +173,39 @@ def _check_scores_rank(postings: Postings) -> None:
                        "so the index could not rank; use a smaller --bias")
 
 
-def _place_shard(tmp: Path, out_dir: Path, items_name: str, manifest: dict, count: int) -> None:
-    """Move one shard's files in; the shard that completes the set writes the merged manifest."""
-    # Again: another export may have begun meanwhile.
-    _check_shard_folder(out_dir, manifest["fingerprint"], count, manifest["shard_settings"])
+def _check_target(out_dir: Path, run: Run, force: bool, sharded: bool) -> None:
+    """`check_export_target`, plus what it leaves to the shards: a shard may not go into a complete
+    unsharded export without --force (its manifest would stay beside the parts, describing none of
+    them), and --force may replace an unfinished sharded export, which holds no manifest.json yet."""
+    out_dir = Path(out_dir)
+    check_replaceable(out_dir, is_export_shards, protect=[run.path], protected="the run being exported")
+    parts = sorted(out_dir.glob("items.part-*.jsonl.gz.manifest.json")) if out_dir.is_dir() else []
+    if sharded:
+        check_export_target(out_dir, run.path, force=force, sharded=True)
+        if not force and is_export(out_dir) and not _is_sharded(ckpt.read_json(out_dir / "manifest.json")):
+            raise OccupiedTarget(f"{out_dir} already holds an (unsharded) export; pass --force to replace it")
+        return
+    if parts and not is_export(out_dir):
+        if not force:
+            raise OccupiedTarget(f"{out_dir} holds an unfinished sharded export ({len(parts)} parts, no manifest.json "
+                                 "yet): finish it with the missing --shard I/N, or pass --force to replace it")
+        return
+    check_export_target(out_dir, run.path, force=force)
+
+
+def _is_sharded(manifest: dict) -> bool:
+    return all(str(name).startswith("items.part-") for name in (manifest.get("files") or {}).get("items") or [""])
+
+
+def _place_shard(tmp: Path, out_dir: Path, items_name: str, manifest: dict, count: int,
+                 force: bool = False) -> list[int]:
+    """Move one shard's files in; the shard that completes the set writes the merged manifest.
+    Returns the shards still missing (none once the export is complete)."""
+    # Again: another export may have begun meanwhile. With --force, what belongs to another
+    # export goes now, after the scoring succeeded, so a failed shard leaves the old one whole.
+    conflicts = _check_shard_folder(out_dir, manifest["fingerprint"], count, manifest["shard_settings"], force)
+    for path in conflicts:
+        _remove_export_files(out_dir, path)
     out_dir.mkdir(parents=True, exist_ok=True)
     (tmp / items_name).replace(out_dir / items_name)
     codes_part = f"{items_name}.codes.npz"
@@ -174,29 +214,77 @@ def _place_shard(tmp: Path, out_dir: Path, items_name: str, manifest: dict, coun
     parts = sorted(out_dir.glob("items.part-*.jsonl.gz.manifest.json"))
     same = [ckpt.read_json(p) for p in parts]
     same = [m for m in same if m["fingerprint"] == manifest["fingerprint"] and m["shard"][1] == count]
-    if len(same) < count:
-        return
+    missing = sorted(set(range(count)) - {m["shard"][0] for m in same})
+    if missing:
+        return missing
+    same.sort(key=lambda m: m["shard"][0])
     merged = dict(manifest)
     merged.pop("shard")
     merged["items"] = sum(m["items"] for m in same)
     merged["pairs"] = sum(m["pairs"] for m in same)
     merged["stored_fraction"] = merged["pairs"] / max(merged["codes"] * merged["items"], 1)
-    merged["files"] = {"items": sorted(f"{m['files']['items'][0]}" for m in same), "codes": "codes.npz"}
-    merged["codes_with_postings"] = _merge_code_tables(out_dir, merged["files"]["items"])
+    merged["files"] = {"items": [m["files"]["items"][0] for m in same], "codes": "codes.npz"}
+    merged["codes_with_postings"], counts = _merge_code_tables(out_dir, merged["files"]["items"])
+    if counts is not None:
+        merged["postings_per_code"] = postings_per_code(counts)
+    else:  # parts from before their counts were saved: no part's own statistics describe the whole
+        merged.pop("postings_per_code", None)
+    # Each shard scored on its own (perhaps on other machines, at other times): the total work
+    # is their sum, and what each one measured stays beside it.
+    merged["export_seconds"] = round(sum(m.get("export_seconds", 0.0) for m in same), 2)
+    merged["shard_exports"] = [{"shard": m["shard"][0], "created": m.get("created"),
+                                "export_seconds": m.get("export_seconds"), "scoring": m.get("scoring")}
+                               for m in same]
+    if all((m.get("scoring") or {}).get("pairs_per_second") for m in same):
+        seconds = sum(merged["codes"] * m["items"] / m["scoring"]["pairs_per_second"] for m in same)
+        rate = merged["codes"] * merged["items"] / max(seconds, 1e-9)
+        ceiling = max(manifest["scoring"]["ceiling_pairs_per_second"], 1)
+        merged["scoring"] = {**manifest["scoring"], "pairs_per_second": round(rate),
+                             "fraction_of_ceiling": round(rate / ceiling, 3)}
     ckpt.write_json(out_dir / "manifest.json", merged)
+    return []
 
 
-def _check_shard_folder(out_dir: Path, fingerprint: str, count: int, settings: dict) -> None:
+def _remove_export_files(out_dir: Path, manifest_path: Path) -> None:
+    """The files of another export that --force replaces: those a manifest names, and itself."""
+    try:
+        other = ckpt.read_json(manifest_path)
+    except (OSError, ValueError):
+        other = {}
+    files = other.get("files") or {}
+    names = list(files.get("items") or []) + [v for k, v in files.items() if k != "items" and isinstance(v, str)]
+    if manifest_path.name != "manifest.json":  # a part: its items file and code table
+        part = manifest_path.name.removesuffix(".manifest.json")
+        names = [part, f"{part}.codes.npz"]
+    for name in names:
+        if "/" not in str(name):  # a hand-edited manifest never sends a delete outside the folder
+            (out_dir / name).unlink(missing_ok=True)
+    manifest_path.unlink(missing_ok=True)
+
+
+def _check_shard_folder(out_dir: Path, fingerprint: str, count: int, settings: dict,
+                        force: bool = False) -> list[Path]:
     """The shards of one export share a folder. Parts of another model's export, of a split
     into another number of shards, or made with other serve settings (stored fraction, probes,
     code sample, allocation, b̃) would stay beside ours and end up in (or under) a manifest
-    that describes none of them, so they are refused before any work."""
+    that describes none of them, so they are refused before any work; with `force`, the
+    manifests of what --force replaces are returned instead (an unsharded export's among them)."""
     if not out_dir.is_dir():
-        return
+        return []
     found = [out_dir / "manifest.json"] if (out_dir / "manifest.json").is_file() else []
+    conflicts = []
     for path in found + sorted(out_dir.glob("items.part-*.jsonl.gz.manifest.json")):
         other = ckpt.read_json(path)
+        if path.name == "manifest.json" and not _is_sharded(other):
+            if not force:
+                raise RunError(f"{out_dir} already holds an (unsharded) export; pass --force to replace it")
+            conflicts.append(path)
+            continue
         shards = (other.get("shard") or [None, count])[1]
+        if force and (other.get("fingerprint") != fingerprint or shards != count or any(
+                (other.get("shard_settings") or settings).get(key) != settings[key] for key in settings)):
+            conflicts.append(path)
+            continue
         if other.get("fingerprint") != fingerprint or shards != count:
             raise RunError(f"{out_dir} holds parts of another export ({path.name}: model "
                            f"{str(other.get('fingerprint'))[:12]}…, {shards} shards); put these {count} shards "
@@ -207,15 +295,18 @@ def _check_shard_folder(out_dir: Path, fingerprint: str, count: int, settings: d
             shown = ", ".join(f"{key} {theirs.get(key)!r} there, {settings[key]!r} here" for key in differ)
             raise RunError(f"{out_dir} holds parts exported with other settings ({path.name}: {shown}); "
                            "export every shard with the same settings, or use a new folder")
+    return conflicts
 
 
-def _merge_code_tables(out_dir: Path, item_files: list[str]) -> int:
-    """codes.npz for a complete sharded export: the codes that have postings in any shard."""
+def _merge_code_tables(out_dir: Path, item_files: list[str]) -> tuple[int, np.ndarray | None]:
+    """codes.npz for a complete sharded export: the codes that have postings in any shard; and
+    each code's postings over every shard (None when a part predates saving them)."""
     parts = [np.load(out_dir / f"{name}.codes.npz", allow_pickle=False) for name in item_files]
     first = parts[0]
     keep = np.logical_or.reduce([p["nonempty"] for p in parts])
     CodeTable(first["terms"][keep], first["vectors"][keep], first["codebooks"]).save(out_dir / "codes.npz")
-    return int(keep.sum())
+    counts = np.sum([p["counts"] for p in parts], axis=0) if all("counts" in p for p in parts) else None
+    return int(keep.sum()), counts
 
 
 def _record_export(run: Run, out_dir: Path) -> None:

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sparcode.codes_fallback import CodeTable
+from sparcode.config import ConfigError
 from sparcode.encoder.code_tables import code_tables
 from sparcode.featurefield import storable, truncate
 from sparcode.terms import code_to_term
@@ -123,12 +124,7 @@ class Postings:
             "codes": len(self.terms),
             "pairs": self.pairs,
             "stored_fraction": self.pairs / total if total else 0.0,
-            "postings_per_code": {
-                "mean": float(per_code.mean()) if len(per_code) else 0.0,
-                "p50": float(np.percentile(per_code, 50)) if len(per_code) else 0.0,
-                "p99": float(np.percentile(per_code, 99)) if len(per_code) else 0.0,
-                "max": int(per_code.max()) if len(per_code) else 0,
-            },
+            "postings_per_code": postings_per_code(per_code),
         }
 
     def user_scores(self, table: CodeTable, query: dict[str, float]) -> np.ndarray:
@@ -150,6 +146,17 @@ class Postings:
     @functools.cached_property
     def row_of(self) -> dict[str, int]:
         return {t: i for i, t in enumerate(self.terms)}
+
+
+def postings_per_code(per_code: np.ndarray) -> dict:
+    """The manifest's postings_per_code from each code's posting count (a sharded export's merged
+    manifest sums its parts' counts first, so it reports what one unsharded export would)."""
+    return {
+        "mean": float(per_code.mean()) if len(per_code) else 0.0,
+        "p50": float(np.percentile(per_code, 50)) if len(per_code) else 0.0,
+        "p99": float(np.percentile(per_code, 99)) if len(per_code) else 0.0,
+        "max": int(per_code.max()) if len(per_code) else 0,
+    }
 
 
 PER_CODE_BIAS_FRACTION = 0.5  # per-code allocation: b̃ at the median S; the caps do the pruning
@@ -175,6 +182,7 @@ def build_postings(model, codes: np.ndarray, device, bias: float | None, stored_
     if allocation not in ("global", "per-code"):
         raise ValueError(f"allocation must be global or per-code, not {allocation!r}")
     per_code = allocation == "per-code"
+    check_allocation(allocation, stored_fraction, bias)
     threshold_items = _threshold_sample(n_items) if per_code else None
     # The shard's own block already holds every sample score when it covers every item.
     thresholds_from_block = per_code and items is None and len(threshold_items) == n_items
@@ -227,6 +235,17 @@ def build_postings(model, codes: np.ndarray, device, bias: float | None, stored_
         seconds=time.perf_counter() - started,
         scored_by=scorer.method,
     )
+
+
+def check_allocation(allocation: str, stored_fraction: float, bias: float | None) -> None:
+    """Refuse a per-code stored fraction the default b̃ cannot deliver, before any scoring."""
+    if allocation == "per-code" and bias is None and stored_fraction > PER_CODE_BIAS_FRACTION:
+        # b̃ at the median S drops every pair below it, so the per-code caps only ever prune from
+        # about half of the pairs: a larger fraction would be silently cut to that.
+        raise ConfigError(f"per-code allocation stores at most about {PER_CODE_BIAS_FRACTION:g} of the pairs "
+                          f"(b̃ sits at the median score), not stored fraction {stored_fraction:g}: "
+                          "global allocation stores more (export --allocation global, or serve.allocation: "
+                          "global in the run's config)")
 
 
 def _threshold_sample(n_items: int) -> np.ndarray:

@@ -59,6 +59,12 @@ class ServedIndex:
 
     def _resolve(self) -> None:
         self.name, self.mapping = resolve(self.engine, self.alias)
+        if self.meta.get("complete") is False:
+            # Builds mark an index complete only after its count check, and aliases only ever
+            # move onto complete ones: this is an unfinished load opened by name, missing documents
+            # it would silently never return. (Indices from before the flag carry none: served.)
+            raise BackendError(f"{self.name} is an unfinished load (its _meta says complete: false): "
+                               "search the alias a build moves onto an index once it is complete")
 
     @property
     def meta(self) -> dict:

@@ -191,12 +191,19 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
     if previous and not replace and not resumed:
         raise IndexProblem(f"alias {alias!r} already points at {', '.join(previous)}; "
                            "use `sparcode reindex` to replace it")
+    if resumed:
+        _check_resumable(engine, name, export)
+    chosen = field_type is not None
     if field_type is None:
-        field_type = index_meta(engine, newest(previous)).get("field_type", engine.default_field_type) \
-            if previous else engine.default_field_type
+        inherited = index_meta(engine, newest(previous)).get("field_type") if previous else None
+        # Only a codes field type carries over: an alias serving a two-tower (dense_vector) or
+        # semantic-ID index may be moved to a SparCode index (a model swap), which takes the
+        # engine's default, as would an alias built on a node that has lost the type since.
+        field_type = inherited if inherited in engine.field_types else engine.default_field_type
     if field_type not in engine.field_types:
         raise IndexProblem(f"{engine.label} has no {field_type} field type; use --field-type "
-                           f"{engine.default_field_type} (the default for --engine {engine.name})")
+                           f"{engine.default_field_type} (the default for --engine {engine.name})"
+                           if chosen else f"{engine.label} has no {field_type} field type")
     export.validate()  # before any write: a bad value never leaves a half-built index behind
 
     if name is None:
@@ -226,6 +233,20 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
     meta = mappings.index_meta(export, field_type, term_layout, complete=True, numbering=numbering)
     deleted = publish(engine, alias, name, meta, previous, delete_old, status, started=started)
     return BuildResult(name, alias, docs, meter.wall, previous, deleted, resumed, meter.seconds)
+
+
+def _check_resumable(engine: Engine, name: str, export) -> None:
+    """An unfinished index of this model may have been started from another export of it (another
+    stored fraction or code sample): its mapping (grouped codes fields) and the documents already in
+    it belong to that export, so resuming would fail on every attempt or mix the two. The export's
+    identity recorded in `_meta` is compared the way search compares it (`EngineBackend`)."""
+    built_from = index_meta(engine, name).get("manifest") or {}
+    ours = export.summary()
+    differs = [key for key in ("created", "codes", "pairs") if built_from.get(key) != ours.get(key)]
+    if built_from and differs:
+        raise IndexProblem(f"{name} was started from another export of this model (made {built_from.get('created')}, "
+                           f"{built_from.get('pairs')} postings; {export.path} was made {ours.get('created')}, "
+                           f"{ours.get('pairs')} postings): rebuild without --resume")
 
 
 def publish(engine: Engine, alias: str, name: str, meta: dict, previous: list[str], delete_old: bool,

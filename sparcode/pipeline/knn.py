@@ -26,7 +26,7 @@ from sparcode.pipeline import bulk, mips
 from sparcode.pipeline import query as dsl
 from sparcode.pipeline.backends import BackendError, Hit, ServedIndex, _per_query, check_fingerprint
 from sparcode.pipeline.engine import Engine
-from sparcode.pipeline.export import SUMMARY_KEYS
+from sparcode.pipeline.export import SUMMARY_KEYS, ExportError
 from sparcode.pipeline.indexer import (SETTLE_MIN_DOCS, BuildResult, CpuMeter, IncompleteLoad, IndexProblem, _create,
                                        _finalize, checked_alias, kept_if_failed, load_step, publish, versioned_name)
 from sparcode.pipeline.vectors import VectorSet, open_vector_export
@@ -97,6 +97,7 @@ def build(engine: Engine, export_dir, alias: str, *, m: int = 16, ef_constructio
     """A new versioned dense_vector index of the export's vectors; `alias` moved onto it.
     `status(line)` hears what the build waits for after the load (the HNSW graph is built by the merge)."""
     export = open_vector_export(export_dir)
+    _check_vectors(export_dir)  # before any write: a bad file never leaves an empty index behind
     previous = checked_alias(engine, alias)
     if previous and not replace:
         raise IndexProblem(f"alias {alias!r} already points at {', '.join(previous)}; "
@@ -114,6 +115,16 @@ def build(engine: Engine, export_dir, alias: str, *, m: int = 16, ef_constructio
     meta = index_meta(export, m, ef_construction, transform, complete=True)
     deleted = publish(engine, alias, name, meta, previous, delete_old, status, resumable=False)
     return BuildResult(name, alias, docs, meter.wall, previous, deleted, False, meter.seconds)
+
+
+def _check_vectors(export_dir) -> None:
+    """What search checks (`VectorSet.load`: shape, dtype, ords) plus finite values: a NaN row
+    is refused by the node document by document, which reads as a failed load of every item."""
+    vectors = VectorSet.load(export_dir).vectors
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if len(bad):
+        raise ExportError(f"{export_dir}: vectors.npy holds non-finite values in {len(bad)} of its rows (first: ord "
+                          f"{int(bad[0])}); export it again")
 
 
 def dot_from_score(score: float, query_norm: float, radius: float | None) -> float:

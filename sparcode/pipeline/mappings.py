@@ -6,6 +6,7 @@ import json
 from importlib import resources
 
 from sparcode.pipeline import layout
+from sparcode.pipeline.export import ExportError
 
 FIELD_TYPES = ("sparse_vector", "rank_features")
 # Reserved names an export attribute may not reuse.
@@ -32,7 +33,10 @@ def index_body(export, field_type: str = "sparse_vector", *, shards: int = 1, re
     props = body["mappings"]["properties"]
     for name, kind in export.item_fields.items():
         if name in _CORE:
-            raise ValueError(f"item field {name!r} clashes with a reserved field")
+            # An ExportError, not a ValueError: the name comes from the export's manifest (perhaps
+            # edited by hand), and `index` reports export problems as one line.
+            raise ExportError(f"{export.path}/manifest.json: item field {name!r} clashes with a reserved field "
+                              f"({', '.join(sorted(_CORE))}); rename it")
         props[name] = {"type": kind}
     terms = export.indexed_terms()
     term_layout, numbering = layout.placement(terms)
