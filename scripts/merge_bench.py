@@ -1,12 +1,15 @@
-"""Merge `sparcode bench` outputs measured in separate runs (e.g. 10k/100k with every path, 1M
-without ES kNN) into one bench.json / bench.md / plots; each row keeps the run it came from.
+"""Merge `sparcode bench` outputs measured in separate runs into one bench.json / bench.md / plots.
+
+E.g. 10k/100k with every path and 1M without ES kNN; each row keeps the run it came from.
 
     python scripts/merge_bench.py OUT_DIR RUN_DIR[:path,path][@items,items] [RUN_DIR... ...]
 
 `:path,path` / `@items,items` keep only those paths / catalog sizes of a run (when two runs
 measured the same path and size). Two rows of one path and size, or a run contributing no row,
 are refused: pick which run measures what with those filters. Files of OUT_DIR other than the
-bench's own are kept; the bench's are replaced only once every new one is written.
+bench's own are kept; the bench's are replaced only once every new one is written, and only with
+--force when OUT_DIR already holds bench outputs (a forgotten OUT_DIR would otherwise overwrite the
+first run named).
 """
 from __future__ import annotations
 
@@ -84,7 +87,9 @@ def write(out: Path, rows: list[dict], meta: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def merge(out: Path, specs: list[str]) -> tuple[int, int]:
+def merge(out: Path, specs: list[str], force: bool = False) -> tuple[int, int]:
+    if not force and (out / "bench.json").exists():
+        raise BadInput(f"{out} already holds bench outputs; pass --force to replace them (is OUT_DIR missing?)")
     metas, rows = [], []
     for spec in specs:
         meta, picked = read_run(spec)
@@ -106,9 +111,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("runs", nargs="+")
+    parser.add_argument("--force", action="store_true", help="replace the bench outputs OUT_DIR already holds")
     args = parser.parse_args()
     try:
-        rows, runs = merge(args.out, args.runs)
+        rows, runs = merge(args.out, args.runs, args.force)
     except (BadInput, OSError) as exc:
         raise SystemExit(f"merge_bench: {exc}") from None
     print(f"{rows} rows from {runs} runs → {args.out}")

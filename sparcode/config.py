@@ -23,6 +23,7 @@ class ConfigError(ValueError):
 
 QUANTIZER_GRADIENTS = ("straight-through", "rotation")
 DEAD_CODE_SHARE = 0.1  # a code used at a tenth of the uniform rate is dead
+PER_CODE_BIAS_FRACTION = 0.5  # per-code allocation: b̃ at the median S; the caps do the pruning
 
 
 @dataclass
@@ -205,6 +206,17 @@ class RunConfig:
 
             TigerConfig.from_run_config(self)
         return self
+
+
+def check_allocation(allocation: str, stored_fraction: float, bias: float | None) -> None:
+    """Refuse a per-code stored fraction the default b̃ cannot deliver."""
+    if allocation == "per-code" and bias is None and stored_fraction > PER_CODE_BIAS_FRACTION:
+        # b̃ at the median S drops every pair below it, so the per-code caps only ever prune from
+        # about half of the pairs: a larger fraction would be silently cut to that.
+        raise ConfigError(f"per-code allocation stores at most about {PER_CODE_BIAS_FRACTION:g} of the pairs "
+                          f"(b̃ sits at the median score), not stored fraction {stored_fraction:g}: "
+                          "global allocation stores more (export --allocation global, or serve.allocation: "
+                          "global in the config)")
 
 
 def check_bounds(config, bounds: dict[str, tuple[str, Any]], prefix: str = "") -> None:

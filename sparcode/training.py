@@ -6,7 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
-from sparcode.config import ConfigError, RunConfig, same_dataset
+from sparcode.config import ConfigError, RunConfig, check_allocation, same_dataset
 from sparcode.data.readers import NAMED, load_dataset
 from sparcode.data.splits import check_usable, make_split, split_summary
 
@@ -17,6 +17,10 @@ def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: boo
 
     run_dir = Path(run_dir)
     started = time.perf_counter()
+    if cfg.model.kind == "sparcode":
+        # Refused where postings are built too; here before a training run is spent on it. Not in
+        # RunConfig.validate: export's --allocation/--bias override the run's serve settings later.
+        check_allocation(cfg.serve.allocation, cfg.serve.stored_fraction, cfg.serve.bias)
     if cfg.dataset not in NAMED:
         # Absolute from the start: an unfinished run (config.json only) must open, and --resume
         # must compare datasets, from any working directory.

@@ -58,7 +58,10 @@ def test_an_existing_out_keeps_other_files_and_is_untouched_by_a_refused_merge(t
     before = (out / "bench.json").read_text()
     assert merge(out, *runs).returncode == 1
     assert (out / "bench.json").read_text() == before
-    assert merge(out, f"{runs[1]}@10000").returncode == 0
+    # A forgotten OUT makes the first run the output: its measurements are never overwritten unasked.
+    unasked = merge(out, f"{runs[1]}@10000")
+    assert unasked.returncode == 1 and "--force" in unasked.stderr and (out / "bench.json").read_text() == before
+    assert merge(out, f"{runs[1]}@10000", "--force").returncode == 0
     assert (out / "notes.md").read_text() == "mine" and (out / "bench.json").read_text() != before
     assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md", "bench.meta.json",
                                                      "latency_vs_items.png", "latency_vs_recall.png", "notes.md"]

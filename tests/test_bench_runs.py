@@ -62,6 +62,9 @@ def test_meta_records_the_warmup_and_catalog_really_used(tmp_path, monkeypatch):
     assert f"32 codes drawn per item, a repeat stored once: {local['postings_per_item']:.1f} at 200 items" in text
     assert "after 10 warm-up ones" in text and "not reproducible" in text
     assert meta["urls"] == {}
+    # Said of hnswlib only: a run that measured no hnswlib path has no such note.
+    other = invoke("bench", "--out", tmp_path / "c", *TINY, "--paths", "exact")
+    assert other.exit_code == 0 and "not reproducible" not in (tmp_path / "c" / "bench.md").read_text()
 
 
 def test_unusable_vectors_are_refused_before_anything_is_measured(tmp_path, monkeypatch):

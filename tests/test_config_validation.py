@@ -139,8 +139,10 @@ def test_tiger_keys_are_checked_too(tiger, message):
     ([1, 2], "expected a JSON object"),
     # A TIGER section is checked whatever the model: a config file shared by all models would
     # otherwise carry a mistyped TIGER key silently until TIGER is trained with it.
+    ({"serve": {"stored_fraction": 0.6}}, "per-code allocation stores at most about 0.5"),
     ({"tiger": {"nonsense": 1}}, "unknown TIGER config key(s) nonsense"),
     ({"tiger": {"epochs": "x"}}, "tiger.epochs must be an integer"),
+    ({"tiger": {"dataset": "beauty"}}, "tiger.dataset 'beauty' is not the run's dataset"),
 ])
 def test_train_refuses_bad_values_in_one_line_and_writes_nothing(tmp_path, config, message):
     data = write_dataset(tmp_path / "seq.txt")

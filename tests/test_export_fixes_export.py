@@ -44,6 +44,20 @@ def test_a_merged_manifest_reports_what_one_unsharded_export_would(trained, tmp_
     assert [s["shard"] for s in merged["shard_exports"]] == [0, 1]
 
 
+def test_a_complete_sharded_export_resharded_with_force_keeps_no_merged_manifest(trained, tmp_path):
+    _, run, _ = trained
+    folder = tmp_path / "sharded"
+    for shard in ("0/2", "1/2"):
+        assert invoke("export", run, "--out", folder, "--shard", shard, "--quiet").exit_code == 0
+    one_line_error(invoke("export", run, "--out", folder, "--shard", "0/3", "--quiet"), "2 shards")
+    assert invoke("export", run, "--out", folder, "--shard", "0/3", "--quiet", "--force").exit_code == 0
+    # The 2-part manifest listed files --force deleted: left behind, the folder read as a broken export.
+    assert not (folder / "manifest.json").exists() and not (folder / "codes.npz").exists()
+    for shard in ("1/3", "2/3"):
+        assert invoke("export", run, "--out", folder, "--shard", shard, "--quiet").exit_code == 0
+    assert len(manifest(folder)["files"]["items"]) == 3 and Export.open(folder).validate() == 40
+
+
 def test_an_unfinished_sharded_export_is_not_the_runs_last_export(trained, tmp_path):
     _, run, export = trained
     assert invoke("export", run, "--out", export, "--quiet", "--force").exit_code == 0

@@ -136,7 +136,7 @@ def test_two_tower_export_search_and_evaluate(trained, tmp_path):  # noqa: F811
     refused = invoke("export", run, "--out", tmp_path / "x", "--max-postings", "3")
     # Exit 1 and our sentence: click's "No such option: --max-postings" exits 2.
     assert refused.exit_code == 1, refused.output
-    assert refused.output == f"Error: --max-postings apply to SparCode exports; {run} is a two-tower run\n"
+    assert refused.output == f"Error: --max-postings applies to SparCode exports; {run} is a two-tower run\n"
     assert not (tmp_path / "x").exists()
 
     model = json.loads(invoke("evaluate", run, "--json").output)

@@ -58,9 +58,9 @@ def goals(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
     return [(name, detail if " — at " in detail else f"{detail} at {size:,} items", ok) for name, detail, ok in out]
 
 
-def _threads(hnsw: dict) -> str:
+def _threads(hnsw: dict, paths) -> str:
     threads = hnsw.get("threads")
-    if not threads or threads == 1:
+    if not threads or threads == 1 or (paths is not None and "hnswlib" not in paths):  # said of hnswlib only
         return ""
     return f", built on {threads} threads (not reproducible: its recall varies between runs of one seed)"
 
@@ -93,7 +93,7 @@ def write_markdown(path: Path, rows: list[dict], meta: dict) -> None:
              f"{meta['queries']} queries per path, one at a time after {meta['warmup']} warm-up ones; QPS with "
              f"{meta['qps_threads']} client threads; k = {meta['k']}. hnswlib M {meta['hnsw']['m']}, "
              f"ef_construction {meta['hnsw']['ef_construction']}, ef {meta['hnsw']['ef']}"
-             f"{_threads(meta['hnsw'])}; ES kNN m "
+             f"{_threads(meta['hnsw'], meta.get('paths'))}; ES kNN m "
              f"{meta['es_knn']['m']}, ef_construction {meta['es_knn']['ef_construction']}, num_candidates "
              f"{meta['es_knn']['num_candidates']}; ANN graphs on "
              f"{'raw inner products' if meta['hnsw'].get('transform', 'none') == 'none' else 'the MIPS transform'} "

@@ -100,8 +100,9 @@ def check_alias(backend: str, alias: str | None) -> None:
     """An --alias given to an in-process backend would be silently ignored: the user would take
     the embedded backend's answer for the node's."""
     if alias is not None and backend not in NODE_BACKENDS:
+        node = "es-knn" if backend in ("hnsw", "exact") else "es or opensearch"
         raise click.UsageError(f"--alias names an index on a node; --backend {backend} serves the export in this "
-                               "process (give --backend es or opensearch, or set ELASTICSEARCH_URL)")
+                               f"process (give --backend {node})")
 
 
 def serve_options(command):

@@ -79,12 +79,16 @@ def command(run_dir, out_dir, bias, max_postings, allocation, stored_fraction, q
             "Use --allocation global to let --bias set the stored fraction.", err=True)
 
 
+def _verb(options: list[str]) -> str:
+    return "applies" if len(options) == 1 else "apply"
+
+
 def _export_vectors(run, out_dir, force, **sparcode_only):
     from sparcode.encoder.vector_export import export_vectors
 
     given = [f"--{k.replace('_', '-')}" for k, v in sparcode_only.items() if v not in (None, (0, 1))]
     if given:
-        raise click.ClickException(f"{', '.join(given)} apply to SparCode exports; {run.path} is a two-tower run")
+        raise click.ClickException(f"{', '.join(given)} {_verb(given)} to SparCode exports; {run.path} is a two-tower run")
     manifest = export_vectors(run, out_dir, force=force)
     click.echo(f"exported {manifest['items']} item vectors (dim {manifest['dim']}, mean norm "
                f"{manifest['norms']['mean']:.3f}) → {out_dir}")
@@ -95,7 +99,7 @@ def _export_semantic_ids(run, out_dir, force, **sparcode_only):
 
     given = [f"--{k.replace('_', '-')}" for k, v in sparcode_only.items() if v not in (None, (0, 1))]
     if given:
-        raise click.ClickException(f"{', '.join(given)} apply to SparCode exports; {run.path} is a TIGER run")
+        raise click.ClickException(f"{', '.join(given)} {_verb(given)} to SparCode exports; {run.path} is a TIGER run")
     info = {"model": run.kind, "dataset": run.config.dataset, "split": run.config.split, "seed": run.config.seed}
     try:
         manifest = export_semantic_ids(run.path, run.dataset, out_dir, info, force=force)

@@ -280,7 +280,8 @@ def _check_shard_folder(out_dir: Path, fingerprint: str, count: int, settings: d
                 raise RunError(f"{out_dir} already holds an (unsharded) export; pass --force to replace it")
             conflicts.append(path)
             continue
-        shards = (other.get("shard") or [None, count])[1]
+        # A part names its count; a merged manifest (which drops "shard") lists one file per part.
+        shards = other["shard"][1] if other.get("shard") else len((other.get("files") or {}).get("items") or []) or count
         if force and (other.get("fingerprint") != fingerprint or shards != count or any(
                 (other.get("shard_settings") or settings).get(key) != settings[key] for key in settings)):
             conflicts.append(path)

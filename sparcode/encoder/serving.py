@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sparcode.codes_fallback import CodeTable
-from sparcode.config import ConfigError
+from sparcode.config import PER_CODE_BIAS_FRACTION, check_allocation
 from sparcode.encoder.code_tables import code_tables
 from sparcode.featurefield import storable, truncate
 from sparcode.terms import code_to_term
@@ -159,7 +159,6 @@ def postings_per_code(per_code: np.ndarray) -> dict:
     }
 
 
-PER_CODE_BIAS_FRACTION = 0.5  # per-code allocation: b̃ at the median S; the caps do the pruning
 THRESHOLD_SAMPLE_ITEMS = 16_384
 
 
@@ -235,17 +234,6 @@ def build_postings(model, codes: np.ndarray, device, bias: float | None, stored_
         seconds=time.perf_counter() - started,
         scored_by=scorer.method,
     )
-
-
-def check_allocation(allocation: str, stored_fraction: float, bias: float | None) -> None:
-    """Refuse a per-code stored fraction the default b̃ cannot deliver, before any scoring."""
-    if allocation == "per-code" and bias is None and stored_fraction > PER_CODE_BIAS_FRACTION:
-        # b̃ at the median S drops every pair below it, so the per-code caps only ever prune from
-        # about half of the pairs: a larger fraction would be silently cut to that.
-        raise ConfigError(f"per-code allocation stores at most about {PER_CODE_BIAS_FRACTION:g} of the pairs "
-                          f"(b̃ sits at the median score), not stored fraction {stored_fraction:g}: "
-                          "global allocation stores more (export --allocation global, or serve.allocation: "
-                          "global in the run's config)")
 
 
 def _threshold_sample(n_items: int) -> np.ndarray:

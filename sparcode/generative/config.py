@@ -113,6 +113,14 @@ class TigerConfig:
             cfg.eval_users = train.eval_users
         cfg.rqvae.seed = run_cfg.seed
         extra = dict(getattr(run_cfg, "tiger", None) or {})
+        if "dataset" in extra:
+            from sparcode.config import ConfigError, same_dataset
+
+            if not same_dataset(str(extra["dataset"]), str(run_cfg.dataset)):
+                # The run trains on its own dataset; a second one here would only be recorded (and
+                # later picked by `semantic-ids` as where the IDs came from).
+                raise ConfigError(f"tiger.dataset {extra['dataset']!r} is not the run's dataset "
+                                  f"{run_cfg.dataset!r}; name the dataset once, with --dataset or the top-level key")
         if extra:
             data = cfg.to_dict()
             if isinstance(extra.get("rqvae"), dict):
