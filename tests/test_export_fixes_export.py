@@ -5,7 +5,7 @@ import json
 import pytest
 
 from sparcode.pipeline.export import Export
-from test_export_input_errors import TINY, invoke, one_line_error, trained  # noqa: F401  (module fixture)
+from test_export_input_errors import invoke, one_line_error, trained  # noqa: F401  (module fixture)
 
 
 def manifest(folder):
