@@ -6,11 +6,19 @@ site-packages, where the same relative paths would point inside the virtualenv.
 """
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 _PACKAGE_PARENT = Path(__file__).resolve().parents[1]
 
 
-def repository_root() -> Path | None:
-    """The checkout holding this package, or None when it is installed from a wheel."""
-    return _PACKAGE_PARENT if (_PACKAGE_PARENT / "pyproject.toml").is_file() else None
+def repository_root(parent: Path = _PACKAGE_PARENT) -> Path | None:
+    """The checkout holding this package, or None when it is installed from a wheel. Only
+    sparcode's own pyproject.toml counts: a copy vendored into another project (or installed with
+    `pip install --target .`) sits beside that project's, and would put the node's 500 MB cache and
+    the data default inside it."""
+    try:
+        project = tomllib.loads((parent / "pyproject.toml").read_text(encoding="utf-8")).get("project", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    return parent if project.get("name") == "sparcode" else None

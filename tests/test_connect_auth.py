@@ -6,6 +6,7 @@ server turns out to be the other engine, so a node is never sent the other node'
 """
 from __future__ import annotations
 
+import json
 import traceback
 
 import pytest
@@ -254,3 +255,20 @@ def test_a_url_refusing_the_elasticsearch_credentials_names_the_flag_for_opensea
     assert isinstance(connect(OS_URL, engine="opensearch"), OpenSearchEngine)
     (_, kwargs), = FakeOpenSearch.made
     assert auth_of(kwargs)["http_auth"] == ("os-user", "os-pass-s3cret")
+
+
+@pytest.mark.parametrize("name, prefix, home_var, default", [
+    ("elasticsearch", "ELASTICSEARCH", "SPARCODE_ES_HOME", 9250),
+    ("opensearch", "OPENSEARCH", "SPARCODE_OPENSEARCH_HOME", 9260),
+])
+def test_without_a_url_the_local_node_is_found_on_the_port_it_was_started_on(monkeypatch, tmp_path, name, prefix,
+                                                                              home_var, default):
+    # `es start --port 9399` (the default taken by another program) must not send the next
+    # `sparcode index` to that other program on the default port.
+    monkeypatch.delenv(f"{prefix}_URL", raising=False)
+    monkeypatch.setenv(home_var, str(tmp_path))
+    assert connect_module.engine_url(name) == f"http://127.0.0.1:{default}"  # never started here
+    (tmp_path / "node.json").write_text(json.dumps({"port": 9399, "heap": "1g"}))
+    assert connect_module.engine_url(name) == "http://127.0.0.1:9399"
+    monkeypatch.setenv(f"{prefix}_URL", "http://node:9200")
+    assert connect_module.engine_url(name) == "http://node:9200"

@@ -96,3 +96,15 @@ def test_malformed_option_values_are_usage_errors_before_any_work(tmp_path, args
     result = CliRunner().invoke(main, [a.replace("{tmp}", str(tmp_path)) for a in args])
     assert result.exit_code == 2, result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_only_sparcodes_own_pyproject_marks_the_checkout(tmp_path):
+    from sparcode.checkout import repository_root
+
+    assert repository_root() is not None  # the tests run from the checkout
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "my-recsys-app"\n')
+    assert repository_root(tmp_path) is None  # a vendored copy beside another project's file
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "sparcode"\n')
+    assert repository_root(tmp_path) == tmp_path
+    (tmp_path / "pyproject.toml").write_text("not toml [")
+    assert repository_root(tmp_path) is None

@@ -357,3 +357,18 @@ def test_sigterm_before_the_first_checkpoint_leaves_no_folder(trained, tmp_path,
     one_line_error(result, "interrupted before the first epoch finished; nothing was kept")
     assert not out.exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+
+
+def test_a_missing_dependency_is_one_line_naming_what_to_install():
+    import click
+
+    from sparcode.commands._common import user_errors
+
+    with pytest.raises(click.ClickException) as info:
+        with user_errors():
+            raise ModuleNotFoundError("No module named 'opensearchpy'", name="opensearchpy")
+    assert "needs the Python package 'opensearchpy'" in info.value.message
+    assert "pip install opensearch-py" in info.value.message
+    with pytest.raises(ModuleNotFoundError):  # one of sparcode's own modules missing is a bug: its traceback stays
+        with user_errors():
+            raise ModuleNotFoundError("No module named 'sparcode.nothing'", name="sparcode.nothing")

