@@ -79,9 +79,13 @@ def test_a_settled_build_keeps_no_recovery_copy_of_the_codes(engine, alias, expo
         return indexer.build(engine, export, alias, settle=settle, chunk_size=100, on_chunk=several_segments,
                              delete_old=True, progress=False, status=said.append).index
 
-    assert _recovery_bytes(engine, build(settle=False)) > 0
-    assert not any("history" in line for line in said) and said[-1].startswith("merged in")
+    # The messages carry what the build said: this test has failed twice in many runs under load,
+    # and which step (the node's history release outlasting SETTLE_TIMEOUT_S, or released before
+    # the unsettled merge) is what a rerun cannot tell.
+    unsettled = build(settle=False)
+    assert _recovery_bytes(engine, unsettled) > 0, said
+    assert not any("history" in line for line in said) and said[-1].startswith("merged in"), said
     settled = build(settle=True)
-    assert engine.history_released(settled) and _recovery_bytes(engine, settled) == 0
-    assert [line.split()[0] for line in said] == ["waiting", "history", "merging", "merged"]
+    assert engine.history_released(settled) and _recovery_bytes(engine, settled) == 0, said
+    assert [line.split()[0] for line in said] == ["waiting", "history", "merging", "merged"], said
     assert said[1].startswith("history released after")
