@@ -23,7 +23,6 @@ import orjson
 
 from sparcode.bench import report
 
-OUTPUTS = ("bench.json", "bench.meta.json", "bench.md", "latency_vs_recall.png", "latency_vs_items.png")
 
 
 class BadInput(ValueError):
@@ -77,11 +76,8 @@ def write(out: Path, rows: list[dict], meta: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".merge."))
     try:
-        (tmp / "bench.json").write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
-        (tmp / "bench.meta.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
-        report.write_markdown(tmp / "bench.md", rows, meta)
-        report.write_plots(tmp, rows)
-        for name in OUTPUTS:
+        report.write_outputs(tmp, rows, meta)
+        for name in report.OUTPUTS:
             os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -85,6 +85,20 @@ def _shape_note(shape: dict | None, catalogs: dict | None = None) -> str:
             f"codes per query, {lists})")
 
 
+# Every file a bench result folder holds (`sparcode bench`, scripts/merge_bench.py).
+OUTPUTS = ("bench.json", "bench.meta.json", "bench.md", "latency_vs_recall.png", "latency_vs_items.png")
+
+
+def write_outputs(folder: Path, rows: list[dict], meta: dict) -> None:
+    """The rows and meta as JSON, the markdown report and the plots: every one of OUTPUTS."""
+    import orjson
+
+    (folder / "bench.json").write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
+    (folder / "bench.meta.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+    write_markdown(folder / "bench.md", rows, meta)
+    write_plots(folder, rows)
+
+
 def write_markdown(path: Path, rows: list[dict], meta: dict) -> None:
     lines = ["# sparcode bench", "",
              f"**Synthetic:** {meta['synthetic']}. SparCode shape from {meta['sparcode_shape_from']}"

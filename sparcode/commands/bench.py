@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sparcode.bench import PATHS
+from sparcode.bench import PATHS, report
 from sparcode.commands._common import user_errors
 from sparcode.staging import staged_directory
 
@@ -38,7 +38,7 @@ def _check_vectors_fit(config, from_vectors: Path | None) -> None:
 
 
 # What one bench writes into --out; --force replaces a folder holding nothing else.
-OUTPUTS = frozenset({"bench.json", "bench.meta.json", "bench.md", "latency_vs_recall.png", "latency_vs_items.png"})
+OUTPUTS = frozenset(report.OUTPUTS)
 
 
 def _only_bench_output(folder: Path) -> bool:
@@ -79,10 +79,8 @@ def command(out_dir, sizes, quick, queries, url, from_export, from_vectors, path
     import os
     import shutil
 
-    import orjson
-
     with user_errors():
-        from sparcode.bench import report, synthetic
+        from sparcode.bench import synthetic
         from sparcode.bench.run import BenchConfig, UrlAmbiguous, describe, engines, run_bench
 
         if out_dir.exists() and any(out_dir.iterdir()):
@@ -126,8 +124,5 @@ def command(out_dir, sizes, quick, queries, url, from_export, from_vectors, path
             rows = run_bench(config, tmp / "work", conns, log=click.echo)
             shutil.rmtree(tmp / "work", ignore_errors=True)
             meta = describe(config, conns, rows)
-            (tmp / "bench.json").write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
-            (tmp / "bench.meta.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
-            report.write_markdown(tmp / "bench.md", rows, meta)
-            report.write_plots(tmp, rows)
+            report.write_outputs(tmp, rows, meta)
     click.echo(f"{len(rows)} rows → {out_dir}/bench.json, bench.md, latency_vs_recall.png, latency_vs_items.png")

@@ -77,10 +77,13 @@ def _recorded_dataset(run_dir: Path) -> str | None:
     from sparcode.generative.train_tiger import tiger_dir
     from sparcode.staging import read_json
 
-    for path, key in ((tiger_dir(run_dir) / IDS_META, "dataset_source"), (Path(run_dir) / "config.json", "dataset")):
+    from sparcode.data.readers import NAMED
+
+    for path in (tiger_dir(run_dir) / IDS_META, Path(run_dir) / "config.json"):
         if path.is_file():
-            value = read_json(path).get(key)
-            if isinstance(value, str) and value:
+            value = read_json(path).get("dataset")
+            # IDs built before datasets were named by their path recorded "sequences": not a place.
+            if isinstance(value, str) and (value in NAMED or Path(value).exists()):
                 return value
     return None
 

@@ -66,27 +66,23 @@ def dataset_texts(dataset, source: str | None = None) -> list[str]:
 
     An item without text (missing from the item file, or every feature empty) is written as
     "item <id>", which says nothing about its content; when more than half the items are like
-    that, the IDs would be noise with extra steps, so it is refused (see `without_text`)."""
+    that, the IDs would be noise with extra steps, so it is refused."""
+    return _checked_texts(dataset, source)[0]
+
+
+def _checked_texts(dataset, source: str | None = None) -> tuple[list[str], int]:
+    """`dataset_texts`, and how many of them are the "item <id>" stand-in."""
     if not dataset.item_attributes:
         raise DataError("has no item features to build item text from: semantic IDs need item content "
                         "(an items.tsv beside the sequences, see README \"Data\")", source or dataset.name)
-    texts = _texts(dataset)
+    generic = dataset.name not in NAMED
+    texts = [item_text(a, generic) for a in dataset.item_attributes]
     missing = texts.count("")
     if missing * 2 > len(texts):
         raise DataError(f"{missing:,} of {len(texts):,} items have no text (missing from the item file, or every "
                         "feature empty): semantic IDs built from so little content would be meaningless; give "
                         "more items a title, brand, categories or other feature", source or dataset.name)
-    return [text or f"item {item_id}" for text, item_id in zip(texts, dataset.item_ids)]
-
-
-def _texts(dataset) -> list[str]:
-    generic = dataset.name not in NAMED
-    return [item_text(a, generic) for a in dataset.item_attributes]
-
-
-def without_text(dataset) -> int:
-    """How many items `dataset_texts` writes as "item <id>"."""
-    return _texts(dataset).count("")
+    return [text or f"item {item_id}" for text, item_id in zip(texts, dataset.item_ids)], missing
 
 
 def load_encoder(device: str = "cpu"):
@@ -136,10 +132,9 @@ def _cached_embeddings(meta_path: Path, array_path: Path, digest: str, items: in
 def item_embeddings(dataset, out_dir: Path, device: str = "cpu", log=print) -> np.ndarray:
     """(n_items, 384) float32, unit norm; computed once per text set and cached in out_dir."""
     out_dir = Path(out_dir)
-    texts = dataset_texts(dataset)
+    texts, missing = _checked_texts(dataset)
     # Said here, where IDs are built, rather than in dataset_texts, which `train` also calls as
     # an early check: once per build, even when the vectors come from the cache.
-    missing = without_text(dataset)
     if missing:
         print(f"warning: {missing:,} of {len(texts):,} items have no text; their semantic IDs come from "
               "their id alone (the text \"item <id>\"), not from their content", file=sys.stderr)

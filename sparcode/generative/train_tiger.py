@@ -131,12 +131,6 @@ def build_semantic_ids(run_dir: Path, dataset, cfg: TigerConfig | None = None, d
         "item_ids": list(dataset.item_ids),
         "rqvae_config": rq_cfg.to_dict(),
     }
-    from sparcode.data.readers import NAMED
-
-    if cfg.dataset in NAMED or Path(cfg.dataset).exists():
-        # What `semantic-ids --force` rebuilds from when not told: dataset.name is "sequences"
-        # for every folder dataset, so it cannot find the data again.
-        meta["dataset_source"] = cfg.dataset
     save_ids(out, ids, meta)
     log(f"semantic IDs: collision rate {meta['collisions']['collision_rate']:.4f} before the 4th token, "
         f"codebook usage {[round(u, 3) for u in meta['codebook_usage']]}, vocab {meta['vocab']}")
