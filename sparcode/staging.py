@@ -13,9 +13,11 @@ at all (--force) is the caller's decision, made before it gets here.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -196,7 +198,8 @@ def staged_directory(target: Path, replace: bool = True, marker=None) -> Iterato
     if replace:
         check_replaceable(target, marker)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    _remove_abandoned_staging(target)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=_staging_prefix(target, os.getpid())))
     try:
         usual_permissions(tmp)
         yield tmp
@@ -206,6 +209,35 @@ def staged_directory(target: Path, replace: bool = True, marker=None) -> Iterato
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _staging_prefix(target: Path, pid: int) -> str:
+    return f".{target.name}.staging-{pid}-"
+
+
+def _remove_abandoned_staging(target: Path) -> None:
+    """Delete staging folders of `target` whose process is gone. A build killed outright
+    (kill -9, OOM, a lost machine) cannot clean up after itself, and an export's staging folder
+    can hold hundreds of MB hidden beside the output. The pid in the name tells a live build
+    (left alone) from an abandoned one; a reused pid only delays the cleanup."""
+    prefix = f".{target.name}.staging-"
+    for leftover in target.parent.glob(f"{glob.escape(prefix)}*"):
+        pid_text = leftover.name[len(prefix):].split("-", 1)[0]
+        if not pid_text.isdigit() or leftover.is_symlink() or not leftover.is_dir() or _alive(int(pid_text)):
+            continue
+        shutil.rmtree(leftover, ignore_errors=True)
+        if not leftover.exists():
+            print(f"removed {leftover}, left by an interrupted build (process {pid_text} is gone)", file=sys.stderr)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another account's live process
+        return True
+    return True
 
 
 def _swap_in(tmp: Path, target: Path) -> None:

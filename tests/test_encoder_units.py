@@ -538,3 +538,39 @@ def test_a_first_batch_smaller_than_the_codebook_inits_without_a_word():
     finally:
         logger.remove(sink)
     assert not [message for message in heard if "duplicates will be sampled" in message]
+
+
+def test_a_profile_value_only_held_out_users_have_stays_absent_through_training(tmp_path):
+    """A value no training user holds gets no gradient; it must act as padding, not as its
+    random initial vector (which would move every held-out user holding it)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from sparcode.cli import main
+    from sparcode.data.readers import load_dataset
+    from sparcode.data.splits import make_split
+    from sparcode.encoder.runs import open_run
+
+    rng = np.random.default_rng(0)
+    lines = [f"u{u} " + " ".join(f"i{i}" for i in rng.choice(30, 8, replace=False)) for u in range(60)]
+    (tmp_path / "sequences.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "users.tsv").write_text("".join(f"u{u}\tcountry=c{u % 3}\n" for u in range(60)))
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"model": {"dim": 8, "tokenizer": "dnn"},
+                                  "train": {"epochs": 1, "batch_size": 32, "negatives": 8, "max_history": 5, "threads": 1}}))
+    run_dir = tmp_path / "run"
+    # Multi-target holds out a tenth of the users; give one of them a country of its own.
+    held_out = load_dataset(tmp_path).user_ids[make_split(load_dataset(tmp_path), "multi-target", seed=0).test.users[0]]
+    rows = [f"u{u}\tcountry={'only-here' if f'u{u}' == held_out else f'c{u % 3}'}\n" for u in range(60)]
+    (tmp_path / "users.tsv").write_text("".join(rows))
+
+    result = CliRunner().invoke(main, ["train", "--model", "two-tower", "--dataset", str(tmp_path), "--split", "multi-target",
+                                       "--out", str(run_dir), "--config", str(config), "--quiet"])
+    assert result.exit_code == 0, result.output
+    run = open_run(run_dir)
+    model, _ = run.load_model()
+    feature = run.dataset.user_features[0]
+    table = model.profile.features.tables[0].weight
+    assert torch.count_nonzero(table[feature.vocab.index("only-here")]) == 0
+    assert all(torch.count_nonzero(table[feature.vocab.index(f"c{c}")]) > 0 for c in range(3))

@@ -162,3 +162,29 @@ def test_a_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
     with pytest.raises(OSError, match="No space"):
         write_then_rename(tmp_path / "weights.pt", disk_full)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_staging_folder_left_by_a_killed_build_is_removed_by_the_next(tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    target = tmp_path / "export"
+    # A real build killed outright mid-write: its staging folder survives it.
+    script = ("import os, sys, time; from pathlib import Path; from sparcode.staging import staged_directory\n"
+              "with staged_directory(Path(sys.argv[1])) as tmp:\n"
+              "    (tmp / 'codes.bin').write_bytes(b'x' * 1000); print(tmp, flush=True); time.sleep(60)\n")
+    build = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
+    abandoned = build.stdout.readline().strip()
+    # A build still running keeps its folder, whoever stages next.
+    with staged_directory(tmp_path / "export", replace=False):
+        pass
+    assert os.path.isdir(abandoned)
+    build.send_signal(signal.SIGKILL)
+    build.wait()
+    assert os.path.isdir(abandoned)
+
+    with staged_directory(target) as tmp:
+        (tmp / "manifest.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert f"removed {abandoned}, left by an interrupted build (process {build.pid} is gone)" in capsys.readouterr().err

@@ -24,6 +24,21 @@ class FeatureBag(nn.Module):
             self.register_buffer(f"values_{i}", values, persistent=False)
             self.tables.append(nn.Embedding(feature.vocab_size, dim, padding_idx=0))
 
+    @torch.no_grad()
+    def silence_values_absent_from(self, rows) -> int:
+        """Zero the embedding of every value no row in `rows` has, and return how many. Such a
+        value (a profile value only held-out users have) never gets a gradient, so it would keep
+        its random initial vector, about as large as a trained one, and shift every user holding
+        it; zeroed, it counts as absent, like padding."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        silenced = 0
+        for i, table in enumerate(self.tables):
+            unused = torch.ones(table.num_embeddings, dtype=torch.bool)
+            unused[getattr(self, f"values_{i}")[rows.to(table.weight.device)].flatten().cpu()] = False
+            table.weight[unused.to(table.weight.device)] = 0.0
+            silenced += int(unused[1:].sum())  # row 0 is padding, zero anyway
+        return silenced
+
     def forward(self, rows: torch.Tensor) -> torch.Tensor | None:
         total = None
         for i, table in enumerate(self.tables):
@@ -62,6 +77,9 @@ class UserProfile(nn.Module):
         super().__init__()
         self.dim = dim
         self.features = FeatureBag(user_features, dim, pad_rows=1) if user_features else None
+
+    def silence_values_absent_from(self, training_users) -> int:
+        return 0 if self.features is None else self.features.silence_values_absent_from(training_users)
 
     def forward(self, users: torch.Tensor) -> torch.Tensor:
         if self.features is None:

@@ -167,6 +167,7 @@ def train(run_dir: Path, cfg: RunConfig, dataset: Dataset, split: Split, resume:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.seed)
     model = build_model(cfg.model, dataset, split.max_history).to(device)
+    model.profile.silence_values_absent_from(np.unique(split.train.users))
     if hasattr(model, "bf16"):
         model.bf16 = cfg.train.bf16 and bf16_supported(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
