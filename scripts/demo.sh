@@ -32,12 +32,17 @@ cleanup() { if [ "$started_es" = 1 ]; then $SC es stop || true; fi; }
 trap cleanup EXIT
 if [ -n "${ELASTICSEARCH_URL:-}" ] || { command -v java >/dev/null && command -v mvn >/dev/null; }; then
   if [ -z "${ELASTICSEARCH_URL:-}" ]; then
-    if ! $SC es status >/dev/null 2>&1; then
+    if $SC es status >/dev/null 2>&1; then
+      export ELASTICSEARCH_URL=$($SC es status)
+    elif .venv/bin/python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9250/_cluster/health', timeout=5)" >/dev/null 2>&1; then
+      echo "== using the node that answers on 127.0.0.1:9250 (not started by this checkout)"
+      export ELASTICSEARCH_URL=http://127.0.0.1:9250
+    else
       echo "== start a local Elasticsearch node"
       $SC es start
       started_es=1
+      export ELASTICSEARCH_URL=$($SC es status)
     fi
-    export ELASTICSEARCH_URL=$($SC es status)
   fi
   echo "== index into Elasticsearch at alias $ALIAS (new versioned index + atomic alias swap)"
   $SC reindex "$EXPORT" --alias "$ALIAS" --delete-old

@@ -18,12 +18,18 @@ case "${CI:-}" in ""|0|false|False|FALSE|no) in_ci=false ;; *) in_ci=true ;; esa
 # Tests never skip. Outside CI, a node that cannot be had leaves its tests out by marker, loudly.
 left_out=()
 
+# answers PORT: a search node on 127.0.0.1:PORT reports its cluster health.
+answers() {
+  .venv/bin/python -c "import sys, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{sys.argv[1]}/_cluster/health', timeout=5)" "$1" >/dev/null 2>&1
+}
 # ensure_node ENGINE MARKER URL_VARIABLE PORT: use the URL if set, else a running node, else start one.
 ensure_node() {
   local engine=$1 marker=$2 var=$3 port=$4 why=""
   if [ -n "${!var:-}" ]; then return; fi
   if .venv/bin/sparcode es status --engine "$engine" --port "$port" >/dev/null 2>&1; then
-    :  # a node someone else started: use it, and leave it running
+    :  # the node this checkout started earlier: use it, and leave it running
+  elif answers "$port"; then
+    :  # a node this checkout did not start (Docker, another checkout): use it; the tests refuse a wrong engine by name
   elif ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
     why="java and mvn are needed to start $engine (or set $var)"
   elif .venv/bin/sparcode es start --engine "$engine" --port "$port"; then

@@ -10,10 +10,14 @@ One `LocalNode` runs either; an `EngineSpec` holds everything that differs.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import http.client
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -28,8 +32,10 @@ from pathlib import Path
 import tenacity
 
 from sparcode.checkout import repository_root
+from sparcode.staging import UnreadableFile, atomic_write_bytes, read_json
 
 DEFAULT_HEAP = "1g"
+CLUSTER_NAME = "sparcode-local"  # also the name of the node's main log file
 # One unprivileged user runs either engine (both refuse to run as root).
 ES_USER = "sparcode-es"
 START_TIMEOUT_S = 120.0
@@ -56,13 +62,15 @@ class EngineSpec:
     cache_dir: str
     extra_config: str = ""
     modules: tuple[Module, ...] = ()
+    # Elasticsearch finds its own files through a URL of its path, which ends at a '#'.
+    hash_in_path_ok: bool = True
 
 
 ELASTICSEARCH = EngineSpec(
     name="elasticsearch", version="8.19.8",
     artifact="org.elasticsearch.distribution.integ-test-zip:elasticsearch:8.19.8:zip",
     default_port=9250, transport_offset=50, java_home_var="ES_JAVA_HOME", home_var="SPARCODE_ES_HOME",
-    cache_dir="es", extra_config="xpack.security.enabled: false\n")
+    cache_dir="es", extra_config="xpack.security.enabled: false\n", hash_in_path_ok=False)
 # Ports of its own, so both nodes can run side by side (the test script starts both).
 OPENSEARCH = EngineSpec(
     name="opensearch", version="2.19.0",
@@ -79,6 +87,22 @@ DEFAULT_PORT = ELASTICSEARCH.default_port
 
 class LocalNodeError(RuntimeError):
     """A failure the user can act on; the message is one line."""
+
+
+class NodeStateError(LocalNodeError, UnreadableFile):
+    """node.json is there but cannot be used. An `UnreadableFile` too, so the commands that only
+    look up the local node's URL (index, search, ...) report it as one line as well."""
+
+
+_HEAP = re.compile(r"[1-9][0-9]*[kmgt]", re.IGNORECASE)
+
+
+def heap_bytes(heap: str) -> int:
+    """The size a JVM heap setting such as 512m or 2g stands for; ValueError for anything else
+    (the JVM's own refusal is a stack of lines in the node's output)."""
+    if not _HEAP.fullmatch(heap):
+        raise ValueError(f"--heap {heap!r}: expected a JVM size such as 512m, 1g or 2g")
+    return int(heap[:-1]) << (10 * "kmgt".index(heap[-1].lower()) + 10)
 
 
 def default_home(spec: EngineSpec = ELASTICSEARCH) -> Path:
@@ -136,50 +160,117 @@ class LocalNode:
         return self.home / "node.json"
 
     @property
+    def cluster_log(self) -> Path:
+        return self.home / "logs" / f"{CLUSTER_NAME}.log"
+
+    @property
     def url(self) -> str:
         return local_url(self.port)
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> float:
-        """Start the node (fetching/unpacking it first if needed); return seconds to healthy."""
-        pid = self.running_pid()
-        if pid is not None:
-            running_port = LocalNode.from_state(self.spec, self.home).port
-            if running_port != self.port:
-                # Starting anyway would drop the running node's pid file (leaving it unstoppable
-                # by `es stop`) and then fail on its data-directory lock.
-                raise LocalNodeError(f"{self.spec.name} from {self.home} already runs on port {running_port} "
-                                     f"(pid {pid}); stop it first (sparcode es stop) or set "
-                                     f"{self.spec.home_var} to another directory for a second node")
-            if self.healthy():
-                return 0.0
-        else:
+        """Start the node (fetching/unpacking it first if needed); return seconds to healthy, 0.0
+        when it was already running (then `heap` is the running node's, if recorded)."""
+        try:
+            heap_bytes(self.heap)
+        except ValueError as err:
+            raise LocalNodeError(str(err)) from None
+        if "#" in str(self.home) and not self.spec.hash_in_path_ok:
+            raise LocalNodeError(f"{self.spec.home_var}={self.home} contains '#', from which {self.spec.name} "
+                                 "cannot run; choose a folder without it")
+        with self._start_lock():
+            self._refuse_other_engine()
+            pid = self.running_pid()
+            if pid is not None:
+                return self._join_running(pid)
             self._check_ports()
+            return self._launch()
+
+    def _join_running(self, pid: int) -> float:
+        state = self._read_state()
+        if state is None:
+            raise self._damaged(f"{self.state_file} is missing while pid {pid} runs")
+        if state["port"] != self.port:
+            # Starting anyway would drop the running node's pid file (leaving it unstoppable
+            # by `es stop`) and then fail on its data-directory lock.
+            raise LocalNodeError(f"{self.spec.name} from {self.home} already runs on port {state['port']} "
+                                 f"(pid {pid}); stop it first ({self._cli('stop')}) or set "
+                                 f"{self.spec.home_var} to another directory for a second node")
+        self.heap = state["heap"] or self.heap  # a running JVM keeps its heap until restarted
+        if self.healthy():
+            return 0.0
+        # An earlier start was interrupted and its JVM is still coming up: wait for it, rather
+        # than launch a second JVM on the same data.
+        started = time.monotonic()
+        self._wait_healthy(self._log_marks())
+        return time.monotonic() - started
+
+    def _launch(self) -> float:
         java_home = _java_home(self.spec.java_home_var)
         self._ensure_unpacked()
         user = _ensure_user()
         self._write_config()
         self._chown(user)
-        self.pid_file.unlink(missing_ok=True)
+        # Before the launch: a node that comes up after this process was stopped (a signal to it
+        # alone) is then still found by `es status`/`es stop` and the other commands.
+        atomic_write_bytes(self.state_file, json.dumps(
+            {"port": self.port, "heap": self.heap, "engine": self.spec.name}).encode())
+        self.pid_file.unlink(missing_ok=True)  # a dead node's: none runs from here (checked under the lock)
+        marks = self._log_marks()
         started = time.monotonic()
         name = self.spec.name
         cmd = ["env", f"{self.spec.java_home_var}={java_home}", str(self.dist_dir / "bin" / name),
                "-d", "-p", str(self.pid_file)]
         if user is not None:
             cmd = ["runuser", "-u", user, "--", *cmd]
-        # A file, not a pipe: the daemonised JVM keeps the descriptor open forever.
-        with open(self.log_file, "ab") as log:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.dist_dir).returncode
-        if rc != 0:
-            raise LocalNodeError(f"{name} exited with {rc} at start-up:\n{self.log_tail()}")
-        self.state_file.write_text(json.dumps({"port": self.port, "heap": self.heap}))
         try:
-            self._wait_healthy()
-        except tenacity.RetryError:
-            self.stop()
-            raise LocalNodeError(
-                f"{name} not healthy on {self.url} after {START_TIMEOUT_S:.0f}s:\n{self.log_tail()}")
+            # A file, not a pipe: the daemonised JVM keeps the descriptor open forever.
+            with open(self.log_file, "ab") as log:
+                rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.dist_dir).returncode
+            if rc != 0:
+                raise LocalNodeError(f"{name} exited with {rc} at start-up:\n{self.log_tail(marks)}")
+            self._wait_healthy(marks)
+        except KeyboardInterrupt:
+            self.stop()  # an abandoned start leaves no node behind (once its pid file is written)
+            raise
         return time.monotonic() - started
+
+    @contextlib.contextmanager
+    def _start_lock(self):
+        """Held from the first check until the node is healthy: a second `es start` meanwhile
+        would otherwise see a node that is not healthy yet, drop its pid file and launch a second
+        JVM on the same data, leaving the first one unstoppable by `es stop`."""
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            lock = open(self.home / "start.lock", "a+")
+        except OSError as err:
+            raise LocalNodeError(f"cannot use {self.spec.home_var}={self.home} as the node's folder: "
+                                 f"{err.strerror or err}") from None
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "?"
+                raise LocalNodeError(f"a start of {self.spec.name} from {self.home} is in progress (pid {holder}); "
+                                     f"wait for it to finish, then check with `{self._cli('status')}`") from None
+            lock.seek(0)
+            lock.truncate()
+            lock.write(str(os.getpid()))
+            lock.flush()
+            yield
+
+    def _refuse_other_engine(self) -> None:
+        """Both engines keep their pid file, node.json and data at the same places in a home:
+        one home for both would orphan the running node and mix their data."""
+        other = next(spec for spec in SPECS.values() if spec is not self.spec)
+        try:
+            recorded = read_json(self.state_file).get("engine")
+        except (OSError, UnreadableFile):
+            recorded = None
+        if recorded == other.name or LocalNode(other, self.home).running_pid() is not None:
+            raise LocalNodeError(f"{self.home} holds the {other.name} node; give each engine a folder of its "
+                                 f"own ({self.spec.home_var} must differ from {other.home_var})")
 
     def _check_ports(self) -> None:
         """The HTTP and transport ports can be had; the node itself would fail on either with a
@@ -227,29 +318,85 @@ class LocalNode:
         except (OSError, urllib.error.URLError, ValueError):
             return False
 
-    def log_tail(self, lines: int = 30) -> str:
-        texts = []
-        for path in [self.log_file, *sorted((self.home / "logs").glob("*.log"))[-1:]]:
-            if path.exists():
-                texts.extend(path.read_text(errors="replace").splitlines()[-lines:])
-        return "\n".join(texts[-lines:]) or "(no log output)"
+    def check_serving(self) -> None:
+        """Raise LocalNodeError unless the node answering on `port` is this home's running node
+        and healthy: a healthy cluster there may be the other engine, or a node started elsewhere."""
+        pid = self.running_pid()
+        answering = _answering(self.url)
+        if answering is None:
+            starting = f" (pid {pid} from {self.home} runs: still starting?)" if pid is not None else ""
+            raise LocalNodeError(f"{self.spec.name} is not running on {self.url}{starting}")
+        engine, node_pid = answering
+        if pid is None or node_pid != pid or engine != self.spec.name:
+            recorded = f"pid {pid}" if pid is not None else "no running node"
+            raise LocalNodeError(f"{engine or 'a program'} answers on {self.url} but is not the {self.spec.name} "
+                                 f"node sparcode started from {self.home} (pid file {self.pid_file}: {recorded})")
+        if not self.healthy():
+            raise LocalNodeError(f"{self.spec.name} from {self.home} (pid {pid}) answers on {self.url} "
+                                 "but is not healthy")
+
+    def log_tail(self, since: dict[Path, int] | None = None, lines: int = 20) -> str:
+        """The end of what the launcher (where the JVM's own refusals go) and then the node wrote
+        since `since` (sizes from `_log_marks`), and where the whole of it is."""
+        parts = []
+        for path in (self.log_file, self.cluster_log):
+            tail = _read_from(path, (since or {}).get(path, 0)).splitlines()[-lines:]
+            if tail:
+                parts.append(f"[{path}]\n" + "\n".join(tail))
+        where = f"(all output: {self.log_file} and {self.home / 'logs'}/)"
+        return "\n".join([*parts, where] if parts else ["(no output from this start)", where])
+
+    def _log_marks(self) -> dict[Path, int]:
+        """The sizes of the logs now, so a failure quotes this start's lines and not an earlier run's."""
+        return {path: path.stat().st_size if path.exists() else 0 for path in (self.log_file, self.cluster_log)}
 
     @classmethod
     def from_state(cls, spec: EngineSpec = ELASTICSEARCH, home: Path | None = None,
                    port: int | None = None) -> "LocalNode":
-        """The node as last started in `home`, unless `port` says otherwise."""
+        """The node as last started in `home`, unless `port` says otherwise. A node.json that is
+        there but unusable raises NodeStateError: falling back to the default port would point at
+        some other node."""
         node = cls(spec, home or default_home(spec))
-        try:
-            state = json.loads(node.state_file.read_text())
-            node.port, node.heap = int(state["port"]), str(state["heap"])
-        except (OSError, ValueError, KeyError):
-            pass
+        state = node._read_state()
+        if state is not None:
+            node.port, node.heap = state["port"], state["heap"] or node.heap
         if port is not None:
             node.port = port
         return node
 
+    def _read_state(self) -> dict | None:
+        """node.json as {port, heap (None if not recorded), engine}; None when no node was ever
+        started from this home."""
+        try:
+            state = read_json(self.state_file)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (OSError, UnreadableFile) as err:
+            raise self._damaged(str(err)) from None
+        port, heap = state.get("port"), state.get("heap")
+        if type(port) is not int or not 1 <= port <= 65535:
+            raise self._damaged(f"{self.state_file} records no port (port: {port!r})")
+        # Files written before the engine was recorded are this engine's: each has its own home.
+        engine = state.get("engine", self.spec.name)
+        if engine not in SPECS:
+            raise self._damaged(f"{self.state_file} records no engine of sparcode's (engine: {engine!r})")
+        if engine != self.spec.name:
+            raise NodeStateError(f"{self.home} holds the {engine} node ({self.state_file}); give each engine a "
+                                 f"folder of its own ({self.spec.home_var} must differ from {SPECS[engine].home_var})")
+        return {"port": port, "heap": heap if isinstance(heap, str) and _HEAP.fullmatch(heap) else None,
+                "engine": engine}
+
+    def _damaged(self, why: str) -> NodeStateError:
+        return NodeStateError(f"{why} — so the port of the {self.spec.name} node of {self.home} is unknown: "
+                              f"`{self._cli('stop')}` stops that node by its pid file, and `{self._cli('start')}` "
+                              "then writes the file anew")
+
+    def _cli(self, action: str) -> str:
+        engine = "" if self.spec is ELASTICSEARCH else f" --engine {self.spec.name}"
+        return f"sparcode es {action}{engine}"
+
     # -- steps ----------------------------------------------------------------------------
-    def _wait_healthy(self) -> None:
+    def _wait_healthy(self, marks: dict[Path, int]) -> None:
         pid_seen = False
 
         def check() -> None:
@@ -268,7 +415,11 @@ class LocalNode:
         try:
             retry(check)
         except _NodeDied:
-            raise LocalNodeError(f"{self.spec.name} died during start-up:\n{self.log_tail()}")
+            raise LocalNodeError(f"{self.spec.name} died during start-up:\n{self.log_tail(marks)}") from None
+        except tenacity.RetryError:
+            self.stop()
+            raise LocalNodeError(f"{self.spec.name} not healthy on {self.url} after {START_TIMEOUT_S:.0f}s:\n"
+                                 f"{self.log_tail(marks)}") from None
 
     def _ensure_unpacked(self) -> None:
         marker = self.dist_dir / ".sparcode-unpacked"
@@ -303,15 +454,16 @@ class LocalNode:
         for d in (self.home / "data", self.home / "logs", self.run_dir):
             d.mkdir(parents=True, exist_ok=True)
         config = self.dist_dir / "config"
+        # Paths as JSON strings, which YAML reads as they are: unquoted, a '#' in them starts a comment.
         (config / f"{self.spec.name}.yml").write_text(
             "# written by `sparcode es start`; edits are overwritten\n"
-            "cluster.name: sparcode-local\n"
+            f"cluster.name: {CLUSTER_NAME}\n"
             "discovery.type: single-node\n"
             "network.host: 127.0.0.1\n"
             f"http.port: {self.port}\n"
             f"transport.port: {self.port + self.spec.transport_offset}\n"
-            f"path.data: {self.home / 'data'}\n"
-            f"path.logs: {self.home / 'logs'}\n"
+            f"path.data: {json.dumps(str(self.home / 'data'))}\n"
+            f"path.logs: {json.dumps(str(self.home / 'logs'))}\n"
             f"{self.spec.extra_config}"
             # Dev machines are often nearly full; the disk watermark would block every write.
             "cluster.routing.allocation.disk.threshold_enabled: false\n")
@@ -337,6 +489,55 @@ class LocalNode:
 
 class _NodeDied(Exception):
     pass
+
+
+def _answering(url: str) -> tuple[str | None, int | None] | None:
+    """What answers at `url`: (engine, the node's process id), either None when it does not say;
+    None when nothing answers."""
+    try:
+        product, info = _get_json(f"{url}/_nodes/_local/process")
+    except http.client.HTTPException:
+        return None, None  # something answers, and not in HTTP
+    except OSError:
+        return None
+    if product == "Elasticsearch":  # a header on every answer; `GET /` is refused by the integ-test zip
+        engine = "elasticsearch"
+    else:
+        try:
+            root = _get_json(f"{url}/")[1]
+        except (OSError, http.client.HTTPException):
+            root = None
+        version = root.get("version") if isinstance(root, dict) else None
+        engine = "opensearch" if isinstance(version, dict) and version.get("distribution") == "opensearch" else None
+    try:
+        return engine, next(iter(info["nodes"].values()))["process"]["id"]
+    except (LookupError, TypeError, AttributeError, StopIteration):
+        return engine, None
+
+
+def _get_json(url: str) -> tuple[str | None, object]:
+    """(X-Elastic-Product, JSON body or None) of GET `url`, error statuses included; OSError when
+    nothing answers."""
+    try:
+        resp = urllib.request.urlopen(url, timeout=2)
+    except urllib.error.HTTPError as err:
+        resp = err
+    with resp:
+        try:
+            body = json.load(resp)
+        except ValueError:
+            body = None
+        return resp.headers.get("X-Elastic-Product"), body
+
+
+def _read_from(path: Path, offset: int) -> str:
+    """`path` from byte `offset` on; all of it when it has since been replaced by a shorter file."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset if offset <= os.fstat(fh.fileno()).st_size else 0)
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _port_free(port: int) -> bool:
@@ -395,8 +596,11 @@ def _fetch(artifact: str, path: Path) -> None:
     if proc.returncode != 0 or not path.exists():
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
         raise LocalNodeError(f"mvn could not fetch {artifact}: " + " | ".join(tail))
-    with zipfile.ZipFile(path) as zf:  # zips and jars alike
-        bad = zf.testzip()
+    try:
+        with zipfile.ZipFile(path) as zf:  # zips and jars alike
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, EOFError) as err:
+        bad = f"unreadable: {err}"  # cut short, e.g. an interrupted fetch (which mvn never fetches again)
     if bad is not None:
         path.unlink()
         raise LocalNodeError(f"downloaded {path.name} is corrupt (first bad member {bad}); run again to re-fetch")
