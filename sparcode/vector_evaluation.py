@@ -29,6 +29,7 @@ def evaluate_vector_backend(run: Run, evalset, backend: str, alias, export_dir, 
     hits = served.batch_search(queries, k, exclude_items=excludes)
     index_of = {item: i for i, item in enumerate(item_ids)}
     rankings = [np.asarray([index_of[h.item_id] for h in user_hits], dtype=np.int64) for user_hits in hits]
+    scores = [np.asarray([h.score for h in user_hits], dtype=np.float64) for user_hits in hits]
     metrics = evaluate_rankings(rankings, evalset, ks)
     if backend != "exact":
         exact = ExactBackend(served.vectors) if hasattr(served, "vectors") else \
@@ -40,4 +41,4 @@ def evaluate_vector_backend(run: Run, evalset, backend: str, alias, export_dir, 
         metrics["hnsw"] = {key: served.index.meta[key] for key in ("m", "ef_construction", "seed")} | {"ef": served.ef}
     if backend == "es-knn":
         metrics["num_candidates"] = served.num_candidates
-    return metrics, rankings
+    return metrics, rankings, scores

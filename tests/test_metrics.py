@@ -111,6 +111,17 @@ def test_exclude_seen_masking():
     assert table[0, 0] == 9  # the caller's scores are not masked in place
 
 
+def test_ranked_lists_come_with_the_scores_that_ranked_them():
+    table = np.array([[0.5, 2.0, 2.0, -1.0, 7.0], [1.0, 1.0, 1.0, 1.0, 1.0]], dtype=np.float32)
+    evalset = make_evalset(seen=[[4], [0, 1, 2]], targets=[[1], [3]])
+    m, ranked, scores = evaluate_scores(lambda rows: table[rows], evalset, 5, ks=(3,), batch_size=1,
+                                        return_scores=True)
+    assert [r.tolist() for r in ranked] == [[1, 2, 0], [3, 4]]  # seen excluded, never refilled
+    assert [s.tolist() for s in scores] == [[2.0, 2.0, 0.5], [1.0, 1.0]]
+    plain, plain_ranked = evaluate_scores(lambda rows: table[rows], evalset, 5, ks=(3,), return_rankings=True)
+    assert m == plain and [r.tolist() for r in plain_ranked] == [r.tolist() for r in ranked]
+
+
 def test_exclusion_never_fills_with_seen_items():
     evalset = make_evalset(seen=[[0, 1, 2]], targets=[[1]])
     m, ranked = evaluate_scores(lambda rows: np.ones((len(rows), 4), np.float32), evalset, 4, ks=(3,),

@@ -36,8 +36,11 @@ LONGEST_LIST = max(KS)
 @click.option("--sample-seed", type=int, default=0, show_default=True, help="Seed of --sample-users.")
 @serve_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--run-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a TREC run file.")
-@click.option("--qrels", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write TREC qrels.")
+@click.option("--run-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a TREC run file with the model's scores. Users with no ranked items have no lines: "
+                   "`trec_eval -c` (average over every qrels user) matches these metrics.")
+@click.option("--qrels", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write TREC qrels. An existing file is replaced only when it is a TREC file of the same kind.")
 @url_option
 def command(run_dir, backend, alias, export_dir, exclude_seen, part, sample_users, sample_seed, stored_fraction,
             query_probes, max_codes, as_json, run_file, qrels, ef, num_candidates, url):
@@ -59,27 +62,24 @@ def command(run_dir, backend, alias, export_dir, exclude_seen, part, sample_user
     if run_file is not None and qrels is not None and run_file.resolve() == qrels.resolve():
         raise click.UsageError("--run-file and --qrels name the same file; the qrels would overwrite the run")
     with user_errors():
-        from sparcode.eval.trec import check_writable
+        from sparcode.eval.trec import TrecOutputs
         from sparcode.evaluation import evaluate_run
 
         for path in (run_file, qrels):
-            if path is not None:
-                if run_dir.resolve() in path.resolve().parents:
-                    raise click.UsageError(f"{path} is inside the run {run_dir}; write the run file and qrels "
-                                           "elsewhere (they could replace the run's own files)")
-                check_writable(path)
+            if path is not None and run_dir.resolve() in path.resolve().parents:
+                raise click.UsageError(f"{path} is inside the run {run_dir}; write the run file and qrels "
+                                       "elsewhere (they could replace the run's own files)")
 
-        metrics, rankings, run, evalset = evaluate_run(run_dir, backend=backend, alias=alias, export_dir=export_dir,
-                                                       exclude_seen=exclude_seen, part=part, ks=KS, ef=ef,
-                                                       num_candidates=num_candidates, sample_users=sample_users or 0,
-                                                       sample_seed=sample_seed, serve=serve, url=url)
-        if run_file is not None or qrels is not None:
-            from sparcode.eval.trec import write_qrels, write_run
-
-            if run_file is not None:
-                write_run(run_file, rankings, evalset, run.dataset, tag=f"sparcode-{run.kind}-{backend}")
-            if qrels is not None:
-                write_qrels(qrels, evalset, run.dataset)
+        with TrecOutputs(run_file, qrels) as outputs:
+            metrics, rankings, scores, run, evalset = evaluate_run(
+                run_dir, backend=backend, alias=alias, export_dir=export_dir, exclude_seen=exclude_seen, part=part,
+                ks=KS, ef=ef, num_candidates=num_candidates, sample_users=sample_users or 0, sample_seed=sample_seed,
+                serve=serve, url=url, before_scoring=lambda run: outputs.stage(_dataset_paths(run)))
+            outputs.write(rankings, scores, evalset, run.dataset, tag=f"sparcode-{run.kind}-{backend}")
+    unranked = sum(1 for ranked in rankings if not len(ranked))
+    if run_file is not None and unranked:
+        click.echo(f"note: {unranked} users have no ranked items and are absent from {run_file}; "
+                   "use trec_eval -c to average over every user, as these metrics do", err=True)
     if metrics.get("unfinished"):
         click.echo(f"warning: {run_dir} has not finished training; these are its best epoch so far", err=True)
     if as_json:
@@ -96,3 +96,12 @@ def command(run_dir, backend, alias, export_dir, exclude_seen, part, sample_user
                 "query_terms_without_postings", "ann_recall@50", "ann_recall@10"):
         if key in metrics:
             click.echo(f"{key}: {metrics[key]}")
+
+
+def _dataset_paths(run) -> list[Path]:
+    """The dataset file or folder the run was trained on (a named dataset lives elsewhere, in
+    compressed files no TREC output would be mistaken for)."""
+    from sparcode.data.readers import NAMED
+
+    source = run.info.get("dataset_path", run.config.dataset)
+    return [] if source in NAMED else [Path(source)]

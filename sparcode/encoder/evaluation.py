@@ -61,12 +61,13 @@ class ServedIndex:
 
 
 def evaluate_sparcode_served(run: Run, evalset, exclude_seen: bool, progress: bool = False,
-                             loaded: tuple | None = None) -> tuple[dict, list]:
-    """`loaded` = `load_for_serving(run)`, for a caller that serves one model several ways."""
+                             loaded: tuple | None = None, return_scores: bool = False) -> tuple:
+    """→ (metrics, rankings), and the rankings' scores third with `return_scores`;
+    `loaded` = `load_for_serving(run)`, for a caller that serves one model several ways."""
     index = ServedIndex(run, progress, loaded)
     queries = index.queries(evalset)
-    metrics, rankings = evaluate_scores(index.score_fn(queries), evalset, run.dataset.n_items,
-                                        exclude_seen=exclude_seen, return_rankings=True)
+    metrics, rankings, scores = evaluate_scores(index.score_fn(queries), evalset, run.dataset.n_items,
+                                                exclude_seen=exclude_seen, return_scores=True)
     user_terms = {t for q in queries for t in q}
     fallback = sum(1 for q in queries for t in q if t not in index.table)
     metrics.update(index.postings.stats())
@@ -78,14 +79,15 @@ def evaluate_sparcode_served(run: Run, evalset, exclude_seen: bool, progress: bo
         "training_codes": len(index.training_codes),
         "codebook_utilisation": _codebook_utilisation(index.codes, run.config.model.codes),
     })
-    return metrics, rankings
+    return (metrics, rankings, scores) if return_scores else (metrics, rankings)
 
 
 def _codebook_utilisation(codes: np.ndarray, n: int) -> list[float]:
     return [round(len(np.unique(codes[:, m])) / n, 4) for m in range(codes.shape[1])]
 
 
-def evaluate_model_scores(run: Run, evalset, exclude_seen: bool) -> tuple[dict, list]:
+def evaluate_model_scores(run: Run, evalset, exclude_seen: bool) -> tuple[dict, list, list]:
+    """→ (metrics, rankings, their scores)."""
     model, device = run.load_model()
     return evaluate_scores(model_scores(model, evalset, device), evalset, run.dataset.n_items,
-                           exclude_seen=exclude_seen, return_rankings=True)
+                           exclude_seen=exclude_seen, return_scores=True)

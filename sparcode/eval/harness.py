@@ -44,15 +44,16 @@ def mask_seen(scores: np.ndarray, seen: list[np.ndarray]) -> None:
 
 
 def evaluate_scores(score_fn: ScoreFn, evalset: EvalSet, n_items: int, ks=KS, exclude_seen: bool = True,
-                    batch_size: int = 256, return_rankings: bool = False):
+                    batch_size: int = 256, return_rankings: bool = False, return_scores: bool = False):
     """Metrics over ``evalset`` from full-catalog scores.
 
     ``score_fn(rows)`` gets row positions into the EvalSet (not user ids) and returns
     float scores of shape (len(rows), n_items). With ``return_rankings`` the result is
-    ``(metrics, rankings)``, rankings being one array of max(ks) item indices per user.
+    ``(metrics, rankings)``, rankings being one array of max(ks) item indices per user;
+    with ``return_scores`` it is ``(metrics, rankings, scores)``, scores matching rankings.
     """
     k = max(ks)
-    batches_ranked = []
+    batches_ranked, batches_values = [], []
     for start in range(0, len(evalset), batch_size):
         rows = np.arange(start, min(start + batch_size, len(evalset)))
         scores = np.array(score_fn(rows), dtype=np.float32)  # a copy: masking must not touch the caller's
@@ -65,11 +66,18 @@ def evaluate_scores(score_fn: ScoreFn, evalset: EvalSet, n_items: int, ks=KS, ex
         items, values = top_k(scores, k)
         items[np.isneginf(values)] = EMPTY
         batches_ranked.append(items)
-    ranked = np.concatenate(batches_ranked) if batches_ranked else np.zeros((0, min(k, n_items)), np.int64)
+        batches_values.append(values)
+    width = min(k, n_items)
+    ranked = np.concatenate(batches_ranked) if batches_ranked else np.zeros((0, width), np.int64)
+    values = np.concatenate(batches_values) if batches_values else np.zeros((0, width), np.float32)
+    rankings = [row[row != EMPTY] for row in ranked]
+    ranked_scores = [row_values[row != EMPTY] for row, row_values in zip(ranked, values)]
     ranked = pad_rankings(list(ranked), k) if ranked.shape[1] < k else ranked
     metrics = metrics_from_hits(*hit_matrix(ranked, evalset.targets), ks)
+    if return_scores:
+        return metrics, rankings, ranked_scores
     if return_rankings:
-        return metrics, [row[row != EMPTY] for row in ranked]
+        return metrics, rankings
     return metrics
 
 

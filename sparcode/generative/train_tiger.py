@@ -443,8 +443,9 @@ def category_entropy(rankings: list[np.ndarray], categories: np.ndarray, k: int 
 
 def evaluate_tiger(run_dir: Path, dataset, split, evalset=None, exclude_seen: bool | None = None,
                    ks=(5, 10, 20, 50), temperatures=None, beam_size: int | None = None, batch_size: int = 256,
-                   max_users: int = 0, device=None, seed: int = 0):
-    """→ (metrics, rankings) on ``evalset`` (default: the test users).
+                   max_users: int = 0, device=None, seed: int = 0, return_scores: bool = False):
+    """→ (metrics, rankings) on ``evalset`` (default: the test users); with ``return_scores`` the
+    rankings' beam log-probabilities come third.
 
     metrics: recall@K, ndcg@K, hr@K for every K in ``ks``; ``cold_recall@10`` over users whose
     target is a cold item, with prefix-matched cold items mixed into the top-10 (and
@@ -461,11 +462,12 @@ def evaluate_tiger(run_dir: Path, dataset, split, evalset=None, exclude_seen: bo
     seen = [evalset.seen[r] for r in rows]
     generator = torch.Generator().manual_seed(seed) if temperatures is not None else None
     started = time.perf_counter()
-    items, _ = tiger.rank(evalset.histories[rows], evalset.users[rows], beam,
-                          exclude=seen if exclude else None, temperatures=temperatures,
-                          batch_size=batch_size, generator=generator)
+    items, log_probs = tiger.rank(evalset.histories[rows], evalset.users[rows], beam,
+                                  exclude=seen if exclude else None, temperatures=temperatures,
+                                  batch_size=batch_size, generator=generator)
     seconds = time.perf_counter() - started
     rankings = [row[row >= 0][:k_max] for row in items]
+    scores = [row_scores[row >= 0][:k_max] for row, row_scores in zip(items, log_probs)]
     targets = [evalset.targets[r] for r in rows]
     metrics = ranking_metrics(_pad(rankings, k_max), targets, ks)
 
@@ -487,7 +489,7 @@ def evaluate_tiger(run_dir: Path, dataset, split, evalset=None, exclude_seen: bo
     metrics["exclude_seen"] = bool(exclude)
     metrics["beam_size"] = beam
     metrics["seconds"] = round(seconds, 1)
-    return metrics, rankings
+    return (metrics, rankings, scores) if return_scores else (metrics, rankings)
 
 
 def _pad(rankings: list[np.ndarray], k: int) -> np.ndarray:
