@@ -70,7 +70,7 @@ def test_a_server_error_is_its_most_specific_reason_on_one_line():
     assert error_reason(shards, "?").startswith("Result window is too large")
     parse = {"error": {"reason": "Numeric value (99999999999999999999) out of range of int\n at [Source: {\"size\"..."}}
     assert error_reason(parse, "?") == "Numeric value (99999999999999999999) out of range of int"
-    assert error_reason({"error": {"reason": "x" * 1000}}, "?") == "x" * 300 + "…"
+    assert error_reason({"error": {"reason": "h" * 500 + "t" * 500}}, "?") == "h" * 150 + "…" + "t" * 150
     assert error_reason("<html>bad gateway</html>", "HTTP 502") == "HTTP 502"
     closed = {"error": {"root_cause": [{"type": "index_closed_exception", "reason": "closed", "index": "sc-1"}]}}
     assert error_reason(closed, "?") == "closed (index sc-1, index_closed_exception)"

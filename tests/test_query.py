@@ -77,3 +77,10 @@ def test_filter_errors_are_one_clear_line():
 def test_unknown_form_is_refused():
     with pytest.raises(dsl.QueryError):
         dsl.search_body(Q, 3, form="knn")
+
+
+def test_filters_drop_spaces_around_name_and_value_as_feature_files_do():
+    assert dsl.parse_filter(" studio = 7 ") == ("studio", "7")
+    assert dsl.parse_filter("genres=Sci-Fi Fantasy") == ("genres", "Sci-Fi Fantasy")
+    with pytest.raises(dsl.QueryError, match="expected field=value"):
+        dsl.parse_filter("genres= ")

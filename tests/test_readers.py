@@ -236,3 +236,16 @@ def test_a_folder_named_like_the_sequences_file_is_named_as_such(tmp_path):
 def test_ids_are_cut_at_spaces_and_tabs_only(tmp_path):
     write(tmp_path / "sequences.txt", "u1 Star\u00a0Wars\tb  c\u2028d\n")
     assert load_dataset(tmp_path).item_ids == ["Star\u00a0Wars", "b", "c\u2028d"]
+
+
+def test_an_item_id_longer_than_an_engine_document_id_is_refused_naming_file_and_line(tmp_path):
+    # 512 UTF-8 bytes is the engines' `_id` limit: 256 two-byte characters pass, one byte more does
+    # not, though it is only 257 characters. A user id never becomes a document id: any length.
+    fits, too_long = "é" * 256, "a" + "é" * 256
+    write(tmp_path / "sequences.txt", f"{'u' * 600} a {fits}\nu2 b {too_long} c\n")
+    with pytest.raises(DataError) as err:
+        load_dataset(tmp_path)
+    assert err.value.line == 2 and "sequences.txt, line 2" in str(err.value)
+    assert "513 UTF-8 bytes" in str(err.value) and "at most 512 bytes" in str(err.value)
+    write(tmp_path / "sequences.txt", f"{'u' * 600} a {fits}\nu2 b c\n")
+    assert load_dataset(tmp_path).item_ids == ["a", fits, "b", "c"]

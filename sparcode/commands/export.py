@@ -58,8 +58,11 @@ def command(run_dir, out_dir, bias, max_postings, allocation, stored_fraction, q
     scoring = manifest["scoring"]
     sampled = (f" (a sample of the training windows' {manifest['training_codes']})"
                if manifest["codes"] < manifest["training_codes"] else "")
+    unreachable = manifest.get("items_without_postings")
+    unreachable_note = f" ({unreachable} without any posting: no query can return them)" if unreachable else ""
     click.echo(
-        f"exported {manifest['items']} items, {manifest['codes']} codes{sampled}, {manifest['pairs']} postings "
+        f"exported {manifest['items']} items{unreachable_note}, {manifest['codes']} codes{sampled}, "
+        f"{manifest['pairs']} postings "
         f"(stored fraction {manifest['stored_fraction']:.4f}, b̃ = {manifest['bias']:.4f}) → {out_dir}\n"
         f"scoring ({scoring['method']}): {scoring['pairs_per_second']:,} pairs/s = "
         f"{scoring['fraction_of_ceiling']:.2f} x the {scoring['ceiling_pairs_per_second']:,} pairs/s "

@@ -104,7 +104,10 @@ MAX_K = 10_000
 @click.option("--filter", "filters", multiple=True, callback=_check_filters, metavar="FIELD=VALUE", help="Attribute filter FIELD=VALUE, e.g. genres=Comedy. Repeatable: values of one field are "
                    "alternatives (any of them), different fields must all match.")
 @click.option("--exclude-seen/--keep-seen", default=True, show_default=True, help="Drop items the user already has.")
-@click.option("--explain", is_flag=True, help="Print the exact request body (send it with curl to POST /<alias>/_search).")
+@click.option("--explain", is_flag=True,
+              help="Print the search request body: with es/opensearch the exact one sent (replay it with curl: "
+                   "POST /<alias>/_search); with local, which sends nothing, the one an Elasticsearch index of "
+                   "this export would be sent.")
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
 @click.option("--ef", type=click.IntRange(min=1), default=None, help="hnsw: candidates kept by the walk (≥ k; default 100).")
 @click.option("--num-candidates", type=click.IntRange(min=1), default=None,
@@ -152,6 +155,7 @@ def command(run_dir, user_id, history_items, history_file, k, backend, alias, ex
         if history_items is not None:
             from sparcode.encoder.users import anonymous_history
 
+            _check_history_items(run, history_items)
             user_index, history, seen = anonymous_history(run, history_items)
             user_id = "(history)"
         else:
@@ -179,6 +183,9 @@ def command(run_dir, user_id, history_items, history_file, k, backend, alias, ex
         if explain:
             click.echo(json.dumps(engine.explain(query, k, parsed or None, exclude), indent=2))
         hits = engine.search(query, k, parsed or None, exclude)
+        # Only a short list raises the question of why; the catalog answers it, and a filter
+        # that no item can match is refused like an unknown field.
+        short_because = _why_short(run, parsed, exclude) if len(hits) < k else None
     titles = {}
     attrs = run.dataset.item_attributes
     if attrs:
@@ -196,9 +203,81 @@ def command(run_dir, user_id, history_items, history_file, k, backend, alias, ex
         click.echo(f"user {user_id} · codes {' '.join(f'{t}×{int(c)}' if c != 1 else t for t, c in query.items())} · backend {backend}")
     for rank, hit in enumerate(hits, 1):
         click.echo(f"{rank:>3}  {hit.item_id:>8}  {hit.score:9.4f}  {titles.get(hit.item_id) or ''}")
-    if not hits:
-        # An empty list is a valid answer (a filter, or no positive score), but a silent one looks broken.
-        click.echo("no items matched" + (f" (--filter {' '.join(filters)})" if filters else ""), err=True)
+    if short_because is not None:
+        # Fewer than k is a valid answer (a filter, or no stored score), but an unexplained one looks broken.
+        returned = "no items matched" if not hits else f"{len(hits)} of {k} items returned"
+        shown = f" (--filter {' '.join(filters)})" if filters else ""
+        click.echo(f"{returned}{shown}" + (f": {'; '.join(short_because)}" if short_because else ""), err=True)
+
+
+MAX_NAMED = 5  # unknown ids or values named in one message; the rest are counted
+
+
+def _listed(shown: list[str]) -> str:
+    return ", ".join(shown[:MAX_NAMED]) + (f" and {len(shown) - MAX_NAMED} more" if len(shown) > MAX_NAMED else "")
+
+
+def _check_history_items(run, items: list[str]) -> None:
+    """Every unknown id of a history at once, so a mistyped list is fixed in one go."""
+    known = set(run.dataset.item_ids)
+    unknown = list(dict.fromkeys(item for item in items if item not in known))
+    if unknown:
+        sample = ", ".join(run.dataset.item_ids[:3])
+        named = _listed([repr(item) for item in unknown])
+        raise click.ClickException(f"unknown item{'s' if len(unknown) > 1 else ''} {named} in the history "
+                                   f"for {run.config.dataset} (item ids look like {sample})")
+
+
+def _why_short(run, filters: dict[str, list[str]], exclude) -> list[str]:
+    """The reasons a search returned fewer than k items, as far as the run's dataset (the items
+    its export holds) tells; a filter that no item can match raises instead."""
+    reasons = []
+    if run.kind == "sparcode":  # the sparse index: an item needs a posting for one of the user's codes
+        reasons.append("only items with a stored score for this user's codes can be returned")
+    if not filters:
+        return reasons
+    matching, unknown, similar = _filter_in_catalog(run.dataset, filters, set(exclude or ()))
+    missing = _listed([f"{name}={value}" for name, value in unknown])
+    hint = f"; did you mean {', '.join(similar)}?" if similar else ""
+    if any(all((name, value) in unknown for value in values) for name, values in filters.items()):
+        raise click.ClickException(f"no item has {missing} (values are case-sensitive{hint}), so the filter "
+                                   "matches nothing")
+    reasons.append(f"{matching} {'unseen ' if exclude else ''}item{'' if matching == 1 else 's'} match the filter")
+    if unknown:
+        reasons.append(f"no item has {missing} (values are case-sensitive{hint})")
+    return reasons
+
+
+def _filter_in_catalog(dataset, filters: dict[str, list[str]], excluded: set[str]) -> tuple[int, list, list[str]]:
+    """(items matching every filter and not `excluded`, the (field, value) pairs no item has,
+    catalog values those differ from only in case), typed as the index types them."""
+    import numpy as np
+
+    from sparcode.pipeline.query import coerce_filters
+
+    types = dataset.item_attribute_types or {}
+    typed = coerce_filters(filters, types)
+
+    def key(name, value):  # floats are stored as float32 by every backend
+        return np.float32(value).item() if types[name] == "float" else value
+
+    wanted = {name: {key(name, v) for v in values} for name, values in typed.items()}
+    held: dict[str, set] = {name: set() for name in wanted}
+    matching = 0
+    for item_id, attrs in zip(dataset.item_ids, dataset.item_attributes or ()):
+        ok = True
+        for name, values in wanted.items():
+            raw = attrs.get(name)
+            have = {key(name, v) for v in (raw if isinstance(raw, list) else [raw]) if v is not None}
+            held[name] |= have
+            ok = ok and not have.isdisjoint(values)
+        matching += ok and item_id not in excluded
+    unknown = [(name, given) for name, values in filters.items()
+               for given, value in zip(values, typed[name]) if key(name, value) not in held[name]]
+    lowered = {(name, str(value).casefold()) for name, value in unknown}
+    similar = sorted(f"{name}={value}" for name, values in held.items() for value in values
+                     if (name, str(value).casefold()) in lowered)
+    return matching, unknown, similar
 
 
 def _history_from_file(path: Path) -> list[str]:

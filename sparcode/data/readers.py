@@ -24,8 +24,9 @@ get dense indices in order of first appearance in the sequences file, users in l
 feature of items.tsv/users.tsv becomes a categorical (multi-valued when ``|`` separates values)
 feature; item features are also item attributes (Elasticsearch type ``keyword``). A user or item
 listed in a feature file but absent from the sequences, a second line for one user (or for one
-id of a feature file), an empty sequence, a field without ``=`` or a bare carriage return
-inside a line (CR-only line ends) is an error.
+id of a feature file), an empty sequence, an item id over 512 UTF-8 bytes (the search engines'
+limit for a document id), a field without ``=`` or a bare carriage return inside a line
+(CR-only line ends) is an error.
 Items or users without a line in a feature file simply have no values for it.
 
 Every problem with the files raises `DataError` naming the file and, where it applies, the line.
@@ -52,6 +53,10 @@ PAD_VALUE = "<pad>"
 # Exported item documents have these fields of their own (SparCode codes, two-tower vector,
 # TIGER sid prefixes): a feature of the same name would overwrite them.
 RESERVED_ITEM_FIELDS = frozenset({"item_id", "ord", "codes", "vector", "sid", "cold"})
+# An item id becomes the document `_id`, which Elasticsearch and OpenSearch refuse over 512
+# bytes: a longer one would pass train and export and fail only at `index`. (User ids never
+# reach an engine: they name nothing in an index or a request.)
+MAX_ITEM_ID_BYTES = 512
 NAMED = ("ml-1m", "beauty", "sports")
 
 
@@ -292,6 +297,17 @@ def _generic_fields(line: str) -> list[str]:
     return [field for field in _GENERIC_FIELDS.split(line.strip(" \t\r\n")) if field]
 
 
+def _check_item_ids(ids: list[str], path: Path, lineno: int) -> None:
+    # A character is at most 4 UTF-8 bytes, so almost every line is cleared without encoding an id.
+    if max(map(len, ids)) * 4 <= MAX_ITEM_ID_BYTES:
+        return
+    for item in ids:
+        size = len(item.encode("utf-8"))
+        if size > MAX_ITEM_ID_BYTES:
+            raise DataError(f"item id {item[:40]!r}… is {size} UTF-8 bytes; an item id becomes the search "
+                            f"engine's document id, which may be at most {MAX_ITEM_ID_BYTES} bytes", path, lineno)
+
+
 def load_generic(path: Path) -> Dataset:
     if path.is_dir():
         seq_path = _sibling(path, "sequences.txt")
@@ -309,6 +325,7 @@ def load_generic(path: Path) -> Dataset:
         if len(fields) < 2:
             raise DataError(f"user {fields[0]!r} has no items (expected 'user_id item_id ...')", seq_path, lineno)
         _first_line(user_lines, fields[0], seq_path, lineno)
+        _check_item_ids(fields[1:], seq_path, lineno)
         sequences.append(np.fromiter((item_index.setdefault(t, len(item_index)) for t in fields[1:]),
                                      dtype=np.int64, count=len(fields) - 1))
     if not user_lines:

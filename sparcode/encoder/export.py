@@ -123,6 +123,7 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
         stats["codes_with_postings"] = int(nonempty.sum())
         stats["training_codes"] = len(window_codes)
         stats["pairs"] = int(postings.pairs)
+        stats["items_without_postings"] = items_without_postings(postings, items)
         stats["stored_fraction"] = postings.pairs / max(len(codes) * len(items), 1)
         manifest = {
             "format": FORMAT,
@@ -162,6 +163,14 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
         return {**manifest, "missing_shards": missing}
     _record_export(run, out_dir)
     return manifest
+
+
+def items_without_postings(postings: Postings, items: np.ndarray) -> int:
+    """Items of `items` that no code stores a score for: still documents, but no query can
+    return them, which the export should say rather than leave to be found by searching."""
+    has_posting = np.zeros(postings.n_items, dtype=bool)
+    has_posting[postings.items] = True
+    return int(np.count_nonzero(~has_posting[items]))
 
 
 def _check_scores_rank(postings: Postings) -> None:
@@ -222,6 +231,10 @@ def _place_shard(tmp: Path, out_dir: Path, items_name: str, manifest: dict, coun
     merged.pop("shard")
     merged["items"] = sum(m["items"] for m in same)
     merged["pairs"] = sum(m["pairs"] for m in same)
+    if all("items_without_postings" in m for m in same):
+        merged["items_without_postings"] = sum(m["items_without_postings"] for m in same)
+    else:  # parts from before the count was recorded: one part's count is not the whole's
+        merged.pop("items_without_postings", None)
     merged["stored_fraction"] = merged["pairs"] / max(merged["codes"] * merged["items"], 1)
     merged["files"] = {"items": [m["files"]["items"][0] for m in same], "codes": "codes.npz"}
     merged["codes_with_postings"], counts = _merge_code_tables(out_dir, merged["files"]["items"])

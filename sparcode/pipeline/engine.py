@@ -106,10 +106,14 @@ def major_version(version: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
+REASON_END_CHARS = 150  # kept from each end of a long reason
+
+
 def error_reason(body, fallback) -> str:
     """The server's most specific reason from an error body (its first `root_cause`, where
     "all shards failed" would otherwise hide "Result window is too large"), else `fallback`;
-    one line, as every message we print is."""
+    one line, as every message we print is; a long one keeps its head and its tail, where the
+    node often states the cause ("Validation Failed: 1: id [<the id>] is too long, …")."""
     try:
         error = body["error"]
         causes = error.get("root_cause") or [error]
@@ -120,7 +124,9 @@ def error_reason(body, fallback) -> str:
     except (TypeError, KeyError, AttributeError, IndexError):
         reason = str(fallback)
     first = reason.strip().splitlines()[0] if reason.strip() else reason
-    return first if len(first) <= 300 else first[:300] + "…"
+    if len(first) <= 2 * REASON_END_CHARS:
+        return first
+    return first[:REASON_END_CHARS] + "…" + first[-REASON_END_CHARS:]
 
 
 class Engine(ABC):

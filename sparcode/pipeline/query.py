@@ -84,10 +84,12 @@ def coerce_filters(filters: Mapping[str, object] | None, field_types: Mapping[st
 
 
 def parse_filter(text: str) -> tuple[str, str]:
-    """`field=value` from the command line."""
+    """`field=value` from the command line, spaces around name and value dropped as the dataset
+    readers drop them from feature files (a value never holds them, so `studio= 7 ` would match
+    nothing); an empty value is refused for the same reason."""
     name, sep, value = text.partition("=")
-    name = name.strip()
-    if not sep or not name:
+    name, value = name.strip(), value.strip()
+    if not sep or not name or not value:
         raise QueryError(f"filter {text!r}: expected field=value")
     return name, value
 
