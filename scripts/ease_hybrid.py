@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from script_checks import check_out_file, open_run_of
 from sparcode.encoder.ease import EaseModel, fit_at
 from sparcode.encoder.evaluation import ServedIndex
-from sparcode.encoder.runs import open_run
 from sparcode.encoder.train import model_scores
 from sparcode.eval.harness import evaluate_scores
 
@@ -71,7 +71,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    run = open_run(args.run)
+    check_out_file(args.out)
+    run = open_run_of(args.run, ("sparcode", "all-to-all", "two-tower"),
+                      "the hybrid adds EASE to a SparCode, all-to-all or two-tower run")
     exclude = run.split.exclude_seen_default
     model_matrix = model_score_matrices(run)
     scores = {}

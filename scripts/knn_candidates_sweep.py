@@ -24,16 +24,20 @@ from sparcode.pipeline.connect import connect
 from sparcode.pipeline.vectors import VectorSet
 
 
-def _ints(ctx, param, value):
+def _candidates(ctx, param, value):
     try:
-        return [int(v) for v in value.split(",") if v.strip()]
+        values = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter("expected comma-separated integers") from None
+    # Below k the search would run at k anyway, and its row would be labelled with a number never measured.
+    if not values or min(values) < paths.K:
+        raise click.BadParameter(f"need at least one value, each at least k = {paths.K}")
+    return values
 
 
 @click.command()
 @click.option("--items", type=click.IntRange(min=100), default=100_000, show_default=True)
-@click.option("--candidates", callback=_ints, default="50,100,200,400,800", show_default=True)
+@click.option("--candidates", callback=_candidates, default="50,100,200,400,800", show_default=True)
 @click.option("--queries", type=click.IntRange(min=10), default=1000, show_default=True)
 @click.option("--url", default=None, help="Elasticsearch URL (default: ELASTICSEARCH_URL, else the local node).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
@@ -52,7 +56,7 @@ def main(items, candidates, queries, url, out):
         build_s = time.perf_counter() - started
         rows = []
         for nc in candidates:
-            backend = knn.KnnBackend(engine, alias, num_candidates=max(nc, paths.K))
+            backend = knn.KnnBackend(engine, alias, num_candidates=nc)
             bodies = {id(q): backend.explain(q, paths.K) for q in vector_q}
 
             def call(q):

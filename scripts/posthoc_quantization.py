@@ -23,6 +23,7 @@ import torch
 from scipy.optimize import nnls
 from vector_quantize_pytorch.vector_quantize_pytorch import kmeans
 
+from script_checks import check_out_file, fail, open_run_of
 from sparcode.encoder import checkpoint as ckpt
 from sparcode.encoder.evaluation import Unquantized, load_for_serving
 from sparcode.encoder.models import build_model
@@ -30,6 +31,7 @@ from sparcode.encoder.runs import open_run
 from sparcode.encoder.serving import build_postings, code_table, user_queries
 from sparcode.encoder.train import model_scores
 from sparcode.eval.harness import evaluate_scores
+from sparcode.staging import OccupiedTarget, check_replaceable, staged_directory
 
 REPORTED = ("recall@20", "recall@50", "ndcg@50")
 
@@ -41,11 +43,8 @@ def fit_codebooks(tokens: torch.Tensor, codebooks: int, codes: int, iters: int) 
     return means, sizes.float()
 
 
-def quantize_run(source: Path, target: Path, codebooks: int, windows: int, iters: int) -> None:
-    run = open_run(source)
-    if run.kind != "all-to-all":
-        raise SystemExit(f"{source} is a {run.kind} run; post-hoc quantization starts from an all-to-all")
-    cfg = run.config
+def quantize_run(run, target: Path, codebooks: int, windows: int, iters: int) -> None:
+    source, cfg = run.path, run.config
     cfg.model.kind, cfg.model.codebooks = "sparcode", codebooks
     cfg.validate()
     model = build_model(cfg.model, run.dataset, run.split.max_history)
@@ -65,16 +64,16 @@ def quantize_run(source: Path, target: Path, codebooks: int, windows: int, iters
     state.update({book + "embed": means, book + "cluster_size": sizes,
                   book + "embed_avg": means * sizes[..., None], book + "initted": torch.tensor(True)})
     model.load_state_dict(state)
-    target.mkdir(parents=True, exist_ok=True)
-    cfg.save(target / ckpt.CONFIG)
-    ckpt.atomic_torch_save(model.state_dict(), target / ckpt.WEIGHTS)
-    info = {**run.info, "model": "sparcode", "quantized_after_training_from": str(source),
-            "quantizer_fit": {"windows": len(rows), "kmeans_iters": iters}}
-    (target / ckpt.RUN_INFO).write_text(json.dumps(info, indent=1) + "\n")
+    # Staged: a run folder appears whole, so an interrupted fit leaves nothing `evaluate` would open.
+    with staged_directory(target) as staging:
+        cfg.save(staging / ckpt.CONFIG)
+        ckpt.atomic_torch_save(model.state_dict(), staging / ckpt.WEIGHTS)
+        info = {**run.info, "model": "sparcode", "quantized_after_training_from": str(source),
+                "quantizer_fit": {"windows": len(rows), "kmeans_iters": iters}}
+        (staging / ckpt.RUN_INFO).write_text(json.dumps(info, indent=1) + "\n")
 
 
-def measure(run_dir: Path, probes: int) -> dict:
-    run = open_run(run_dir)
+def measure(run, probes: int) -> dict:
     evalset, exclude = run.split.test, run.split.exclude_seen_default
     model, device, codes = load_for_serving(run)
     rows = {}
@@ -126,11 +125,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if not args.measure_only:
+    if args.out:
+        check_out_file(args.out)
+    if args.measure_only:
+        run = open_run_of(args.source, ("sparcode",), "--measure-only measures a SparCode run")
+    else:
         if args.target is None:
             parser.error("TARGET is required unless --measure-only")
-        quantize_run(args.source, args.target, args.codebooks, args.windows, args.iters)
-    result = measure(args.source if args.measure_only else args.target, args.probes)
+        try:  # TARGET becomes a whole run folder: never mixed into another run's or the user's files
+            check_replaceable(args.target)
+        except OccupiedTarget as err:
+            fail(f"TARGET {err}")
+        source = open_run_of(args.source, ("all-to-all",), "post-hoc quantization starts from an all-to-all")
+        quantize_run(source, args.target, args.codebooks, args.windows, args.iters)
+        run = open_run(args.target)
+    result = measure(run, args.probes)
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
 

@@ -22,8 +22,8 @@ import json
 import time
 from pathlib import Path
 
+from script_checks import check_out_file, open_run_of
 from sparcode.encoder.evaluation import Unquantized, evaluate_sparcode_served, load_for_serving
-from sparcode.encoder.runs import open_run
 from sparcode.encoder.train import model_scores
 from sparcode.eval.harness import evaluate_scores
 
@@ -41,7 +41,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    run = open_run(args.run)
+    check_out_file(args.out)
+    run = open_run_of(args.run, ("sparcode",), "the serving sweep needs a SparCode run")
     evalset = run.split.test if args.users == "test" else run.split.valid
     exclude = args.exclude_seen or run.split.exclude_seen_default
     loaded = load_for_serving(run)  # the training windows' codes are encoded once, not per setting

@@ -31,18 +31,24 @@ import numpy as np
 def main(run_dir, alias, users, candidates, seed, out_dir):
     import torch
 
-    from sparcode.encoder.runs import open_run
     from sparcode.eval.metrics import pad_rankings, ranking_metrics
     from sparcode.generative.beam import ColdIndex
     from sparcode.generative.sid_export import sid_fingerprint
     from sparcode.generative.train_tiger import load_tiger
+    from sparcode.pipeline.backends import BackendError
     from sparcode.pipeline.connect import connect
+    from sparcode.pipeline.engine import ConnectionProblem
     from sparcode.pipeline.sid_search import SidPrefixBackend
 
+    from script_checks import fail, open_run_of
+
     torch.set_num_threads(1)
-    run = open_run(run_dir)
+    run = open_run_of(run_dir, ("tiger",), "the prefix check needs a TIGER run")
+    try:  # before the model loads: a wrong alias or an unreachable node is found at once
+        backend = SidPrefixBackend(connect(), alias, expected_fingerprint=sid_fingerprint(run.path))
+    except (BackendError, ConnectionProblem) as err:
+        fail(str(err))
     tiger = load_tiger(run.path, run.dataset, device="cpu")
-    backend = SidPrefixBackend(connect(), alias, expected_fingerprint=sid_fingerprint(run.path))
     cold_index = ColdIndex(tiger.ids, tiger.cold, tiger.cfg.cold_prefix_depth)
     test = run.split.test
     exclude = run.split.exclude_seen_default

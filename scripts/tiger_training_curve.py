@@ -14,6 +14,19 @@ from pathlib import Path
 import click
 
 
+def best_row(rows: list[dict], info: dict, config: dict) -> dict:
+    """The epoch whose weights were saved: run.json's best_epoch, picked on `tiger.select_on`,
+    which need not be the epoch of the highest R@10."""
+    epoch = info.get("best_epoch")
+    if epoch is None:  # a run.json from before best_epoch was recorded: training's own rule, first of ties
+        metric = f"valid_{config.get('select_on', 'recall@10')}"
+        return max(rows, key=lambda r: r[metric])
+    for row in rows:
+        if row["epoch"] == epoch:
+            return row
+    raise click.ClickException(f"run.json's best_epoch {epoch} is not in tiger/history.jsonl")
+
+
 @click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
@@ -35,12 +48,15 @@ def main(run_dir, out_dir, evaluate_best):
     if evaluate_best:
         import torch
 
-        from sparcode.encoder.runs import open_run
+        from sparcode.encoder.runs import RunError, open_run
         from sparcode.generative.train_tiger import validation_metrics
 
         torch.set_num_threads(1)
-        run = open_run(run_dir)
-        best = max(rows, key=lambda r: r["valid_recall@10"])
+        try:
+            run = open_run(run_dir)
+        except RunError as err:
+            raise click.ClickException(str(err)) from None
+        best = best_row(rows, run.info, config)
         metrics = validation_metrics(run.path, run.dataset, run.split, device="cpu")
         points["best_checkpoint"] = {"epoch": best["epoch"], "minutes": points["minutes"][rows.index(best)],
                                      **{f"valid_{k}": v for k, v in metrics.items()}}

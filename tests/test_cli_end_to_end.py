@@ -172,7 +172,9 @@ def test_search_one_user_and_explain(trained):
     assert filtered == in_g1
     nothing = invoke("search", "--run", run, "--user", user, "--backend", "local", "--export", export,
                      "--filter", "genre=no-such-genre")
-    assert nothing.exit_code == 0 and nothing.stderr.strip() == "no items matched (--filter genre=no-such-genre)"
+    assert nothing.exit_code == 1
+    assert nothing.stderr.strip() == ("Error: no item has genre=no-such-genre (values are case-sensitive), "
+                                      "so the filter matches nothing")
 
 
 def test_a_sampled_evaluation_ranks_its_users_as_the_full_one_does(trained):
@@ -431,7 +433,7 @@ def test_serving_sweep_rows_are_what_evaluate_prints(trained, tmp_path):
     assert own["pairs"] == served["pairs"]
 
 
-def test_ease_hybrid_weight_zero_is_the_served_model_and_engine_semantics_hold(trained, tmp_path):
+def test_ease_hybrid_weight_zero_is_the_served_model_and_engine_semantics_hold(trained, tmp_path, monkeypatch):
     """scripts/ease_hybrid.py: its weight-0 row must be `sparcode evaluate`'s number, and its sum must
     behave as an engine's would (unmatched items absent, EASE alone can reach an item)."""
     import importlib.util
@@ -449,6 +451,7 @@ def test_ease_hybrid_weight_zero_is_the_served_model_and_engine_semantics_hold(t
         assert result["test_model_alone"][key] == round(served[key], 4), key
     assert [row["weight"] for row in result["valid"]] == [0.0, 1.0] and result["scale"] > 0
 
+    monkeypatch.syspath_prepend(str(script.parent))  # as running the script puts its folder first
     spec = importlib.util.spec_from_file_location("ease_hybrid", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
