@@ -75,6 +75,23 @@ def config_overrides(config_dir: Path | None, models: list[str]) -> dict[str, Pa
     return {model: found.get(model) for model in models}
 
 
+def refuse_mixed(out_dir: Path, models: list[str], setting: dict) -> None:
+    """Before any training: the rows results.json would keep beside `models` must have been
+    measured on this dataset, split and seed, or one table would mix protocols."""
+    path = out_dir / "results.json"
+    if not path.exists():
+        return
+    for row in json.loads(path.read_text()):
+        # Rows from before these were recorded name their dataset in their metrics only.
+        recorded = {"dataset": row.get("dataset", row.get("metrics", {}).get("dataset")),
+                    "split": row.get("split"), "seed": row.get("seed")}
+        differ = [f"{key} {recorded[key]} (not {value})" for key, value in setting.items()
+                  if recorded[key] is not None and recorded[key] != value]
+        if row["model"] not in models and differ:
+            fail(f"{path} holds a {row['model']} row of {', '.join(differ)}; write to another --out "
+                 "rather than mix them in one table (nothing was trained)")
+
+
 def merged(out_dir: Path, rows: list[dict]) -> list[dict]:
     """Earlier rows of results.json with the rows just measured in place of their models'."""
     path = out_dir / "results.json"
@@ -117,6 +134,7 @@ def main() -> None:
         if (runs_root / model / "run.json").exists():
             check_reused(runs_root / model, train_args(model, runs_root / model, dataset, split, args.seed,
                                                        overrides[model]))
+    refuse_mixed(out_dir, models, {"dataset": dataset, "split": split, "seed": args.seed})
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     try:
@@ -144,7 +162,8 @@ def measure(model: str, run_dir: Path, dataset: str, split: str, seed: int, over
         # An interrupted run continues rather than being refused.
         run(*args, *(["--resume"] if (run_dir / "config.json").exists() else []))
     info = json.loads((run_dir / "run.json").read_text())
-    row = {"model": model, "seed": seed, "config": None if override is None else str(override),
+    row = {"model": model, "dataset": dataset, "split": split, "seed": seed,
+           "config": None if override is None else str(override),
            "train_seconds": info.get("train_seconds"), "best_epoch": info.get("best_epoch"),
            "metrics": evaluate(run_dir)}
     if split == "leave-one-out":

@@ -23,7 +23,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 want=$(.venv/bin/python -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')
-if [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ] && .venv/bin/python -c 'import sparcode' 2>/dev/null; then
+# From / so the source tree cannot stand in for the install; pip check: every requirement is still there.
+if [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ] && (cd / && "$OLDPWD/.venv/bin/python" -c 'import sparcode.cli') 2>/dev/null \
+   && .venv/bin/python -m pip check >/dev/null 2>&1; then
   exit 0
 fi
 rm -f "$STAMP"  # an install that fails below must not leave an older stamp vouching for .venv

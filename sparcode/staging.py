@@ -17,6 +17,7 @@ import glob
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -212,22 +213,27 @@ def staged_directory(target: Path, replace: bool = True, marker=None) -> Iterato
 
 
 def _staging_prefix(target: Path, pid: int) -> str:
-    return f".{target.name}.staging-{pid}-"
+    # '+' appears in no host name, so the name splits back into host and pid.
+    return f".{target.name}.staging+{socket.gethostname()}+{pid}+"
 
 
 def _remove_abandoned_staging(target: Path) -> None:
-    """Delete staging folders of `target` whose process is gone. A build killed outright
-    (kill -9, OOM, a lost machine) cannot clean up after itself, and an export's staging folder
-    can hold hundreds of MB hidden beside the output. The pid in the name tells a live build
-    (left alone) from an abandoned one; a reused pid only delays the cleanup."""
-    prefix = f".{target.name}.staging-"
+    """Delete staging folders of `target` that a build on this machine left when it was killed
+    outright (kill -9, OOM): it cannot clean up after itself, and an export's staging folder can
+    hold hundreds of MB hidden beside the output. The host and pid in the name tell a live build
+    (left alone) from an abandoned one; a folder from another machine sharing the output's folder
+    (the shards of one export) is never touched, since its pid means nothing here, and a reused
+    pid only delays the cleanup."""
+    prefix = f".{target.name}.staging+"
+    host = socket.gethostname()
     for leftover in target.parent.glob(f"{glob.escape(prefix)}*"):
-        pid_text = leftover.name[len(prefix):].split("-", 1)[0]
-        if not pid_text.isdigit() or leftover.is_symlink() or not leftover.is_dir() or _alive(int(pid_text)):
+        owner = leftover.name[len(prefix):].split("+")
+        if (len(owner) != 3 or owner[0] != host or not owner[1].isdigit() or leftover.is_symlink()
+                or not leftover.is_dir() or _alive(int(owner[1]))):
             continue
         shutil.rmtree(leftover, ignore_errors=True)
         if not leftover.exists():
-            print(f"removed {leftover}, left by an interrupted build (process {pid_text} is gone)", file=sys.stderr)
+            print(f"removed {leftover}, left by an interrupted build (process {owner[1]} is gone)", file=sys.stderr)
 
 
 def _alive(pid: int) -> bool:

@@ -270,6 +270,19 @@ def test_compare_models_merges_into_existing_results_by_model(compared):
     table = (out / "table.md").read_text()
     assert "| sparcode |" in table and "| ease |" in table
     assert sorted(p.name for p in out.iterdir()) == ["results.json", "table.md"]
+    assert (rows[1]["split"], rows[1]["seed"]) == ("leave-one-out", 0)
+
+
+@pytest.mark.parametrize("recorded, named", [({"split": "multi-target"}, "split multi-target"),
+                                             ({"seed": 1}, "seed 1"),
+                                             ({"metrics": {"dataset": "ml-1m"}}, "dataset ml-1m")])
+def test_compare_models_never_mixes_protocols_in_one_table(compared, recorded, named):
+    out = compared / f"mixed-{named.split()[0]}"
+    out.mkdir()
+    old = [{"model": "sparcode", "seed": 0, "train_seconds": 60, "metrics": {}, **recorded}]
+    (out / "results.json").write_text(json.dumps(old))
+    refused(compare(compared, "--config-dir", "cfg", out=out.name), named, "another --out")
+    assert json.loads((out / "results.json").read_text()) == old
 
 
 def test_compare_models_refuses_a_finished_run_of_another_seed_or_config(compared):
@@ -318,7 +331,9 @@ def fake_checkout(root: Path, version: str = "") -> Path:
     if version:
         python.write_text(f'#!/bin/sh\n[ "$1" = -V ] && echo "Python {version}" && exit 0\nexit 1\n')
     else:
-        python.write_text(f'#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = pip ]; then echo "$*" >> "{root}/pip-calls"; exit 1; fi\n'
+        # `pip check` (offline) passes unless a file `broken` says a requirement went missing.
+        python.write_text(f'#!/bin/sh\nif [ "$3" = check ]; then [ ! -e "{root}/broken" ]; exit $?; fi\n'
+                          f'if [ "$1" = -m ] && [ "$2" = pip ]; then echo "$*" >> "{root}/pip-calls"; exit 1; fi\n'
                           f'exec "{sys.executable}" "$@"\n')
     python.chmod(0o755)
     return root
@@ -336,7 +351,13 @@ def test_setup_skips_pip_for_a_finished_install_and_never_stamps_a_failed_one(tm
     stamp.write_text(hashlib.sha256((root / "pyproject.toml").read_bytes()).hexdigest() + "\n")
     done = setup(root)
     assert done.returncode == 0, done.stderr
-    assert not (root / "pip-calls").exists()  # offline-safe: no pip at all
+    assert not (root / "pip-calls").exists()  # offline-safe: no pip install at all
+
+    (root / "broken").touch()  # a requirement uninstalled since: the stamp alone does not vouch
+    assert setup(root).returncode != 0 and "install" in (root / "pip-calls").read_text()
+    (root / "broken").unlink()
+    (root / "pip-calls").unlink()
+    stamp.write_text(hashlib.sha256((root / "pyproject.toml").read_bytes()).hexdigest() + "\n")
 
     (root / "pyproject.toml").write_text('[project]\nname = "x"\nversion = "2"\n')  # a changed project installs
     assert setup(root).returncode != 0

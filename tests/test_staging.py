@@ -188,3 +188,19 @@ def test_a_staging_folder_left_by_a_killed_build_is_removed_by_the_next(tmp_path
         (tmp / "manifest.json").write_text("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
     assert f"removed {abandoned}, left by an interrupted build (process {build.pid} is gone)" in capsys.readouterr().err
+
+
+def test_a_staging_folder_of_another_machine_is_never_removed(tmp_path):
+    """Shards of one export may run on several machines sharing the folder: a pid from another
+    host says nothing about whether its build is alive here."""
+    import socket
+
+    target = tmp_path / "export"
+    # 2**22 + 1 is above Linux's largest pid, so no process here has it.
+    elsewhere = tmp_path / f".export.staging+{socket.gethostname()}x+{2 ** 22 + 1}+abc"
+    here = tmp_path / f".export.staging+{socket.gethostname()}+{2 ** 22 + 1}+abc"
+    elsewhere.mkdir()
+    here.mkdir()
+    with staged_directory(target) as tmp:
+        (tmp / "manifest.json").write_text("{}")
+    assert elsewhere.is_dir() and not here.exists()
