@@ -574,3 +574,15 @@ def test_a_profile_value_only_held_out_users_have_stays_absent_through_training(
     table = model.profile.features.tables[0].weight
     assert torch.count_nonzero(table[feature.vocab.index("only-here")]) == 0
     assert all(torch.count_nonzero(table[feature.vocab.index(f"c{c}")]) > 0 for c in range(3))
+
+
+def test_a_silenced_value_leaves_the_mean_of_a_users_other_values_whole():
+    from sparcode.data.readers import categorical
+    from sparcode.encoder.features import FeatureBag
+
+    torch.manual_seed(0)
+    # user 0 (training) has tag a; user 1 (held out) has a and a tag only held-out users have.
+    bag = FeatureBag([categorical("tags", [["a"], ["a", "held"]])], dim=4)
+    assert bag.silence_values_absent_from([0]) == 1
+    pooled = bag(torch.tensor([0, 1]))
+    assert torch.equal(pooled[1], pooled[0])  # not halved by a value that was never trained

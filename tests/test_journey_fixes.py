@@ -5,6 +5,7 @@ import gzip
 import json
 
 import numpy as np
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -111,6 +112,37 @@ def test_a_short_filtered_answer_says_how_many_and_why(trained):
     returned = f"{len(hits)} of 40 items returned" if hits else "no items matched"
     assert result.stderr.strip() == (f"{returned} (--filter genre=g1): only items with a stored score for this "
                                      "user's codes can be returned; 10 items match the filter")
+
+
+def test_a_short_answer_counts_the_seen_items_the_filter_also_matches(trained):
+    root, run, export, _ = trained
+    seen = next(line.split()[1:] for line in (root / "sequences.txt").read_text().splitlines() if line.split()[0] == "u1")
+    seen_g1 = sum(10 <= int(item[1:]) < 20 for item in seen)
+    assert 0 < seen_g1 < 10
+    result = search(run, export, "--user", "u1", "--k", "40", "--filter", "genre=g1")
+    assert result.exit_code == 0, result.output
+    unseen = 10 - seen_g1
+    assert result.stderr.strip().endswith(
+        f"{unseen} unseen item{'s' if unseen > 1 else ''} {'match' if unseen > 1 else 'matches'} the filter "
+        f"({seen_g1} the user has seen: --keep-seen includes them)")
+
+
+def test_a_number_no_item_has_gets_no_hint_about_case():
+    from types import SimpleNamespace
+
+    from sparcode.commands.search import _why_short
+
+    dataset = SimpleNamespace(item_ids=["a", "b"], item_attributes=[{"year": 1995}, {"year": 1996, "genres": ["X"]}],
+                              item_attribute_types={"year": "integer", "genres": "keyword"})
+    run = SimpleNamespace(kind="two-tower", dataset=dataset)
+    with pytest.raises(click.ClickException) as refused:
+        _why_short(run, {"year": ["95"]}, ())
+    assert refused.value.message == "no item has year=95, so the filter matches nothing"
+    with pytest.raises(click.ClickException) as refused:
+        _why_short(run, {"genres": ["x"]}, ())
+    assert refused.value.message == ("no item has genres=x (values are case-sensitive; did you mean genres=X?), "
+                                     "so the filter matches nothing")
+    assert _why_short(run, {"year": ["1995"]}, ()) == ["1 item matches the filter"]
 
 
 def test_a_filter_value_no_item_has_is_an_error_naming_it(trained):

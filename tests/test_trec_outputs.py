@@ -94,11 +94,18 @@ def test_an_existing_file_is_replaced_only_when_it_is_a_trec_file_of_the_same_ki
         trec.TrecOutputs(None, tmp_path / "items.tsv.gz")  # a named dataset's files are compressed
     (tmp_path / "empty").write_text("")
     trec.TrecOutputs(run, tmp_path / "empty")  # earlier outputs and empty files may be replaced
-    # A dataset file whose lines happen to have four fields looks like qrels: the run's dataset
-    # is refused by name, a file inside it or the folder itself.
+    # Counting fields is not enough: a sequences line of 3 or 5 items has a qrels' or a run's.
+    with pytest.raises(OccupiedTarget, match=r"second field is 'i1', not 0"):
+        trec.TrecOutputs(None, write_file(tmp_path / "three.txt", "u0 i1 i2 i3\n") and tmp_path / "three.txt")
+    with pytest.raises(OccupiedTarget, match=r"second field is 'i1', not Q0"):
+        trec.TrecOutputs(write_file(tmp_path / "five.txt", "u0 i1 i2 i3 i4 i5\n") and tmp_path / "five.txt", None)
+    with pytest.raises(OccupiedTarget, match=r"rank and score are not numbers"):
+        trec.TrecOutputs(write_file(tmp_path / "q0.txt", "u0 Q0 i2 i3 i4 i5\n") and tmp_path / "q0.txt", None)
+    # A dataset line that does read as qrels (numeric item ids): the run's dataset is refused by
+    # name, a file inside it or the folder itself.
     data = tmp_path / "data"
     data.mkdir()
-    four = write_file(data / "sequences.txt", "u1 i1 i2 i3\n")
+    four = write_file(data / "sequences.txt", "u1 0 7 1\n")
     with trec.TrecOutputs(None, data / "sequences.txt") as outputs:
         with pytest.raises(OccupiedTarget, match=r"sequences.txt is inside the run's dataset .*nothing was written"):
             outputs.stage([data])
@@ -107,6 +114,23 @@ def test_an_existing_file_is_replaced_only_when_it_is_a_trec_file_of_the_same_ki
             outputs.stage([data / "sequences.txt"])
     assert sequences.read_bytes() == before and (data / "sequences.txt").read_bytes() == four
     assert sorted(p.name for p in data.iterdir()) == ["sequences.txt"]
+
+
+def test_a_symbolic_link_is_written_through_and_one_to_nothing_is_named(tmp_path):
+    target = tmp_path / "kept" / "target.qrels"
+    target.parent.mkdir()
+    write_file(target, "u1 0 i1 1\n")
+    (tmp_path / "link.qrels").symlink_to(target)
+    dataset, evalset = small_evalset(2)
+    with trec.TrecOutputs(None, tmp_path / "link.qrels") as outputs:
+        outputs.stage()
+        outputs.write([], None, evalset, dataset, tag="t")
+    assert (tmp_path / "link.qrels").is_symlink()  # the link stays, the file it names is replaced
+    assert target.read_text().split("\n")[0] == f"{dataset.user_ids[evalset.users[0]]} 0 " \
+                                                 f"{dataset.item_ids[evalset.targets[0][0]]} 1"
+    (tmp_path / "dangling.run").symlink_to(tmp_path / "nowhere" / "x.run")
+    with pytest.raises(OccupiedTarget, match=r"dangling.run is a symbolic link to nothing"):
+        trec.TrecOutputs(tmp_path / "dangling.run", None)
 
 
 def outputs_with_both(tmp_path):
@@ -207,6 +231,29 @@ def test_the_runs_dataset_is_never_overwritten(ease_run):
         assert "nothing was written" in result.output
     assert (data / "sequences.txt").read_bytes() == before
     assert sorted(p.name for p in data.iterdir()) == ["sequences.txt"]
+
+
+def test_the_feature_files_read_beside_a_dataset_file_are_never_overwritten(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "seq.txt").write_text("".join(f"u{u} i{u % 5} i{(u + 1) % 5} i{(u + 2) % 5} i{(u + 3) % 5}\n"
+                                          for u in range(40)))
+    (data / "users.tsv").write_text("u7\tg=a\tage=1\tocc=2\n")  # four fields, as qrels have
+    (data / "items.tsv").write_text("i1\tg=a\tb=1\tc=2\td=3\te=4\n")  # six, as a run has
+    (tmp_path / "cfg.json").write_text(json.dumps({"model": {"ease_lambda": [30]}}))
+    before = {p.name: p.read_bytes() for p in data.iterdir()}
+    trained = invoke("train", "--model", "ease", "--dataset", data / "seq.txt", "--split", "multi-target",
+                     "--out", tmp_path / "run", "--config", tmp_path / "cfg.json", "--quiet")
+    assert trained.exit_code == 0, trained.output
+    for flag, name in (("--qrels", "users.tsv"), ("--run-file", "items.tsv")):
+        result = invoke("evaluate", tmp_path / "run", flag, data / name)
+        assert result.exit_code == 1 and "nothing was written" in result.output, result.output
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before
+    from sparcode.commands.evaluate import _dataset_paths
+    from sparcode.encoder.runs import open_run
+
+    protected = _dataset_paths(open_run(tmp_path / "run"))  # and by name, whatever they hold
+    assert {data / name for name in ("seq.txt", "users.tsv", "items.tsv")} <= set(protected)
 
 
 def test_an_unwritable_target_fails_before_scoring_and_writes_nothing(ease_run, tmp_path, monkeypatch):

@@ -99,9 +99,15 @@ def command(run_dir, backend, alias, export_dir, exclude_seen, part, sample_user
 
 
 def _dataset_paths(run) -> list[Path]:
-    """The dataset file or folder the run was trained on (a named dataset lives elsewhere, in
-    compressed files no TREC output would be mistaken for)."""
+    """The dataset files the run was trained on: its folder, or its sequences file and the
+    feature files read beside it (a named dataset lives elsewhere, in compressed files no TREC
+    output would be mistaken for)."""
     from sparcode.data.readers import NAMED
 
     source = run.info.get("dataset_path", run.config.dataset)
-    return [] if source in NAMED else [Path(source)]
+    if source in NAMED:
+        return []
+    source = Path(source)
+    if source.is_dir():
+        return [source]
+    return [source] + [source.parent / f"{stem}.tsv{gz}" for stem in ("items", "users") for gz in ("", ".gz")]

@@ -236,21 +236,24 @@ def _why_short(run, filters: dict[str, list[str]], exclude) -> list[str]:
         reasons.append("only items with a stored score for this user's codes can be returned")
     if not filters:
         return reasons
-    matching, unknown, similar = _filter_in_catalog(run.dataset, filters, set(exclude or ()))
+    matching, seen_matching, unknown, similar = _filter_in_catalog(run.dataset, filters, set(exclude or ()))
     missing = _listed([f"{name}={value}" for name, value in unknown])
+    textual = any(run.dataset.item_attribute_types.get(name) in ("keyword", "text") for name, _ in unknown)
     hint = f"; did you mean {', '.join(similar)}?" if similar else ""
+    why = f" (values are case-sensitive{hint})" if textual else ""  # a number has no case
     if any(all((name, value) in unknown for value in values) for name, values in filters.items()):
-        raise click.ClickException(f"no item has {missing} (values are case-sensitive{hint}), so the filter "
-                                   "matches nothing")
-    reasons.append(f"{matching} {'unseen ' if exclude else ''}item{'' if matching == 1 else 's'} match the filter")
+        raise click.ClickException(f"no item has {missing}{why}, so the filter matches nothing")
+    verb = "matches" if matching == 1 else "match"
+    reasons.append(f"{matching} {'unseen ' if exclude else ''}item{'' if matching == 1 else 's'} {verb} the filter"
+                   + (f" ({seen_matching} the user has seen: --keep-seen includes them)" if seen_matching else ""))
     if unknown:
-        reasons.append(f"no item has {missing} (values are case-sensitive{hint})")
+        reasons.append(f"no item has {missing}{why}")
     return reasons
 
 
-def _filter_in_catalog(dataset, filters: dict[str, list[str]], excluded: set[str]) -> tuple[int, list, list[str]]:
-    """(items matching every filter and not `excluded`, the (field, value) pairs no item has,
-    catalog values those differ from only in case), typed as the index types them."""
+def _filter_in_catalog(dataset, filters: dict[str, list[str]], excluded: set[str]) -> tuple[int, int, list, list[str]]:
+    """(items matching every filter and not `excluded`, those that are, the (field, value) pairs
+    no item has, catalog values those differ from only in case), typed as the index types them."""
     import numpy as np
 
     from sparcode.pipeline.query import coerce_filters
@@ -263,7 +266,7 @@ def _filter_in_catalog(dataset, filters: dict[str, list[str]], excluded: set[str
 
     wanted = {name: {key(name, v) for v in values} for name, values in typed.items()}
     held: dict[str, set] = {name: set() for name in wanted}
-    matching = 0
+    matching = seen_matching = 0
     for item_id, attrs in zip(dataset.item_ids, dataset.item_attributes or ()):
         ok = True
         for name, values in wanted.items():
@@ -272,12 +275,13 @@ def _filter_in_catalog(dataset, filters: dict[str, list[str]], excluded: set[str
             held[name] |= have
             ok = ok and not have.isdisjoint(values)
         matching += ok and item_id not in excluded
+        seen_matching += ok and item_id in excluded
     unknown = [(name, given) for name, values in filters.items()
                for given, value in zip(values, typed[name]) if key(name, value) not in held[name]]
     lowered = {(name, str(value).casefold()) for name, value in unknown}
     similar = sorted(f"{name}={value}" for name, values in held.items() for value in values
                      if (name, str(value).casefold()) in lowered)
-    return matching, unknown, similar
+    return matching, seen_matching, unknown, similar
 
 
 def _history_from_file(path: Path) -> list[str]:

@@ -29,7 +29,7 @@ class FeatureBag(nn.Module):
         """Zero the embedding of every value no row in `rows` has, and return how many. Such a
         value (a profile value only held-out users have) never gets a gradient, so it would keep
         its random initial vector, about as large as a trained one, and shift every user holding
-        it; zeroed, it counts as absent, like padding."""
+        it; zeroed, it counts as absent, like padding (`forward` leaves it out of the mean too)."""
         rows = torch.as_tensor(rows, dtype=torch.long)
         silenced = 0
         for i, table in enumerate(self.tables):
@@ -43,7 +43,10 @@ class FeatureBag(nn.Module):
         total = None
         for i, table in enumerate(self.tables):
             ids = getattr(self, f"values_{i}")[rows]
-            counts = (ids > 0).sum(-1, keepdim=True).clamp(min=1)
+            # An all-zero row is padding or a value silenced as never trained: neither is counted,
+            # so a user's other values keep their full weight in the mean.
+            present = table.weight.detach().ne(0).any(-1)
+            counts = present[ids].sum(-1, keepdim=True).clamp(min=1)
             pooled = table(ids).sum(-2) / counts
             total = pooled if total is None else total + pooled
         return total

@@ -54,7 +54,10 @@ def check_trec_target(path: Path, width: int, protect: Iterable[Path] = ()) -> N
         if path.resolve() == keep or keep in path.resolve().parents:
             raise OccupiedTarget(f"{path} is {'' if path.resolve() == keep else 'inside '}the run's dataset {keep}; "
                                  f"write the TREC {kind} file elsewhere (nothing was written)")
-    if not path.exists() and not path.is_symlink():
+    if path.is_symlink() and not path.exists():
+        raise OccupiedTarget(f"{path} is a symbolic link to nothing ({os.readlink(path)}); pick another path "
+                             f"for the TREC {kind} file")
+    if not path.exists():
         return
     if not path.is_file():
         raise OccupiedTarget(f"{path} exists and is not a file; pick another path for the TREC {kind} file")
@@ -73,11 +76,27 @@ def _not_trec(path: Path, width: int) -> str | None:
                 if len(line) == _LONGEST_LINE and not line.endswith("\n"):
                     return f"its first line is over {_LONGEST_LINE} characters"
                 if fields := line.split():
-                    return None if len(fields) == width else f"its first line has {len(fields)} fields, not {width}"
+                    return _not_trec_line(fields, width)
     except UnicodeDecodeError:
         return "it is not UTF-8 text"
     except OSError as err:
         return f"it cannot be read: {err.strerror}"
+    return None
+
+
+def _not_trec_line(fields: list[str], width: int) -> str | None:
+    """Why a line is not one sparcode writes: the field count alone would take a sequences
+    line of 3 or 5 items (or a feature line) for qrels or a run."""
+    if len(fields) != width:
+        return f"its first line has {len(fields)} fields, not {width}"
+    marker, numbers = ("Q0", (fields[3], fields[4])) if width == RUN_FIELDS else ("0", (fields[3],))
+    if fields[1] != marker:
+        return f"its first line's second field is {fields[1]!r}, not {marker}"
+    try:
+        int(fields[3])
+        [float(number) for number in numbers]
+    except ValueError:
+        return f"its first line's {'rank and score' if width == RUN_FIELDS else 'relevance'} are not numbers"
     return None
 
 
@@ -140,10 +159,12 @@ class TrecOutputs:
     is still staged. Errors are one line naming the user's path."""
 
     def __init__(self, run_file: Path | None, qrels: Path | None):
-        self.targets = {Path(p): width for p, width in ((run_file, RUN_FIELDS), (qrels, QRELS_FIELDS)) if p is not None}
-        for path, width in self.targets.items():
+        given = {Path(p): width for p, width in ((run_file, RUN_FIELDS), (qrels, QRELS_FIELDS)) if p is not None}
+        for path, width in given.items():
             check_writable(path)
             check_trec_target(path, width)
+        # A symbolic link is written through, as a shell's `>` would: the file it names is replaced.
+        self.targets = {(path.resolve() if path.is_symlink() else path): width for path, width in given.items()}
         self.staged: dict[Path, str] = {}
 
     def __enter__(self) -> "TrecOutputs":
