@@ -204,3 +204,19 @@ def test_a_staging_folder_of_another_machine_is_never_removed(tmp_path):
     with staged_directory(target) as tmp:
         (tmp / "manifest.json").write_text("{}")
     assert elsewhere.is_dir() and not here.exists()
+
+
+def test_sigterm_during_a_staged_build_cleans_up_as_ctrl_c_does(tmp_path):
+    """Schedulers and systemd stop a command with SIGTERM; unhandled it skips every cleanup
+    and leaves the hidden staging folder (export and index run under this guard)."""
+    import signal
+
+    from sparcode.commands._common import terminate_as_interrupt
+
+    target = tmp_path / "export"
+    with pytest.raises(KeyboardInterrupt):
+        with terminate_as_interrupt(), staged_directory(target) as tmp:
+            (tmp / "codes.bin").write_bytes(b"x")
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored for whatever runs next

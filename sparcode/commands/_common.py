@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
+import threading
 
 import click
 
@@ -164,3 +166,22 @@ def serve_overrides(stored_fraction: float | None, query_probes: int | None, max
     if overrides.get("max_codes") == ALL_CODES:
         overrides["max_codes"] = None  # the config's own spelling of "no sample"
     return overrides
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM (kill, a scheduler's time limit, systemd) ends a command as Ctrl-C does: its
+    cleanup runs (an export's staging folder is removed) and its message names what is kept
+    (a training's checkpoint, a load's partial index). Unhandled, SIGTERM ends the process
+    without either."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

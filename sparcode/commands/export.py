@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sparcode.commands._common import serve_options, serve_overrides, user_errors
+from sparcode.commands._common import serve_options, serve_overrides, terminate_as_interrupt, user_errors
 
 
 def _parse_shard(ctx, param, value):
@@ -40,7 +40,7 @@ def command(run_dir, out_dir, bias, max_postings, allocation, stored_fraction, q
 
     Two-tower runs export item vectors; TIGER runs export every item's semantic-ID prefix terms
     (docs/tiger.md)."""
-    with user_errors():
+    with user_errors(), terminate_as_interrupt():
         from sparcode.encoder.export import export_run
         from sparcode.encoder.runs import open_run
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from sparcode.commands._common import url_option, user_errors
+from sparcode.commands._common import terminate_as_interrupt, url_option, user_errors
 from sparcode.pipeline.bulk import STREAMS
 from sparcode.pipeline.local_node import ENGINES
 
@@ -38,8 +38,8 @@ def _run(export_dir: str, alias: str, *, engine: str | None, field_type: str | N
     from sparcode.pipeline.export import Export, ExportError
     from sparcode.pipeline.indexer import IndexProblem, build
 
-    # user_errors: a Ctrl-C names the partial index the load leaves (the note build attaches).
-    with user_errors():
+    # user_errors: a Ctrl-C (or SIGTERM) names the partial index the load leaves (the note build attaches).
+    with user_errors(), terminate_as_interrupt():
         try:
             export = Export.open(export_dir)
             conn = connect(url, engine=engine)

@@ -1,14 +1,11 @@
 """`sparcode train`: fit one model on one dataset split into a run directory."""
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 from pathlib import Path
 
 import click
 
-from sparcode.commands._common import user_errors
+from sparcode.commands._common import terminate_as_interrupt, user_errors
 
 DEFAULT_SPLIT = {"ml-1m": "multi-target", "beauty": "leave-one-out"}
 
@@ -66,7 +63,7 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
             return
         _check_out(run_dir, resume, cfg.model.kind)
         try:
-            with _terminate_as_interrupt():
+            with terminate_as_interrupt():
                 summary = train_run(run_dir, cfg, resume=resume, progress=not quiet, config_file=config_file)
         except KeyboardInterrupt:
             if not run_dir.exists():
@@ -102,23 +99,6 @@ def _config_json(cfg) -> str:
 # What a resumed run may change: how long and on how many threads it trains, never the model.
 RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.threads", "tiger.epochs", "tiger.patience",
                   "tiger.max_minutes")
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM (kill, a scheduler's time limit) ends training as Ctrl-C does: a fresh run with
-    no checkpoint leaves no folder, and the message names what is kept."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _how_it_ended(summary: dict, cfg) -> str:
