@@ -115,3 +115,29 @@ def test_allocation_is_refused_for_a_two_tower_export(other_runs, tmp_path):
     one_line_error(invoke("export", other_runs["two-tower"], "--out", tmp_path / "t", "--allocation", "global"),
                    "--allocation", "two-tower run")
     assert not (tmp_path / "t").exists()
+
+
+def test_a_run_retrained_while_it_is_exported_is_refused_not_mislabelled(trained, tmp_path, monkeypatch):
+    """`train --resume` may rewrite a finished run while `export` scores it: the manifest's
+    fingerprint would then name files other than those scored (or no model at all)."""
+    import shutil
+
+    import sparcode.encoder.export as export_module
+
+    _, run, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    scored = export_module.build_postings
+
+    def retrained_meanwhile(*args, **kwargs):
+        postings = scored(*args, **kwargs)
+        (copy / "config.json").write_text((copy / "config.json").read_text() + "\n")  # as a resume rewrites it
+        return postings
+
+    monkeypatch.setattr(export_module, "build_postings", retrained_meanwhile)
+    out = tmp_path / "export"
+    recorded = (copy / "last_export.json").read_bytes() if (copy / "last_export.json").exists() else None
+    message = one_line_error(invoke("export", copy, "--out", out))
+    assert "changed while it was exported" in message and "nothing was written" in message
+    assert not out.exists()
+    assert ((copy / "last_export.json").read_bytes() if (copy / "last_export.json").exists() else None) == recorded

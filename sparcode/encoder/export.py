@@ -90,12 +90,17 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
         _check_shard_folder(out_dir, run.fingerprint(), count, settings, force)
     check_allocation(allocation, run.config.serve.stored_fraction, bias)
     started = time.perf_counter()
+    fingerprint = run.fingerprint()  # of the files about to be loaded; checked again once scored
     model, device = run.load_model()
     window_codes = training_codes(model, run, device)
     codes = index_sample(window_codes, run.config.serve.max_codes)
     items = np.arange(run.dataset.n_items)[index::count]
     postings = build_postings(model, codes, device, bias, run.config.serve.stored_fraction, max_postings,
                               items=items, progress=progress, allocation=allocation)
+    if run.fingerprint() != fingerprint or not (run.path / "run.json").exists():
+        # `train --resume` rewrote the run meanwhile: these scores may belong to no saved model.
+        raise RunError(f"{run.path} changed while it was exported (is it training again?); export it once "
+                       "training has finished (nothing was written)")
     pairs_per_s = len(codes) * len(items) / max(postings.seconds, 1e-9)
     ceiling = measure_gemm_rate(model, device) / model.scorer.flops_per_pair()
     # Only codes with postings go in the table, so a query code without any falls back to the
@@ -128,7 +133,7 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
         manifest = {
             "format": FORMAT,
             "kind": "sparcode",
-            "fingerprint": run.fingerprint(),
+            "fingerprint": fingerprint,
             "run": {"model": run.kind, "dataset": run.config.dataset, "split": run.config.split, "seed": run.config.seed},
             "quantizer": {"M": run.config.model.codebooks, "N": run.config.model.codes, "dim": run.config.model.dim},
             "tokens_per_user": run.config.model.user_tokens,
