@@ -155,7 +155,6 @@ def command(run_dir, user_id, history_items, history_file, k, backend, alias, ex
         if history_items is not None:
             from sparcode.encoder.users import anonymous_history
 
-            _check_history_items(run, history_items)
             user_index, history, seen = anonymous_history(run, history_items)
             user_id = "(history)"
         else:
@@ -210,22 +209,11 @@ def command(run_dir, user_id, history_items, history_file, k, backend, alias, ex
         click.echo(f"{returned}{shown}" + (f": {'; '.join(short_because)}" if short_because else ""), err=True)
 
 
-MAX_NAMED = 5  # unknown ids or values named in one message; the rest are counted
+MAX_NAMED = 5  # filter values named in one message; the rest are counted
 
 
 def _listed(shown: list[str]) -> str:
     return ", ".join(shown[:MAX_NAMED]) + (f" and {len(shown) - MAX_NAMED} more" if len(shown) > MAX_NAMED else "")
-
-
-def _check_history_items(run, items: list[str]) -> None:
-    """Every unknown id of a history at once, so a mistyped list is fixed in one go."""
-    known = set(run.dataset.item_ids)
-    unknown = list(dict.fromkeys(item for item in items if item not in known))
-    if unknown:
-        sample = ", ".join(run.dataset.item_ids[:3])
-        named = _listed([repr(item) for item in unknown])
-        raise click.ClickException(f"unknown item{'s' if len(unknown) > 1 else ''} {named} in the history "
-                                   f"for {run.config.dataset} (item ids look like {sample})")
 
 
 def _why_short(run, filters: dict[str, list[str]], exclude) -> list[str]:

@@ -24,10 +24,13 @@ def anonymous_history(run: Run, item_ids: list[str]) -> tuple[int, np.ndarray, l
     if not item_ids:
         raise RunError("the history needs at least one item id")
     index_of = _item_index(run)
-    unknown = [item for item in item_ids if item not in index_of]
+    # Every unknown id at once (each once, five by name), so a mistyped list is fixed in one go.
+    unknown = [repr(item) for item in dict.fromkeys(item_ids) if item not in index_of]
     if unknown:
         sample = ", ".join(run.dataset.item_ids[:3])
-        raise RunError(f"unknown item {unknown[0]!r} in the history for {run.config.dataset} (item ids look like {sample})")
+        named = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise RunError(f"unknown item{'s' if len(unknown) > 1 else ''} {named} in the history for "
+                       f"{run.config.dataset} (item ids look like {sample})")
     sequence = np.asarray([index_of[item] for item in item_ids], dtype=np.int64)
     return run.dataset.n_users, *_padded(run, sequence)
 
