@@ -210,6 +210,25 @@ def test_two_builds_at_once_leave_the_alias_on_one_index(engine, alias, export_d
     assert EngineBackend(engine, alias).search(random_queries(export_dir, 1, seed=2, unindexed=False)[0], 3)
 
 
+def test_two_index_builds_of_one_new_alias_at_once_leave_it_to_the_first(engine, alias, export_dir, tmp_path):
+    """`sparcode index` creates an alias and never moves one: of two builds of the same new alias
+    (both found it absent at their start), the second to finish is refused, the alias stays on
+    the first's index, and the second's complete index is kept, named, serving nothing."""
+    second = Export.open(write_export(tmp_path / "v2", random_items(300, seed=8), fingerprint="ab" * 32))
+    meanwhile = []
+
+    def another_index_build_finishes_first(_chunk):
+        if not meanwhile:
+            meanwhile.append(indexer.build(engine, Export.open(export_dir), alias, replace=False, progress=False))
+
+    with pytest.raises(indexer.AliasTaken, match=f"alias {alias} was created by another build") as refused:
+        indexer.build(engine, second, alias, replace=False, progress=False, chunk_size=100,
+                      on_chunk=another_index_build_finishes_first)
+    assert engine.alias_holders(alias) == [meanwhile[0].index]
+    (left,) = [name for name in indexer.versioned_indices(engine, alias) if name != meanwhile[0].index]
+    assert left in str(refused.value) and engine.count(left) == 300
+
+
 def test_a_build_repairs_an_alias_left_on_two_indices(engine, alias, export_dir, tmp_path):
     first = indexer.build(engine, Export.open(export_dir), alias, progress=False)
     stray = indexer.build(engine, Export.open(export_dir), f"{alias}-stray", progress=False)

@@ -44,6 +44,23 @@ def test_the_newest_index_keeps_the_alias_and_it_ends_on_one(ours, theirs, kept)
     assert engine.alias_holders("sc") == [newest]
 
 
+@pytest.mark.parametrize("ours,theirs,kept", [
+    ("sc-bbbb-20261204t110000000000z", "sc-cccc-20261204t110500000000z", "theirs"),
+    ("sc-cccc-20261204t110000000000z", "sc-bbbb-20261204t105000000000z", "ours"),
+])
+def test_a_new_alias_claimed_while_a_reindex_moves_it_ends_on_the_newest_and_a_losing_claim_says_so(ours, theirs,
+                                                                                                      kept):
+    """A reindex adds without the write-index mark, so the server lets both adds land; the claim
+    must then settle on the same index the reindex keeps, or the alias ends on nothing."""
+    engine = RacingEngine(set(), concurrent_add=theirs)
+    if kept == "ours":
+        assert indexer._claim(engine, "sc", ours) == ours
+    else:
+        with pytest.raises(indexer.AliasTaken, match=f"complete index {ours} is kept and serves nothing"):
+            indexer._claim(engine, "sc", ours)
+    assert engine.alias_holders("sc") == [ours if kept == "ours" else theirs]
+
+
 class FlakyEngine:
     """An in-memory engine whose requests of one kind fail as `fail` says, to check the state
     `publish` reports after a failure once the documents are loaded."""

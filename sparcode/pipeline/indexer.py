@@ -231,7 +231,8 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
     if docs != export.n_items:
         raise IncompleteLoad(f"{name} holds {docs} documents, the export has {export.n_items}", name, alias)
     meta = mappings.index_meta(export, field_type, term_layout, complete=True, numbering=numbering)
-    deleted = publish(engine, alias, name, meta, previous, delete_old, status, started=started)
+    deleted = publish(engine, alias, name, meta, previous, delete_old, status, started=started,
+                      claim=not replace and not previous)
     return BuildResult(name, alias, docs, meter.wall, previous, deleted, resumed, meter.seconds)
 
 
@@ -250,16 +251,20 @@ def _check_resumable(engine: Engine, name: str, export) -> None:
 
 
 def publish(engine: Engine, alias: str, name: str, meta: dict, previous: list[str], delete_old: bool,
-            status: Callable[[str], None] | None = None, resumable: bool = True, started: str | None = None) -> list[str]:
+            status: Callable[[str], None] | None = None, resumable: bool = True, started: str | None = None,
+            claim: bool = False) -> list[str]:
     """Mark the loaded index `name` complete, move `alias` onto it and, with `delete_old`, delete
     the alias's indices made before this build `started` (a versioned-name timestamp; default:
     `name`'s own) other than what the alias serves; returns those deleted. A failure says the state it leaves: the
-    alias not moved and which index is kept, or the alias moved and what is left to delete."""
+    alias not moved and which index is kept, or the alias moved and what is left to delete.
+
+    `claim` creates `alias` rather than moving it (`sparcode index` of a new alias): if another
+    build created it meanwhile, `AliasTaken` says so and `name` is kept, serving nothing."""
     _check_still_ours(engine, name, meta, alias)
     with kept_if_failed(engine, name, alias, resumable):  # not marked complete: --delete-old finds it
         _step(engine.put_meta)(name, meta)
     try:
-        serving = _swap(engine, alias, name)
+        serving = (_claim if claim else _swap)(engine, alias, name)
     except (EngineError, EngineUnavailable) as exc:
         holders = _holders_if_readable(engine, alias)
         if holders is None:
@@ -414,6 +419,41 @@ def _swap(engine: Engine, alias: str, name: str) -> str:
     the rest: all of them agree on which one stays."""
     engine.update_aliases([{"remove": {"index": "*", "alias": alias, "must_exist": False}},
                            {"add": {"index": name, "alias": alias}}])
+    return _keep_newest(engine, alias, name)
+
+
+class AliasTaken(IndexProblem):
+    """Another build created the alias that `sparcode index` was creating."""
+
+    def __init__(self, alias: str, name: str, holders: list[str]):
+        super().__init__(f"alias {alias} was created by another build while this one loaded (it serves "
+                         f"{', '.join(holders) or 'another index'}); `sparcode index` never moves an alias, so the "
+                         f"complete index {name} is kept and serves nothing: delete it, or let "
+                         f"`sparcode reindex ... --alias {alias} --delete-old` remove it")
+
+
+def _claim(engine: Engine, alias: str, name: str) -> str:
+    """Create `alias` on `name` unless another build created it since the start check.
+
+    The add marks `name` as the alias's write index, and the server refuses a second write index
+    within its atomic update: of two `index` builds claiming one new alias at once, exactly one
+    succeeds. A `reindex` moving the alias meanwhile adds without that mark; then both builds
+    settle on the newest index, as two swaps do, and this one says so if it is not kept."""
+    try:
+        _step(engine.update_aliases)([{"add": {"index": name, "alias": alias, "is_write_index": True}}])
+    except EngineError as exc:
+        if "more than one write index" not in exc.reason:
+            raise
+        raise AliasTaken(alias, name, _holders_if_readable(engine, alias) or []) from None
+    kept = _step(_keep_newest)(engine, alias, name)
+    if kept != name:
+        raise AliasTaken(alias, name, [kept])
+    return name
+
+
+def _keep_newest(engine: Engine, alias: str, name: str) -> str:
+    """Read the holders back after `name` was added: when another build's add landed too, every
+    build keeps the newest (versioned names sort by time) and drops the rest, so all agree."""
     holders = engine.alias_holders(alias)
     if len(holders) <= 1:
         return name

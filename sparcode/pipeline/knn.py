@@ -113,7 +113,8 @@ def build(engine: Engine, export_dir, alias: str, *, m: int = 16, ef_constructio
         raise IncompleteLoad(f"{name} holds {docs} documents, the export has {export.n_items}", name, alias,
                              resumable=False)
     meta = index_meta(export, m, ef_construction, transform, complete=True)
-    deleted = publish(engine, alias, name, meta, previous, delete_old, status, resumable=False)
+    deleted = publish(engine, alias, name, meta, previous, delete_old, status, resumable=False,
+                      claim=not replace and not previous)
     return BuildResult(name, alias, docs, meter.wall, previous, deleted, False, meter.seconds)
 
 
