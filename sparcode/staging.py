@@ -8,11 +8,13 @@ An existing target is only ever replaced when it is recognisably an earlier outp
 kind (its `marker` file: manifest.json, bench.json, meta.json) or an empty directory. Anything
 else — a run directory, a folder of the user's own files, a plain file, a symbolic link — is
 refused with `OccupiedTarget` and left exactly as it was. Whether to replace an earlier output
-at all (--force) is the caller's decision, made before it gets here.
+at all (--force) is the caller's decision, made before it gets here and, through
+`staged_directory(check=...)`, again just before the swap.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -151,14 +153,19 @@ def check_replaceable(target: Path, marker=None, *, protect: Iterable[Path] = ()
                              "pick a new or empty folder (nothing was deleted)")
 
 
-def check_export_target(out_dir: Path, run_dir: Path, *, force: bool, sharded: bool = False) -> None:
+def check_export_target(out_dir: Path, run_dir: Path, *, force: bool, sharded: bool = False,
+                        again: bool = False) -> None:
     """Where any export (SparCode codes, two-tower vectors, semantic IDs) may go, checked before
     the export's long work: never the run folder (or one containing it), never a folder that is
     not an export, an existing export only with --force. A shard may add its parts to an empty
-    folder or one already holding parts of a sharded export."""
+    folder or one already holding parts of a sharded export. `again`: the same check just before
+    the swap (`staged_directory(check=...)`), where an export found arrived while this one ran."""
     check_replaceable(out_dir, is_export_shards if sharded else is_export, protect=[run_dir],
                       protected="the run being exported")
     if not sharded and not force and is_export(out_dir):
+        if again:
+            raise OccupiedTarget(f"{out_dir} received an export while this one ran (another export?); "
+                                 "nothing was replaced: pass --force to replace it")
         raise OccupiedTarget(f"{out_dir} already holds an export; pass --force to replace it")
 
 
@@ -187,14 +194,17 @@ def staged_file(path: Path) -> Iterator:
 
 
 @contextlib.contextmanager
-def staged_directory(target: Path, replace: bool = True, marker=None) -> Iterator[Path]:
+def staged_directory(target: Path, replace: bool = True, marker=None,
+                     check: Callable[[], None] | None = None) -> Iterator[Path]:
     """Yield an empty sibling of `target` to write into. On a clean exit it replaces `target`
     (when `replace`; otherwise the caller has moved out what it wanted); on an exception, or
     afterwards, whatever is left of it is removed.
 
     With `replace`, `target` is checked (`check_replaceable` with `marker`) before anything is
     written and again just before the swap, in case it changed meanwhile; the old target is
-    moved aside and removed only once the new one is in place."""
+    moved aside and removed only once the new one is in place. `check`, the caller's own check
+    of `target` (made before the work), runs again there too: `marker` says what may be replaced
+    at all, `check` whether what arrived meanwhile may be (another export, without --force)."""
     target = Path(target)
     if replace:
         check_replaceable(target, marker)
@@ -205,8 +215,7 @@ def staged_directory(target: Path, replace: bool = True, marker=None) -> Iterato
         usual_permissions(tmp)
         yield tmp
         if replace:
-            check_replaceable(target, marker)
-            _swap_in(tmp, target)
+            _checked_swap(tmp, target, marker, check)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -246,15 +255,51 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _swap_in(tmp: Path, target: Path) -> None:
-    """Move `tmp` to `target`; an old target is moved aside first and deleted only after the
-    new one is in place, so a failure in between puts the old one back."""
-    if not target.exists():
+class _FilledMeanwhile(OccupiedTarget):
+    """`target` was absent or empty just before the swap and is not any more."""
+
+
+def _checked_swap(tmp: Path, target: Path, marker, check: Callable[[], None] | None) -> None:
+    def checks() -> None:
+        if check is not None:
+            check()
+        check_replaceable(target, marker)
+
+    try:
+        _swap_after(checks, tmp, target)
+    except _FilledMeanwhile:
+        # Another writer finished into `target` between the checks and the rename: judge what it
+        # left as any earlier output (refused without --force, replaced with it).
+        _swap_after(checks, tmp, target)
+
+
+def _swap_after(checks: Callable[[], None], tmp: Path, target: Path) -> None:
+    # Looked at before the checks: a target absent or empty then is only ever renamed onto, which
+    # fails if it has been filled since, so nothing the checks did not see is ever moved aside.
+    fresh = not target.exists() or _is_empty_dir(target)
+    checks()
+    _swap_in(tmp, target, fresh)
+
+
+def _rename_onto_nothing(tmp: Path, target: Path) -> None:
+    """Rename `tmp` to `target`, which was absent or an empty directory when last looked at."""
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            target.rmdir()  # portably makes room; only ever removes an empty directory
         tmp.rename(target)
-        return
-    if _is_empty_dir(target):
-        target.rmdir()
-        tmp.rename(target)
+    except OSError as err:
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            raise
+        raise _FilledMeanwhile(f"{target} was filled by something else as this output was moved into place; "
+                               "nothing was replaced: run again") from None
+
+
+def _swap_in(tmp: Path, target: Path, fresh: bool) -> None:
+    """Move `tmp` to `target` (`fresh`: absent or empty when checked); an old target is moved
+    aside first and deleted only after the new one is in place, so a failure in between puts the
+    old one back."""
+    if fresh:
+        _rename_onto_nothing(tmp, target)
         return
     aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
     aside.rmdir()

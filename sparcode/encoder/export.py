@@ -114,7 +114,8 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
     # Build in a temporary sibling, then move into place: a failed export leaves nothing behind.
     # A shard moves its own files into the shared directory instead of replacing it.
     missing: list[int] = []
-    with staged_directory(out_dir, replace=not sharded, marker=is_export_shards if force else is_export) as tmp:
+    with staged_directory(out_dir, replace=not sharded, marker=is_export_shards if force else is_export,
+                          check=lambda: _check_target(out_dir, run, force, sharded, again=True)) as tmp:
         items_name = "items.jsonl.gz" if not sharded else f"items.part-{index:05d}-of-{count:05d}.jsonl.gz"
         with gzip.open(tmp / items_name, "wb", compresslevel=1) as fh:
             for line in item_lines(run, postings, items):
@@ -187,10 +188,11 @@ def _check_scores_rank(postings: Postings) -> None:
                        "so the index could not rank; use a smaller --bias")
 
 
-def _check_target(out_dir: Path, run: Run, force: bool, sharded: bool) -> None:
+def _check_target(out_dir: Path, run: Run, force: bool, sharded: bool, again: bool = False) -> None:
     """`check_export_target`, plus what it leaves to the shards: a shard may not go into a complete
     unsharded export without --force (its manifest would stay beside the parts, describing none of
-    them), and --force may replace an unfinished sharded export, which holds no manifest.json yet."""
+    them), and --force may replace an unfinished sharded export, which holds no manifest.json yet.
+    `again`: checked once more just before the swap, as `check_export_target` explains."""
     out_dir = Path(out_dir)
     check_replaceable(out_dir, is_export_shards, protect=[run.path], protected="the run being exported")
     parts = sorted(out_dir.glob("items.part-*.jsonl.gz.manifest.json")) if out_dir.is_dir() else []
@@ -204,7 +206,7 @@ def _check_target(out_dir: Path, run: Run, force: bool, sharded: bool) -> None:
             raise OccupiedTarget(f"{out_dir} holds an unfinished sharded export ({len(parts)} parts, no manifest.json "
                                  "yet): finish it with the missing --shard I/N, or pass --force to replace it")
         return
-    check_export_target(out_dir, run.path, force=force)
+    check_export_target(out_dir, run.path, force=force, again=again)
 
 
 def _is_sharded(manifest: dict) -> bool:

@@ -48,7 +48,8 @@ def export_vectors(run: Run, out_dir: Path, force: bool = False) -> dict:
     norms = np.linalg.norm(vectors, axis=1)
     dataset = run.dataset
 
-    with staged_directory(out_dir, marker=is_export) as tmp:
+    with staged_directory(out_dir, marker=is_export,
+                          check=lambda: check_export_target(out_dir, run.path, force=force, again=True)) as tmp:
         np.save(tmp / VECTORS, vectors, allow_pickle=False)
         with gzip.open(tmp / ITEMS, "wb", compresslevel=1) as fh:
             for item in range(dataset.n_items):

@@ -64,7 +64,8 @@ def export_semantic_ids(run_dir: Path, dataset, out_dir: Path, run_info: dict, f
     cold = np.load(folder / COLD, allow_pickle=False) if (folder / COLD).is_file() else np.zeros(0, dtype=np.int64)
     depths = list(range(1, ids.shape[1] + 1))
 
-    with staged_directory(out_dir, marker=is_export) as tmp:
+    with staged_directory(out_dir, marker=is_export,
+                          check=lambda: check_export_target(out_dir, run_dir, force=force, again=True)) as tmp:
         with gzip.open(tmp / "items.jsonl.gz", "wb", compresslevel=1) as fh:
             for line in item_lines(ids, cold, dataset, depths):
                 fh.write(line + b"\n")
