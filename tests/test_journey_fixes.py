@@ -114,6 +114,20 @@ def test_a_short_filtered_answer_says_how_many_and_why(trained):
                                      "user's codes can be returned; 10 items match the filter")
 
 
+def test_a_short_json_answer_carries_the_same_explanation(trained):
+    """A service reading --json gets the reason in the object, and a person reading the terminal on stderr."""
+    _, run, export, _ = trained
+    text = search(run, export, "--user", "u1", "--k", "40", "--keep-seen", "--filter", "genre=g1")
+    result = search(run, export, "--user", "u1", "--k", "40", "--keep-seen", "--filter", "genre=g1", "--json")
+    assert result.exit_code == 0, result.output
+    reply = json.loads(result.stdout)
+    assert reply["fewer_than_k"] == {"k": 40, "returned": len(reply["hits"]), "reasons": [
+        "only items with a stored score for this user's codes can be returned", "10 items match the filter"]}
+    assert result.stderr == text.stderr
+    full = search(run, export, "--user", "u1", "--k", "3", "--json")
+    assert "fewer_than_k" not in json.loads(full.stdout) and full.stderr == ""
+
+
 def test_a_short_answer_counts_the_seen_items_the_filter_also_matches(trained):
     root, run, export, _ = trained
     seen = next(line.split()[1:] for line in (root / "sequences.txt").read_text().splitlines() if line.split()[0] == "u1")

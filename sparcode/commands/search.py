@@ -192,9 +192,12 @@ def command(run_dir, user_id, history_items, history_file, k, backend, alias, ex
         titles = {h.item_id: _title(attrs[index_of[h.item_id]].get("title")) for h in hits}
     if as_json:
         shown = query.tolist() if run.kind == "two-tower" else query
-        click.echo(strict_json({"user": user_id, "backend": backend, "query": shown,
-                                "hits": [{"item_id": h.item_id, "score": h.score, "title": titles.get(h.item_id)}
-                                         for h in hits]}))
+        reply = {"user": user_id, "backend": backend, "query": shown,
+                 "hits": [{"item_id": h.item_id, "score": h.score, "title": titles.get(h.item_id)} for h in hits]}
+        if short_because is not None:  # a program reading a short list needs the reason as much as a person
+            reply["fewer_than_k"] = {"k": k, "returned": len(hits), "reasons": short_because}
+        click.echo(strict_json(reply))
+        _say_why_short(short_because, hits, k, filters)
         return
     if run.kind == "two-tower":
         click.echo(f"user {user_id} · vector dim {len(query)}, norm {float(np.linalg.norm(query)):.3f} · backend {backend}")
@@ -202,11 +205,16 @@ def command(run_dir, user_id, history_items, history_file, k, backend, alias, ex
         click.echo(f"user {user_id} · codes {' '.join(f'{t}×{int(c)}' if c != 1 else t for t, c in query.items())} · backend {backend}")
     for rank, hit in enumerate(hits, 1):
         click.echo(f"{rank:>3}  {hit.item_id:>8}  {hit.score:9.4f}  {titles.get(hit.item_id) or ''}")
-    if short_because is not None:
-        # Fewer than k is a valid answer (a filter, or no stored score), but an unexplained one looks broken.
-        returned = "no items matched" if not hits else f"{len(hits)} of {k} items returned"
-        shown = f" (--filter {' '.join(filters)})" if filters else ""
-        click.echo(f"{returned}{shown}" + (f": {'; '.join(short_because)}" if short_because else ""), err=True)
+    _say_why_short(short_because, hits, k, filters)
+
+
+def _say_why_short(short_because: list[str] | None, hits, k: int, filters) -> None:
+    # Fewer than k is a valid answer (a filter, or no stored score), but an unexplained one looks broken.
+    if short_because is None:
+        return
+    returned = "no items matched" if not hits else f"{len(hits)} of {k} items returned"
+    shown = f" (--filter {' '.join(filters)})" if filters else ""
+    click.echo(f"{returned}{shown}" + (f": {'; '.join(short_because)}" if short_because else ""), err=True)
 
 
 MAX_NAMED = 5  # filter values named in one message; the rest are counted
