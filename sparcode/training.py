@@ -1,21 +1,76 @@
 """`sparcode train` behind the CLI: read data, split, fit the requested model, record the run."""
 from __future__ import annotations
 
+import contextlib
 import platform
 import shutil
 import time
 from pathlib import Path
 
+from sparcode import locks
 from sparcode.config import ConfigError, RunConfig, check_allocation, same_dataset
 from sparcode.data.readers import NAMED, load_dataset
 from sparcode.data.splits import check_usable, make_split, split_summary
 
 
+# In the run folder while a train of it holds this file's lock; removed when the train ends, but
+# left behind by a killed one, so `run_files` leaves it out.
+TRAIN_LOCK = ".train.lock"
+
+
+class RunLock:
+    """One train of a run folder at a time, from before it writes into the folder until run.json is
+    written: two would both append to its history and overwrite each other's weights. `hold` takes
+    the lock once the folder exists; leaving the `with` block lets go of it."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self._held = contextlib.ExitStack()
+        self.holding = False
+
+    def hold(self) -> None:
+        """Take the lock unless held already; RunError naming the process that trains the run.
+        Nothing to take while the folder does not exist (a fresh run's comes with it)."""
+        from sparcode.encoder.runs import RunError
+
+        if self.holding or not self.run_dir.is_dir():
+            return
+        try:
+            self._held.enter_context(locks.exclusive(self.run_dir / TRAIN_LOCK, remove=True))
+        except locks.LockHeld as other:
+            raise RunError(f"{self.run_dir} is being trained by process {other.pid or '?'}; wait for it to finish "
+                           "or choose another --out") from None
+        except FileNotFoundError:
+            return  # the folder went meanwhile: a failed fresh run removed it
+        self.holding = True
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._held.close()
+        self.holding = False
+
+
+def run_files(run_dir: Path) -> list[Path]:
+    """What a run folder holds, but for its lock file: a folder holding only that is empty."""
+    return [path for path in Path(run_dir).iterdir() if path.name != TRAIN_LOCK]
+
+
 def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: bool = True,
-              config_file: Path | None = None) -> dict:
+              config_file: Path | None = None, lock: RunLock | None = None) -> dict:
+    """Train into `run_dir` under its RunLock: the caller's `lock` (held already or not), else one
+    of its own."""
+    with contextlib.ExitStack() as stack:
+        lock = lock or stack.enter_context(RunLock(run_dir))
+        lock.hold()  # before the data is read: another train of the run is refused at once
+        return _train_run(Path(run_dir), cfg, resume, progress, config_file, lock)
+
+
+def _train_run(run_dir: Path, cfg: RunConfig, resume: bool, progress: bool, config_file: Path | None,
+               lock: RunLock) -> dict:
     from sparcode.encoder import checkpoint as ckpt
 
-    run_dir = Path(run_dir)
     started = time.perf_counter()
     if cfg.model.kind == "sparcode":
         # Refused where postings are built too; here before a training run is spent on it. Not in
@@ -39,8 +94,9 @@ def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: boo
         TigerConfig.from_run_config(cfg)
         dataset_texts(dataset, cfg.dataset)
         adopt_built_ids(run_dir, cfg, dataset, config_file)
-    fresh = not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir()))
+    fresh = not run_dir.exists() or (run_dir.is_dir() and not run_files(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock.hold()  # a new run's folder is there only now
     try:
         summary = _fit(run_dir, cfg, dataset, split, resume, progress)
     except BaseException:
@@ -84,7 +140,7 @@ def _fit(run_dir: Path, cfg: RunConfig, dataset, split, resume: bool, progress: 
 
 def _nothing_trained(run_dir: Path) -> bool:
     """Only what a run writes before its first checkpoint."""
-    return not run_dir.is_dir() or {path.name for path in run_dir.iterdir()} <= {"config.json", "history.jsonl"}
+    return not run_dir.is_dir() or {path.name for path in run_files(run_dir)} <= {"config.json", "history.jsonl"}
 
 
 def mark_unfinished(run_dir: Path) -> None:

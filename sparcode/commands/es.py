@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sparcode.pipeline.local_node import DEFAULT_HEAP, ENGINES, heap_bytes
+from sparcode.pipeline.local_node import DEFAULT_HEAP, ENGINES, check_heap, heap_bytes
 
 _ENGINE = click.option("--engine", type=click.Choice(ENGINES), default="elasticsearch", show_default=True,
                        help="Which search engine's node.")
@@ -26,6 +26,10 @@ def _heap(ctx, param, value: str | None) -> str | None:
             heap_bytes(value)
         except ValueError:
             raise click.BadParameter(f"{value!r} is not a JVM size such as 512m, 1g or 2g") from None
+        try:
+            check_heap(value)
+        except ValueError as err:
+            raise click.UsageError(str(err)) from None
     return value
 
 
@@ -61,7 +65,13 @@ def start(engine: str, port: int | None, heap: str | None):
 @_ENGINE
 def stop(engine: str):
     """Stop the node started by `sparcode es start` (found by its pid file, whatever node.json says)."""
-    click.echo("stopped" if _node(engine).stop() else "not running")
+    from sparcode.pipeline.local_node import LocalNodeError
+
+    try:
+        stopped = _node(engine).stop()
+    except LocalNodeError as exc:
+        raise click.ClickException(str(exc))
+    click.echo("stopped" if stopped else "not running")
 
 
 @command.command("status")

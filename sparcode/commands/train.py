@@ -37,7 +37,7 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
     with user_errors():
         from sparcode.config import ConfigError, read_config_file
         from sparcode.presets import run_config
-        from sparcode.training import recorded_config, train_run
+        from sparcode.training import RunLock, recorded_config, train_run
 
         # Precedence: an explicit flag, then the --config file, then (resuming) the run's own config.
         recorded = recorded_config(run_dir) if resume else None
@@ -61,15 +61,17 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
         if show_config:
             click.echo(_config_json(cfg))
             return
-        _check_out(run_dir, resume, cfg.model.kind)
-        try:
-            with terminate_as_interrupt():
-                summary = train_run(run_dir, cfg, resume=resume, progress=not quiet, config_file=config_file)
-        except KeyboardInterrupt:
-            if not run_dir.exists():
-                raise click.ClickException("interrupted before the first epoch finished; nothing was kept") from None
-            raise click.ClickException(f"interrupted; {run_dir} keeps its last finished epoch: continue with "
-                                       f"`sparcode train --out {run_dir} --resume`") from None
+        with RunLock(run_dir) as lock:
+            _check_out(run_dir, resume, cfg.model.kind, lock)
+            try:
+                with terminate_as_interrupt():
+                    summary = train_run(run_dir, cfg, resume=resume, progress=not quiet, config_file=config_file,
+                                        lock=lock)
+            except KeyboardInterrupt:
+                if not run_dir.exists():
+                    raise click.ClickException("interrupted before the first epoch finished; nothing was kept") from None
+                raise click.ClickException(f"interrupted; {run_dir} keeps its last finished epoch: continue with "
+                                           f"`sparcode train --out {run_dir} --resume`") from None
     click.echo(f"trained {model_kind} on {cfg.dataset} ({cfg.split}) in {summary['train_seconds']:.0f}s → {run_dir}"
                + _how_it_ended(summary, cfg))
 
@@ -178,24 +180,38 @@ def _flat(data: dict, prefix: str = "") -> dict:
     return out
 
 
-def _check_out(run_dir: Path, resume: bool, kind: str) -> None:
+def _check_out(run_dir: Path, resume: bool, kind: str, lock) -> None:
     """RUN_DIR is new, empty, or a run of ours that --resume continues; training into any other
     folder would mix its files with the run's (and leave stale weights beside a new model).
-    TIGER may also train where `sparcode semantic-ids --out RUN_DIR` built its item IDs."""
-    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+    TIGER may also train where `sparcode semantic-ids --out RUN_DIR` built its item IDs.
+    The run's `lock` is taken once RUN_DIR is known to be no other program's folder (its file goes
+    into it): a train of RUN_DIR under way is named first, and cannot change what is checked next."""
+    _free(run_dir, kind)
+    lock.hold()
+    if _free(run_dir, kind):
         return
-    if kind == "tiger" and sorted(p.name for p in run_dir.iterdir()) == ["tiger"]:
-        return
-    if not (run_dir / "config.json").is_file():
-        from sparcode.staging import listing
-
-        raise click.ClickException(f"{run_dir} is not empty ({listing(run_dir)}) and holds no sparcode run; "
-                                   "choose a new or empty --out")
     if (run_dir / "run.json").exists() and not resume:
         raise click.ClickException(f"{run_dir} already holds a finished run; choose another --out or pass --resume")
     if not resume:
         raise click.ClickException(f"{run_dir} holds an unfinished run; pass --resume to continue it, "
                                    f"or choose another --out")
+
+
+def _free(run_dir: Path, kind: str) -> bool:
+    """True when RUN_DIR may be trained into afresh, False when it holds a run; refused when it
+    holds anything else."""
+    from sparcode.training import run_files
+
+    if not run_dir.is_dir() or not run_files(run_dir):
+        return True
+    if kind == "tiger" and [p.name for p in run_files(run_dir)] == ["tiger"]:
+        return True
+    if not (run_dir / "config.json").is_file():
+        from sparcode.staging import listing
+
+        raise click.ClickException(f"{run_dir} is not empty ({listing(run_dir)}) and holds no sparcode run; "
+                                   "choose a new or empty --out")
+    return False
 
 
 def _settle_with_file(config_file: Path, data: dict, model_kind: str, dataset: str, split: str | None):

@@ -11,7 +11,6 @@ One `LocalNode` runs either; an `EngineSpec` holds everything that differs.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import http.client
 import json
@@ -31,7 +30,9 @@ from pathlib import Path
 
 import tenacity
 
+from sparcode import locks
 from sparcode.checkout import repository_root
+from sparcode.errors import SparcodeError
 from sparcode.staging import UnreadableFile, atomic_write_bytes, read_json
 
 DEFAULT_HEAP = "1g"
@@ -85,7 +86,7 @@ ENGINES = tuple(SPECS)
 DEFAULT_PORT = ELASTICSEARCH.default_port
 
 
-class LocalNodeError(RuntimeError):
+class LocalNodeError(SparcodeError, RuntimeError):
     """A failure the user can act on; the message is one line."""
 
 
@@ -103,6 +104,18 @@ def heap_bytes(heap: str) -> int:
     if not _HEAP.fullmatch(heap):
         raise ValueError(f"--heap {heap!r}: expected a JVM size such as 512m, 1g or 2g")
     return int(heap[:-1]) << (10 * "kmgt".index(heap[-1].lower()) + 10)
+
+
+# Neither engine documents a least heap, and the JVM itself takes a few megabytes: a node given so
+# little comes up and then dies of an OutOfMemoryError, reported in its log rather than here.
+# 256m is what Elasticsearch's own launcher once gave a node at the least (ES_MIN_MEM).
+MIN_HEAP = "256m"
+
+
+def check_heap(heap: str) -> None:
+    """ValueError (one line) unless `heap` is a JVM size a node can start with."""
+    if heap_bytes(heap) < heap_bytes(MIN_HEAP):
+        raise ValueError(f"--heap {heap!r}: below {MIN_HEAP}, the least heap sparcode starts a node with")
 
 
 def default_home(spec: EngineSpec = ELASTICSEARCH) -> Path:
@@ -172,13 +185,13 @@ class LocalNode:
         """Start the node (fetching/unpacking it first if needed); return seconds to healthy, 0.0
         when it was already running (then `heap` is the running node's, if recorded)."""
         try:
-            heap_bytes(self.heap)
+            check_heap(self.heap)
         except ValueError as err:
             raise LocalNodeError(str(err)) from None
         if "#" in str(self.home) and not self.spec.hash_in_path_ok:
             raise LocalNodeError(f"{self.spec.home_var}={self.home} contains '#', from which {self.spec.name} "
                                  "cannot run; choose a folder without it")
-        with self._start_lock():
+        with self._lock("start"):
             self._refuse_other_engine()
             pid = self.running_pid()
             if pid is not None:
@@ -231,33 +244,28 @@ class LocalNode:
                 raise LocalNodeError(f"{name} exited with {rc} at start-up:\n{self.log_tail(marks)}")
             self._wait_healthy(marks)
         except KeyboardInterrupt:
-            self.stop()  # an abandoned start leaves no node behind (once its pid file is written)
+            self._stop()  # an abandoned start leaves no node behind (once its pid file is written)
             raise
         return time.monotonic() - started
 
     @contextlib.contextmanager
-    def _start_lock(self):
-        """Held from the first check until the node is healthy: a second `es start` meanwhile
-        would otherwise see a node that is not healthy yet, drop its pid file and launch a second
-        JVM on the same data, leaving the first one unstoppable by `es stop`."""
-        try:
-            self.home.mkdir(parents=True, exist_ok=True)
-            lock = open(self.home / "start.lock", "a+")
-        except OSError as err:
-            raise LocalNodeError(f"cannot use {self.spec.home_var}={self.home} as the node's folder: "
-                                 f"{err.strerror or err}") from None
-        with lock:
+    def _lock(self, action: str):
+        """Held by a start from the first check until the node is healthy, and by a stop: a second
+        `es start` meanwhile would otherwise see a node that is not healthy yet, drop its pid file
+        and launch a second JVM on the same data, leaving the first one unstoppable by `es stop`;
+        a stop would leave the start waiting for a node that is gone, or find no pid file yet."""
+        with contextlib.ExitStack() as held:
             try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock.seek(0)
-                holder = lock.read().strip() or "?"
-                raise LocalNodeError(f"a start of {self.spec.name} from {self.home} is in progress (pid {holder}); "
-                                     f"wait for it to finish, then check with `{self._cli('status')}`") from None
-            lock.seek(0)
-            lock.truncate()
-            lock.write(str(os.getpid()))
-            lock.flush()
+                self.home.mkdir(parents=True, exist_ok=True)
+                held.enter_context(locks.exclusive(self.home / "start.lock", action))
+            except locks.LockHeld as other:
+                doing = other.action or "start"  # a lock file from before actions were recorded was a start's
+                then = f"check with `{self._cli('status')}`" if doing == action else f"run `{self._cli(action)}` again"
+                raise LocalNodeError(f"a {doing} of {self.spec.name} from {self.home} is in progress "
+                                     f"(pid {other.pid or '?'}); wait for it to finish, then {then}") from None
+            except OSError as err:
+                raise LocalNodeError(f"cannot use {self.spec.home_var}={self.home} as the node's folder: "
+                                     f"{err.strerror or err}") from None
             yield
 
     def _refuse_other_engine(self) -> None:
@@ -288,7 +296,15 @@ class LocalNode:
                                      f"choose another --port")
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """Stop the node by its pid; return False when it was not running."""
+        """Stop the node by its pid; return False when it was not running. Refused while a start
+        from this home is in progress: its node would come up after the stop, or the start would
+        wait out its timeout for one that is gone."""
+        if not self.home.is_dir():
+            return False  # nothing ever started from here (the lock would make the folder)
+        with self._lock("stop"):
+            return self._stop(timeout)
+
+    def _stop(self, timeout: float = 30.0) -> bool:
         pid = self.running_pid()
         if pid is None:
             return False
@@ -417,7 +433,7 @@ class LocalNode:
         except _NodeDied:
             raise LocalNodeError(f"{self.spec.name} died during start-up:\n{self.log_tail(marks)}") from None
         except tenacity.RetryError:
-            self.stop()
+            self._stop()
             raise LocalNodeError(f"{self.spec.name} not healthy on {self.url} after {START_TIMEOUT_S:.0f}s:\n"
                                  f"{self.log_tail(marks)}") from None
 
