@@ -11,13 +11,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparcode.errors import SparcodeError
+
 MODEL_KINDS = ("sparcode", "all-to-all", "two-tower", "ease", "tiger")
 TOKENIZERS = ("dnn", "gru", "attention", "interests")
 SPLITS = ("multi-target", "leave-one-out")
 ATTENTION_HEADS = 4  # the attention and interests tokenizers' head count; dim must divide by it
 
 
-class ConfigError(ValueError):
+class ConfigError(SparcodeError, ValueError):
     pass
 
 

@@ -27,10 +27,12 @@ from pathlib import Path
 
 import orjson
 
+from sparcode.errors import SparcodeError
+
 EXPORT_FORMAT = "sparcode-export/1"  # the `format` every export's manifest.json carries
 
 
-class UnreadableFile(Exception):
+class UnreadableFile(SparcodeError):
     """A file sparcode wrote that exists but cannot be loaded: truncated, overwritten or hand-edited."""
 
 
@@ -80,7 +82,7 @@ def read_json(path: Path, expect: type = dict):
     return data
 
 
-class OccupiedTarget(ValueError):
+class OccupiedTarget(SparcodeError, ValueError):
     """The output path exists and is not an earlier output to replace (a one-line user error)."""
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from sparcode.bench import PATHS, paths, synthetic
+from sparcode.errors import SparcodeError
 from sparcode.pipeline.hnsw import HnswParams
 from sparcode.pipeline.vectors import VectorSet
 
@@ -45,7 +46,7 @@ class BenchConfig:
 ES_PATHS = frozenset({"sparcode-es", "es-knn"})
 
 
-class UrlAmbiguous(ValueError):
+class UrlAmbiguous(SparcodeError, ValueError):
     """--url names one node, but the chosen paths query both engines."""
 
 

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sparcode.errors import SparcodeError
 
-class DataError(Exception):
+
+class DataError(SparcodeError):
     """A missing, unreadable or malformed data file. The message names the file (and line)."""
 
     def __init__(self, message: str, path: str | Path | None = None, line: int | None = None):

@@ -11,9 +11,10 @@ from sparcode.data.splits import make_split, split_summary
 from sparcode.encoder import checkpoint as ckpt
 from sparcode.encoder.models import build_model
 from sparcode.encoder.train import pick_device
+from sparcode.errors import SparcodeError
 
 
-class RunError(Exception):
+class RunError(SparcodeError):
     pass
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from sparcode.errors import SparcodeError
 from sparcode.generative.semantic_ids import IDS, load_ids
 from sparcode.sid_terms import COLD_FIELD, FIELD, prefix_terms
 from sparcode.staging import check_export_target, is_export, staged_directory
@@ -24,7 +25,7 @@ KIND = "tiger-semantic-ids"
 TIGER_DIR, COLD = "tiger", "cold_items.npy"  # as in train_tiger, which imports torch
 
 
-class SidExportError(ValueError):
+class SidExportError(SparcodeError, ValueError):
     """The run cannot be exported as it is; one line saying why."""
 
 

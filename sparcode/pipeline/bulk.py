@@ -29,6 +29,7 @@ from typing import Callable, Iterable, Iterator
 import orjson
 from tqdm import tqdm
 
+from sparcode.errors import SparcodeError
 from sparcode.pipeline import layout
 
 CHUNK_SIZE = 1000
@@ -37,7 +38,7 @@ MAX_RETRIES = 5
 SHOW_FAILURES = 10
 
 
-class BulkFailed(RuntimeError):
+class BulkFailed(SparcodeError, RuntimeError):
     def __init__(self, report: "BulkReport"):
         self.report = report
         super().__init__(report.describe())

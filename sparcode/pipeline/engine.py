@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 import tenacity
 
+from sparcode.errors import SparcodeError
+
 # Bytes per bulk request. A node refuses (429) a request that takes its in-flight indexing
 # bytes past 10 % of its heap, and the helpers' default 100 MB chunks can do that alone: a
 # Beauty export with 4 codebooks (800 codes per item, 1,000-item chunks of 52 MB) was refused
@@ -26,7 +28,7 @@ import tenacity
 MAX_CHUNK_BYTES = 10 * 1024 * 1024
 
 
-class ConnectionProblem(RuntimeError):
+class ConnectionProblem(SparcodeError, RuntimeError):
     """The node is unreachable or unsuitable; the message is one line and holds no secret."""
 
 
@@ -38,7 +40,7 @@ class WrongEngine(ConnectionProblem):
     """The server is the other engine (or neither); the message says which flag to use."""
 
 
-class EngineError(RuntimeError):
+class EngineError(SparcodeError, RuntimeError):
     """The server refused a request; `reason` is its own explanation."""
 
     def __init__(self, status: int, reason: str):
@@ -47,7 +49,7 @@ class EngineError(RuntimeError):
         super().__init__(f"HTTP {status}: {self.reason}")
 
 
-class EngineUnavailable(RuntimeError):
+class EngineUnavailable(SparcodeError, RuntimeError):
     """The request did not get an answer (refused, reset, timed out)."""
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 
 from sparcode.codes_fallback import CodeTable
+from sparcode.errors import SparcodeError
 from sparcode.featurefield import MIN_STORABLE
 
 FORMAT = "sparcode-export/1"
@@ -23,7 +24,7 @@ SUMMARY_KEYS = ("format", "kind", "run", "quantizer", "tokens_per_user", "bias",
                 "items", "codes", "pairs", "stored_fraction", "created")
 
 
-class ExportError(ValueError):
+class ExportError(SparcodeError, ValueError):
     """The export directory is missing, malformed, or holds a value the engine cannot store."""
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
+from sparcode.errors import SparcodeError
 from sparcode.pipeline import bulk, layout, mappings
 from sparcode.pipeline.engine import (Engine, EngineError, EngineTimeout, EngineUnavailable, redact, retry_transient,
                                       retry_unavailable, retry_unless_timed_out)
@@ -25,7 +26,7 @@ SETTLE_MIN_DOCS = 10_000
 SETTLE_TIMEOUT_S = 45
 
 
-class IndexProblem(RuntimeError):
+class IndexProblem(SparcodeError, RuntimeError):
     """A refusal or failed check the user can act on; one line."""
 
 

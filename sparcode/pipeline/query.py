@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Collection, Iterable, Mapping
 
+from sparcode.errors import SparcodeError
 from sparcode.pipeline.layout import FLAT, Numbering, by_field
 
 FORMS = ("sparse_vector", "term", "rank_feature")
@@ -36,7 +37,7 @@ def hit_item(hit: Mapping) -> str:
     return hit["fields"]["item_id"][0]
 
 
-class QueryError(ValueError):
+class QueryError(SparcodeError, ValueError):
     """A query or filter no backend can serve; one line."""
 
 
