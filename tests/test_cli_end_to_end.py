@@ -80,7 +80,7 @@ def assert_backends_match_model(indexed, tmp_path, backends):
         serving = [] if backend == "model" else ["--export", export] + ([] if backend == "local" else ["--alias", alias])
         result = invoke("evaluate", run, "--backend", backend, *serving, "--json", "--run-file", path)
         assert result.exit_code == 0, result.output
-        runs[backend] = (json.loads(result.output), path.read_text().replace(f"-{backend}", ""))
+        runs[backend] = (json.loads(result.stdout), path.read_text().replace(f"-{backend}", ""))
     for backend in backends:
         assert runs[backend][1] == runs["model"][1], f"{backend} ranked lists differ from the model's"
         for key in ("recall@50", "ndcg@10", "hr@20"):
@@ -100,7 +100,7 @@ def test_served_exact_equals_embedded_backend(trained):
     root, _, _, run = trained
     served = invoke("evaluate", run, "--json")
     assert served.exit_code == 0, served.output
-    served = json.loads(served.output)
+    served = json.loads(served.stdout)
     export = root / "export"
     out = invoke("export", run, "--out", export, "--quiet")
     assert out.exit_code == 0, out.output
@@ -110,7 +110,7 @@ def test_served_exact_equals_embedded_backend(trained):
     local = invoke("evaluate", run, "--backend", "local", "--export", export, "--json", "--run-file", local_run)
     assert local.exit_code == 0, local.output
     invoke("evaluate", run, "--json", "--run-file", served_run)
-    local = json.loads(local.output)
+    local = json.loads(local.stdout)
     for key in ("recall@10", "ndcg@10", "hr@5", "recall@50"):
         assert local[key] == served[key], key
     # Same ranked lists item by item, not just the same averages.
@@ -130,7 +130,7 @@ def test_sharded_export_serves_the_same(trained):
     assert merged["pairs"] == json.loads((whole / "manifest.json").read_text())["pairs"]
     a = invoke("search", "--run", run, "--user", "u3", "--backend", "local", "--export", whole, "--json", "--k", "8")
     b = invoke("search", "--run", run, "--user", "u3", "--backend", "local", "--export", sharded, "--json", "--k", "8")
-    assert json.loads(a.output)["hits"] == json.loads(b.output)["hits"]
+    assert json.loads(a.stdout)["hits"] == json.loads(b.stdout)["hits"]
 
 
 def test_search_one_user_and_explain(trained):
@@ -143,7 +143,7 @@ def test_search_one_user_and_explain(trained):
         user = f"u{row}"
         result = invoke("search", "--run", run, "--user", user, "--k", "5", "--backend", "local", "--export", export, "--json")
         assert result.exit_code == 0, result.output
-        payload = json.loads(result.output)
+        payload = json.loads(result.stdout)
         hits = payload["hits"]
         if hits:
             break
@@ -165,7 +165,7 @@ def test_search_one_user_and_explain(trained):
     filtered = invoke("search", "--run", run, "--user", user, "--backend", "local", "--export", export,
                       "--filter", "genre=g1", "--json", "--k", "40")
     assert everything.exit_code == 0 and filtered.exit_code == 0, filtered.output
-    everything, filtered = json.loads(everything.output)["hits"], json.loads(filtered.output)["hits"]
+    everything, filtered = json.loads(everything.stdout)["hits"], json.loads(filtered.stdout)["hits"]
     in_g1 = [h for h in everything if int(h["item_id"][1:]) // 10 == 1]
     # Non-empty on both sides of the filter, or the comparison below proves nothing.
     assert in_g1 and len(in_g1) < len(everything)
@@ -183,14 +183,14 @@ def test_a_sampled_evaluation_ranks_its_users_as_the_full_one_does(trained):
     full = invoke("evaluate", run, "--json", "--run-file", full_run)
     sample = invoke("evaluate", run, "--json", "--sample-users", 20, "--sample-seed", 3, "--run-file", sample_run)
     assert sample.exit_code == 0, sample.output
-    metrics = json.loads(sample.output)
+    metrics = json.loads(sample.stdout)
     assert (metrics["users"], metrics["sampled_from"], metrics["sample_seed"]) == (20, 80, 3)
-    assert "sampled_from" not in json.loads(full.output)
+    assert "sampled_from" not in json.loads(full.stdout)
     lines = sample_run.read_text().splitlines()
     assert len({line.split()[0] for line in lines}) == 20
     assert set(lines) <= set(full_run.read_text().splitlines())
     again = invoke("evaluate", run, "--json", "--sample-users", 20, "--sample-seed", 3)
-    assert json.loads(again.output) == metrics
+    assert json.loads(again.stdout) == metrics
     other = invoke("evaluate", run, "--json", "--sample-users", 20, "--sample-seed", 4, "--run-file", root / "other.run")
     assert other.exit_code == 0
     assert (root / "other.run").read_text() != sample_run.read_text()
@@ -268,7 +268,7 @@ def test_ease_is_scored_each_way_at_the_lambda_chosen_for_it(tmp_path):
             flags = ["--users", part] + (["--exclude-seen"] if exclude else [])
             result = invoke("evaluate", run, "--json", *flags)
             assert result.exit_code == 0, result.output
-            metrics = json.loads(result.output)
+            metrics = json.loads(result.stdout)
             mode = "exclude_seen" if exclude else "keep_seen"
             assert metrics["users"] == 80 and metrics["exclude_seen"] == exclude
             assert metrics["lambda"] == chosen[mode], flags
@@ -355,7 +355,7 @@ def test_every_served_code_has_postings_so_every_user_gets_hits(trained):
         result = invoke("search", "--run", run, "--user", f"u{row}", "--k", "5", "--backend", "local",
                         "--export", whole, "--keep-seen", "--json")
         assert result.exit_code == 0, result.output
-        assert json.loads(result.output)["hits"], f"u{row} got no hits"
+        assert json.loads(result.stdout)["hits"], f"u{row} got no hits"
 
 
 def test_search_by_history_equals_search_by_user_without_profiles(trained):
@@ -369,8 +369,8 @@ def test_search_by_history_equals_search_by_user_without_profiles(trained):
     by_history = invoke("search", "--run", run, "--history", ",".join(line[1:]), "--backend", "local",
                         "--export", export, "--json")
     assert by_user.exit_code == 0 and by_history.exit_code == 0, by_history.output
-    assert json.loads(by_user.output)["query"] == json.loads(by_history.output)["query"]
-    assert json.loads(by_user.output)["hits"] == json.loads(by_history.output)["hits"]
+    assert json.loads(by_user.stdout)["query"] == json.loads(by_history.stdout)["query"]
+    assert json.loads(by_user.stdout)["hits"] == json.loads(by_history.stdout)["hits"]
     unknown = invoke("search", "--run", run, "--history", "i1,nope", "--backend", "local", "--export", export)
     assert unknown.exit_code == 1 and "unknown item 'nope'" in unknown.output
     both = invoke("search", "--run", run, "--history", "i1", "--user", "u1", "--backend", "local", "--export", export)
@@ -379,7 +379,7 @@ def test_search_by_history_equals_search_by_user_without_profiles(trained):
     listed.write_text("\n".join([" ".join(line[1:3]), *line[3:]]) + "\n")
     by_file = invoke("search", "--run", run, "--history-file", listed, "--backend", "local", "--export", export, "--json")
     assert by_file.exit_code == 0, by_file.output
-    assert json.loads(by_file.output)["hits"] == json.loads(by_history.output)["hits"]
+    assert json.loads(by_file.stdout)["hits"] == json.loads(by_history.stdout)["hits"]
     two = invoke("search", "--run", run, "--history", "i1", "--history-file", listed, "--backend", "local")
     assert two.exit_code == 2 and "exactly one of" in two.output
 
@@ -482,7 +482,7 @@ def test_max_codes_indexes_a_seeded_sample_that_export_and_evaluate_share(traine
         assert result.exit_code == 0, result.output
         lists[backend] = path.read_text().replace(f"-{backend}", "")
         if backend == "model":
-            sampled = json.loads(result.output)
+            sampled = json.loads(result.stdout)
             assert sampled["codes"] == keep and sampled["pairs"] == manifest["pairs"] < full["pairs"]
     assert lists["local"] == lists["model"]
     for bad in ("0", "some"):
@@ -518,12 +518,12 @@ def test_serve_settings_chosen_after_training_are_what_the_export_serves(trained
         path = tmp_path / f"{backend}.run"
         result = invoke("evaluate", run, "--backend", backend, *options, "--json", "--run-file", path)
         assert result.exit_code == 0, result.output
-        lists[backend], metrics[backend] = path.read_text().replace(f"-{backend}", ""), json.loads(result.output)
+        lists[backend], metrics[backend] = path.read_text().replace(f"-{backend}", ""), json.loads(result.stdout)
     assert lists["local"] == lists["model"]
     assert metrics["model"]["pairs"] == manifest["pairs"] and metrics["model"]["query_probes"] == 2
     run_default = invoke("evaluate", run, "--json", "--run-file", tmp_path / "default.run")
     assert run_default.exit_code == 0, run_default.output
-    assert json.loads(run_default.output)["pairs"] > manifest["pairs"]
+    assert json.loads(run_default.stdout)["pairs"] > manifest["pairs"]
     assert (run / "config.json").read_text() == config_before
     on_backend = invoke("evaluate", run, "--backend", "local", "--export", export, "--query-probes", "2")
     assert on_backend.exit_code == 2 and "pass them to `sparcode export`" in on_backend.output

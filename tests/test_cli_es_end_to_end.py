@@ -29,7 +29,7 @@ def test_es_search_scores_equal_local_scores(indexed):
         local = invoke("search", "--run", run, "--user", user, "--backend", "local", "--export", export,
                        "--json", "--k", "20")
         assert es.exit_code == 0, es.output
-        assert json.loads(es.output)["hits"] == json.loads(local.output)["hits"]
+        assert json.loads(es.stdout)["hits"] == json.loads(local.stdout)["hits"]
 
 
 def test_es_refuses_export_of_another_model(indexed, tmp_path):
@@ -62,14 +62,14 @@ def test_url_flag_wins_over_the_environment(indexed, es_engine, tmp_path, monkey
         found = invoke("search", "--run", run, "--user", "u0", "--alias", other, "--export", export, "--url",
                        es_engine.url, "--json", "--k", "20")  # --url alone makes es the default backend
         assert found.exit_code == 0, found.output
-        assert json.loads(found.output)["backend"] == "es"
+        assert json.loads(found.stdout)["backend"] == "es"
         local = invoke("search", "--run", run, "--user", "u0", "--backend", "local", "--export", export, "--json",
                        "--k", "20")
-        assert json.loads(found.output)["hits"] == json.loads(local.output)["hits"]
+        assert json.loads(found.stdout)["hits"] == json.loads(local.stdout)["hits"]
         served = invoke("evaluate", run, "--backend", "es", "--alias", other, "--export", export, "--url",
                         es_engine.url, "--json")
         model = invoke("evaluate", run, "--json")
         assert served.exit_code == 0, served.output
-        assert json.loads(served.output)["recall@50"] == json.loads(model.output)["recall@50"]
+        assert json.loads(served.stdout)["recall@50"] == json.loads(model.stdout)["recall@50"]
     finally:
         drop_alias_family(es_engine, other)

@@ -26,7 +26,7 @@ def test_opensearch_search_equals_local_and_explains_rank_feature(indexed):
         local = invoke("search", "--run", run, "--user", user, "--backend", "local", "--export", export,
                        "--json", "--k", "20")
         assert found.exit_code == 0, found.output
-        assert json.loads(found.output)["hits"] == json.loads(local.output)["hits"]
+        assert json.loads(found.stdout)["hits"] == json.loads(local.stdout)["hits"]
     explained = invoke("search", "--run", run, "--user", "u1", "--backend", "opensearch", "--alias", alias,
                        "--export", export, "--explain")
     assert explained.exit_code == 0, explained.output
@@ -40,6 +40,6 @@ def test_search_url_alone_finds_the_engine_it_names(indexed, os_engine, monkeypa
     found = invoke("search", "--run", run, "--user", "u1", "--alias", alias, "--export", export, "--url",
                    os_engine.url, "--json", "--k", "20")
     assert found.exit_code == 0, found.output
-    assert json.loads(found.output)["backend"] == "opensearch"
+    assert json.loads(found.stdout)["backend"] == "opensearch"
     local = invoke("search", "--run", run, "--user", "u1", "--backend", "local", "--export", export, "--json", "--k", "20")
-    assert json.loads(found.output)["hits"] == json.loads(local.output)["hits"]
+    assert json.loads(found.stdout)["hits"] == json.loads(local.stdout)["hits"]

@@ -271,13 +271,13 @@ def test_show_config_prints_a_config_train_takes_back_and_trains_nothing(tmp_pat
     (tmp_path / "cfg.json").write_text(json.dumps({"train": {"epochs": 3}}))
     shown = invoke("train", "--dataset", data, "--config", tmp_path / "cfg.json", "--seed", 7, "--show-config")
     assert shown.exit_code == 0, shown.output
-    config = json.loads(shown.output)
+    config = json.loads(shown.stdout)
     assert config["train"]["epochs"] == 3 and config["seed"] == 7 and config["dataset"] == str(data)
     assert config["model"]["kind"] == "sparcode" and config["split"] == "leave-one-out"
     # Fed back as --config it is the same config: the printout is a complete, valid file.
     (tmp_path / "shown.json").write_text(shown.output)
     again = invoke("train", "--dataset", data, "--config", tmp_path / "shown.json", "--show-config")
-    assert again.exit_code == 0 and json.loads(again.output) == config
+    assert again.exit_code == 0 and json.loads(again.stdout) == config
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.json", "seq.txt", "shown.json"]  # no run folder
     tiger = json.loads(invoke("train", "--model", "tiger", "--dataset", data, "--show-config").output)
     assert tiger["tiger"]["beam_size"] >= 1 and "rqvae" in tiger["tiger"]  # TIGER's own defaults, shown in full

@@ -104,19 +104,19 @@ def test_cli_two_tower_es_knn(trained, es_engine, tmp_path):  # noqa: F811
         exact = json.loads(invoke("evaluate", run, "--backend", "exact", "--json").output)
         served = invoke("evaluate", run, "--backend", "es-knn", "--alias", alias, "--json")
         assert served.exit_code == 0, served.output
-        served = json.loads(served.output)
+        served = json.loads(served.stdout)
         assert served["ann_recall@50"] == 1.0 and served["recall@10"] == exact["recall@10"]
         a = invoke("search", "--run", run, "--user", "u5", "--k", "5", "--backend", "es-knn", "--alias", alias, "--json")
         b = invoke("search", "--run", run, "--user", "u5", "--k", "5", "--backend", "exact", "--json")
-        assert [h["item_id"] for h in json.loads(a.output)["hits"]] == [h["item_id"] for h in json.loads(b.output)["hits"]]
+        assert [h["item_id"] for h in json.loads(a.stdout)["hits"]] == [h["item_id"] for h in json.loads(b.stdout)["hits"]]
         # --url alone serves a two-tower run from the node (es-knn), whatever ELASTICSEARCH_URL says.
         with pytest.MonkeyPatch.context() as env:
             env.setenv("ELASTICSEARCH_URL", "http://127.0.0.1:9")
             c = invoke("search", "--run", run, "--user", "u5", "--k", "5", "--alias", alias, "--url", es_engine.url,
                        "--json")
             assert c.exit_code == 0, c.output
-            assert json.loads(c.output)["backend"] == "es-knn" and json.loads(c.output)["hits"] == json.loads(a.output)["hits"]
+            assert json.loads(c.stdout)["backend"] == "es-knn" and json.loads(c.stdout)["hits"] == json.loads(a.stdout)["hits"]
             d = invoke("evaluate", run, "--backend", "es-knn", "--alias", alias, "--url", es_engine.url, "--json")
-            assert d.exit_code == 0 and json.loads(d.output)["recall@10"] == exact["recall@10"]
+            assert d.exit_code == 0 and json.loads(d.stdout)["recall@10"] == exact["recall@10"]
     finally:
         drop_alias_family(es_engine, alias)

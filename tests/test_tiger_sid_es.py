@@ -157,7 +157,7 @@ def test_cli_export_index_and_search_with_prefixes_from_the_engine(tmp_path, mon
         served = runner.invoke(main, ["search", "--run", str(run), "--user", user, "--k", "3", "--json", seen,
                                       "--alias", alias], env=env)
         assert local.exit_code == 0 and served.exit_code == 0, served.output
-        assert json.loads(served.output)["hits"] == json.loads(local.output)["hits"]
+        assert json.loads(served.stdout)["hits"] == json.loads(local.stdout)["hits"]
         json.loads(local.output, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
         compared += 1
     assert compared == 10

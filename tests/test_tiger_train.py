@@ -182,7 +182,7 @@ def test_train_and_search_through_the_cli(tmp_path, monkeypatch):
     assert filtered.exit_code == 2 and "--filter do not apply to TIGER" in filtered.output
     found = runner.invoke(main, ["search", "--run", str(run), "--user", "u3", "--k", "4", "--json"])
     assert found.exit_code == 0, found.output
-    payload = json.loads(found.output)
+    payload = json.loads(found.stdout)
     seen = {f"i{(3 + j) % 12}" for j in range(5)}
     assert payload["backend"] == "tiger" and 1 <= len(payload["hits"]) <= 4
     assert not seen & {h["item_id"] for h in payload["hits"]}

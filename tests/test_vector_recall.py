@@ -143,7 +143,7 @@ def test_two_tower_export_search_and_evaluate(trained, tmp_path):  # noqa: F811
     for backend in ("exact", "hnsw"):
         result = invoke("evaluate", run, "--backend", backend, "--json")
         assert result.exit_code == 0, result.output
-        metrics = json.loads(result.output)
+        metrics = json.loads(result.stdout)
         assert metrics["recall@10"] == model["recall@10"], backend
     assert json.loads(invoke("evaluate", run, "--backend", "hnsw", "--json").output)["ann_recall@50"] == 1.0
     assert (export / "hnsw" / HnswParams().dirname() / "meta.json").exists()
@@ -152,7 +152,7 @@ def test_two_tower_export_search_and_evaluate(trained, tmp_path):  # noqa: F811
     for backend in ("exact", "hnsw"):
         result = invoke("search", "--run", run, "--user", "u3", "--k", "5", "--backend", backend, "--json")
         assert result.exit_code == 0, result.output
-        hits[backend] = json.loads(result.output)["hits"]
+        hits[backend] = json.loads(result.stdout)["hits"]
     assert hits["hnsw"] == hits["exact"] and len(hits["exact"]) == 5
     low = invoke("search", "--run", run, "--user", "u3", "--k", "5", "--ef", "4")
     assert low.exit_code != 0 and "ef=4 is below k=5" in low.output and "Traceback" not in low.output
@@ -160,7 +160,7 @@ def test_two_tower_export_search_and_evaluate(trained, tmp_path):  # noqa: F811
     assert wrong.exit_code != 0 and "two-tower" in wrong.output
     # The default candidate pool grows with k (as in evaluate); only an explicit --ef below k is refused.
     many = invoke("search", "--run", run, "--user", "u3", "--k", "120", "--json")
-    assert many.exit_code == 0 and len(json.loads(many.output)["hits"]) == 40 - 8, many.output  # all unseen items
+    assert many.exit_code == 0 and len(json.loads(many.stdout)["hits"]) == 40 - 8, many.output  # all unseen items
 
 
 def test_open_index_rebuilds_for_another_export(vectors, tmp_path):
