@@ -7,25 +7,31 @@ scores by smaller `ord`, so their rankings are identical and either can stand in
 """
 from __future__ import annotations
 
+import numbers
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Collection, Mapping, Protocol, Sequence
 
 import numpy as np
+import tenacity
 
 from sparcode.codes_fallback import CodeTable
+from sparcode.errors import SparcodeError
 from sparcode.featurefield import truncate
 from sparcode.pipeline import layout
 from sparcode.pipeline import query as dsl
 from sparcode.pipeline.engine import TRANSIENT_STATUSES, Engine, EngineError, error_reason, retry_unless_timed_out
-from sparcode.pipeline.export import Export
+from sparcode.pipeline.export import Export, same_export
 
 Query = Mapping[str, float]
 MSEARCH_BATCH = 100
 REJECTED_PAUSES_S = (0.5, 1, 2, 4, 8)  # then a still-rejected search is reported
+# index.max_result_window's default: an engine refuses a larger `size` only once it has the request.
+MAX_RESULT_WINDOW = 10_000
 
 
-class BackendError(RuntimeError):
+class BackendError(SparcodeError, RuntimeError):
     """The backend cannot serve (missing alias, fingerprint mismatch); one line."""
 
 def resolve(engine: Engine, alias: str) -> tuple[str, dict]:
@@ -51,45 +57,76 @@ class ServedIndex:
     empty answer while the alias now names another index — lets the backend re-read (refusing a
     model it was not opened for) and asks once more. Asking where the alias points costs one
     request (≈ 1 ms), paid only by a batch with an error or an empty answer: rare for scored
-    searches; for TIGER's prefix lookups small beside generating the IDs."""
+    searches; for TIGER's prefix lookups small beside generating the IDs.
 
-    def __init__(self, engine: Engine, alias: str):
-        self.engine, self.alias = engine, alias
-        self._resolve()
+    A refused re-read leaves name, mapping and the backend's state as they were, so every later
+    batch is answered by the other index, notices it again and is refused again; if the alias
+    moves back, the backend serves again. `lock` guards that state: a batch's bodies are built,
+    and a move followed, under it, so threads sharing a backend each send one consistent request.
+    `retries` (None: the engine module's policy) caps how often a batch is sent again to a busy
+    or unreachable node."""
 
-    def _resolve(self) -> None:
-        self.name, self.mapping = resolve(self.engine, self.alias)
-        if self.meta.get("complete") is False:
+    retries: int | None = None
+
+    def __init__(self, engine: Engine, alias: str, *, retries: int | None = None):
+        self.engine, self.alias, self.retries = engine, alias, retries
+        self.lock = threading.RLock()  # re-entrant: bodies are built by `explain`, which takes it too
+        self.name, self.mapping = self._resolved()
+
+    def _resolved(self) -> tuple[str, dict]:
+        """(name, mapping) of the index the alias names now, checked before anything is replaced."""
+        name, mapping = resolve(self.engine, self.alias)
+        if mapping.get("_meta", {}).get("complete") is False:
             # Builds mark an index complete only after its count check, and aliases only ever
             # move onto complete ones: this is an unfinished load opened by name, missing documents
             # it would silently never return. (Indices from before the flag carry none: served.)
-            raise BackendError(f"{self.name} is an unfinished load (its _meta says complete: false): "
+            raise BackendError(f"{name} is an unfinished load (its _meta says complete: false): "
                                "search the alias a build moves onto an index once it is complete")
+        return name, mapping
 
     @property
     def meta(self) -> dict:
         return self.mapping.get("_meta", {})
 
-    def _moved(self, responses: list[dict]) -> bool:
-        """Whether the answers say the alias moved; if so, name and mapping are re-read."""
-        elsewhere = any(h.get("_index", self.name) != self.name
+    @staticmethod
+    def _suspect(responses: list[dict], built_for: str) -> tuple[bool, bool]:
+        """(answered by another index than `built_for`, worth asking where the alias points)."""
+        elsewhere = any(h.get("_index", built_for) != built_for
                         for r in responses for h in r.get("hits", {}).get("hits", ()))
-        if elsewhere or any("error" in r or not r["hits"]["hits"] for r in responses):
-            before = self.name
-            self._resolve()
-            return elsewhere or self.name != before
-        return False
+        return elsewhere, elsewhere or any("error" in r or not r["hits"]["hits"] for r in responses)
+
+    def _follow(self, reread: Callable[[], None]) -> None:
+        """Point at the index the alias names now and `reread()` if that is another one; a
+        refusal puts name and mapping back, matching the state the backend still holds."""
+        previous = self.name, self.mapping
+        self.name, self.mapping = self._resolved()
+        if self.name == previous[0]:
+            return
+        try:
+            reread()
+        except BaseException as exc:
+            moved_to = self.name
+            self.name, self.mapping = previous
+            if isinstance(exc, BackendError):
+                raise BackendError(f"{self.alias!r} moved from {previous[0]} to {moved_to}: {exc}") from None
+            raise
 
     def msearch(self, bodies: Callable[[], list[dict]], reread: Callable[[], None], what: str) -> list[dict]:
         """Run `bodies()` in batches; if the alias moved, `reread()` and run the rebuilt bodies again."""
-        before = self.name
-        responses = self._send(bodies())
-        if self._moved(responses):
-            try:
-                reread()
-            except BackendError as exc:
-                raise BackendError(f"{self.alias!r} moved from {before} to {self.name}: {exc}") from None
-            responses = self._send(bodies())
+        with self.lock:
+            built_for, sent = self.name, bodies()
+        responses = self._send(sent)
+        elsewhere, suspect = self._suspect(responses, built_for)
+        if suspect:
+            with self.lock:
+                self._follow(reread)
+                # Another thread may have followed the move already: what counts is whether
+                # these bodies were built for the index that answered.
+                again = elsewhere or self.name != built_for
+                if again:
+                    sent = bodies()
+            if again:
+                responses = self._send(sent)
         for response in responses:
             if "error" in response:
                 raise BackendError(f"{what} on {self.alias!r} failed: {error_reason(response, response['error'])}")
@@ -105,13 +142,18 @@ class ServedIndex:
         """One `_msearch`. The searches a busy node rejected inside it (429: its search queue was
         full) are sent again after a pause: one rejection must not end a whole evaluation."""
         # A timed-out search is not sent again: someone is waiting, and five request timeouts are minutes.
-        responses = retry_unless_timed_out(self.engine.msearch)(self.alias, batch)
-        for pause in REJECTED_PAUSES_S:
+        send = retry_unless_timed_out(self.engine.msearch)
+        pauses = REJECTED_PAUSES_S
+        if self.retries is not None:
+            send = send.retry_with(stop=tenacity.stop_after_attempt(self.retries + 1))
+            pauses = pauses[:self.retries]
+        responses = send(self.alias, batch)
+        for pause in pauses:
             again = [i for i, r in enumerate(responses) if "error" in r and r.get("status") in TRANSIENT_STATUSES]
             if not again:
                 break
             time.sleep(pause)
-            resent = retry_unless_timed_out(self.engine.msearch)(self.alias, [batch[i] for i in again])
+            resent = send(self.alias, [batch[i] for i in again])
             for i, response in zip(again, resent):
                 responses[i] = response
         return responses
@@ -145,12 +187,33 @@ def _prepare(code_table: CodeTable | None, query: Query) -> dict[str, float]:
     return dsl.clean_query(code_table.resolve(query)) if code_table is not None else query
 
 
+def checked_k(k, limit: int | None = None) -> int:
+    """`k` as an int; QueryError for one no backend answers, or above `limit` (an engine's
+    result window, refused before the request rather than by the node after it)."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise dsl.QueryError(f"k must be a whole number, got {k!r}")
+    if k < 1:
+        raise dsl.QueryError(f"k = {k}: expected at least 1")
+    if limit is not None and k > limit:
+        raise dsl.QueryError(f"k = {k:,} is above {limit:,}, the most results a search engine returns "
+                             "(index.max_result_window's default)")
+    return int(k)
+
+
+def checked_exclusions(exclude_items, what: str = "exclude_items takes a collection of item ids"):
+    """`exclude_items` unchanged; QueryError for one string, which would exclude its characters."""
+    if isinstance(exclude_items, (str, bytes)):
+        raise dsl.QueryError(f"{what}, not one string ({exclude_items!r}): pass [{exclude_items!r}]")
+    return exclude_items
+
+
 def _per_query(exclude_items, n: int) -> list:
     if exclude_items is None:
         return [None] * n
+    checked_exclusions(exclude_items, "exclude_items of a batch takes one collection of item ids per query")
     if len(exclude_items) != n:
         raise dsl.QueryError(f"exclude_items has {len(exclude_items)} entries for {n} queries")
-    return list(exclude_items)
+    return [checked_exclusions(ex) for ex in exclude_items]
 
 
 class EngineBackend:
@@ -158,28 +221,32 @@ class EngineBackend:
 
     Pass `code_table` so unindexed terms fall back like everywhere else, and
     `expected_fingerprint` to refuse an index built from another model; `open()` takes both
-    from an export directory.
+    from an export directory. One backend may be shared by threads: its state is read, and
+    each request built from it, under `served.lock` (ServedIndex says how a move is followed).
     """
 
     def __init__(self, engine: Engine, alias: str, *, code_table: CodeTable | None = None,
                  expected_fingerprint: str | None = None, expected_export: dict | None = None,
-                 form: str | None = None, tiebreak: bool = True):
+                 form: str | None = None, tiebreak: bool = True, retries: int | None = None,
+                 export_path=None):
         self.engine, self.alias, self.code_table, self.tiebreak = engine, alias, code_table, tiebreak
         self.expected_fingerprint, self.requested_form = expected_fingerprint, form
-        self.expected_export = expected_export
-        self.served = ServedIndex(engine, alias)
+        self.expected_export, self.export_path = expected_export, export_path
+        self.served = ServedIndex(engine, alias, retries=retries)
         self._read_mapping()
 
     def _read_mapping(self) -> None:
-        self.fingerprint = check_fingerprint(self.served, self.expected_fingerprint)
+        # Every check before any attribute changes: a refused index leaves the state it refused intact.
+        fingerprint = check_fingerprint(self.served, self.expected_fingerprint)
         self._check_same_export()
         props = self.served.mapping.get("properties", {})
+        # Indices from before `layout` existed are flat, and their codes field names its type.
+        index_layout = self.served.meta.get("layout", layout.FLAT)
+        numbering = self._numbering() if index_layout == layout.NUMBERED else None
+        field_type = self.served.meta.get("field_type") or props.get("codes", {}).get("type", "sparse_vector")
+        self.fingerprint, self.layout, self.numbering = fingerprint, index_layout, numbering
         self.field_types = {k: v.get("type", "object") for k, v in props.items()
                             if k not in ("item_id", "ord", "codes")}
-        # Indices from before `layout` existed are flat, and their codes field names its type.
-        self.layout = self.served.meta.get("layout", layout.FLAT)
-        self.numbering = self._numbering() if self.layout == layout.NUMBERED else None
-        field_type = self.served.meta.get("field_type") or props.get("codes", {}).get("type", "sparse_vector")
         self.form = self.requested_form or dsl.form_for(field_type)
 
     def _check_same_export(self) -> None:
@@ -187,13 +254,15 @@ class EngineBackend:
         fingerprint but not the index's postings, and its query settings would be applied to
         them: queries would probe another number of codes than the index was made for."""
         built_from = self.served.meta.get("manifest") or {}
-        if self.expected_export is None or not built_from:
+        if self.expected_export is None or not built_from or same_export(built_from, self.expected_export):
             return
-        differs = [key for key in ("created", "codes", "pairs") if built_from.get(key) != self.expected_export.get(key)]
-        if differs:
-            raise BackendError(f"{self.alias!r} was built from another export of this model (made "
-                               f"{built_from.get('created')}, {built_from.get('pairs')} postings); serve it with "
-                               "that export (--export DIR), or reindex this one")
+        ours = self.expected_export
+        this = f"{self.export_path}, made {ours.get('created')}" if self.export_path else f"made {ours.get('created')}"
+        again = f"`sparcode reindex {self.export_path} --alias {self.alias}`" if self.export_path else "reindex it"
+        raise BackendError(f"{self.alias!r} was built from another export of this model (made "
+                           f"{built_from.get('created')}, {built_from.get('pairs')} postings) than this one ({this}, "
+                           f"{ours.get('pairs')} postings): {again} to serve this one, or search with the export "
+                           "the index was built from")
 
     def _numbering(self) -> layout.Numbering:
         """The numbering the index was built with, rebuilt from the export's code table; a
@@ -210,24 +279,32 @@ class EngineBackend:
 
     @classmethod
     def open(cls, alias: str, export_dir=None, *, connection: Engine | None = None, engine: str | None = None,
-             url: str | None = None, **kwargs) -> "EngineBackend":
+             url: str | None = None, request_timeout: float | None = None, **kwargs) -> "EngineBackend":
         """Connect to `url`, else from the environment (`engine` by name, else detected), unless
         `connection` is given; with `export_dir`, use its code table and fingerprint."""
         from sparcode.pipeline.connect import connect
 
+        if connection is not None and request_timeout is not None:
+            raise BackendError("request_timeout applies to the connection a backend opens; "
+                               "`connection` was opened with its own")
         if export_dir is not None:
             export = Export.open(export_dir)
             kwargs.setdefault("code_table", export.code_table())
             kwargs.setdefault("expected_fingerprint", export.fingerprint)
             kwargs.setdefault("expected_export", export.summary())
-        return cls(connection or connect(url, engine=engine), alias, **kwargs)
+            kwargs.setdefault("export_path", export.path)
+            export.check_unchanged()  # the code table must be the manifest's model's
+        timeout = {} if request_timeout is None else {"request_timeout": request_timeout}
+        return cls(connection or connect(url, engine=engine, **timeout), alias, **kwargs)
 
     def explain(self, query: Query, k: int, filters: Mapping[str, object] | None = None,
                 exclude_items: Collection[str] | None = None) -> dict:
         """The exact request body `search` sends."""
-        return dsl.search_body(_prepare(self.code_table, query), k, form=self.form, layout=self.layout,
-                               numbering=self.numbering, filters=dsl.coerce_filters(filters, self.field_types),
-                               exclude_items=exclude_items, tiebreak=self.tiebreak)
+        k, exclude_items = checked_k(k, MAX_RESULT_WINDOW), checked_exclusions(exclude_items)
+        with self.served.lock:
+            return dsl.search_body(_prepare(self.code_table, query), k, form=self.form, layout=self.layout,
+                                   numbering=self.numbering, filters=dsl.coerce_filters(filters, self.field_types),
+                                   exclude_items=exclude_items, tiebreak=self.tiebreak)
 
     def search(self, query: Query, k: int, filters=None, exclude_items=None) -> list[Hit]:
         return self.batch_search([query], k, filters, None if exclude_items is None else [exclude_items])[0]
@@ -270,6 +347,7 @@ class LocalBackend:
         # Truncate like FeatureField does, so a not-yet-truncated export still ranks as ES would.
         self.postings = {t: (np.asarray(o, dtype=np.int64), truncate(v)) for t, (o, v) in postings.items()}
         self._index_of = {item_id: i for i, item_id in enumerate(self.item_ids)}
+        export.check_unchanged()  # manifest, code table and items were read at different moments
 
     def _key(self, name: str, value):
         return np.float32(value).item() if self.field_types[name] == "float" else value
@@ -290,11 +368,14 @@ class LocalBackend:
 
     def explain(self, query: Query, k: int, filters=None, exclude_items=None) -> dict:
         """The engine body the same search would send (for comparison and debugging)."""
+        k, exclude_items = checked_k(k), checked_exclusions(exclude_items)
         return dsl.search_body(_prepare(self.code_table, query), k, form=dsl.form_for("sparse_vector"),
                                layout=self.layout, numbering=self.numbering, filters=dsl.coerce_filters(filters, self.field_types),
                                exclude_items=exclude_items)
 
     def search(self, query: Query, k: int, filters=None, exclude_items=None) -> list[Hit]:
+        # Not capped at the engines' result window: nothing here limits k, and the CLI caps --k itself.
+        k, exclude_items = checked_k(k), checked_exclusions(exclude_items)
         scores, mask = self.scores(_prepare(self.code_table, query))
         for name, values in dsl.coerce_filters(filters, self.field_types).items():
             allowed = np.zeros_like(mask)
@@ -315,11 +396,26 @@ class LocalBackend:
 
 
 def open_backend(*, alias: str | None = None, export_dir=None, engine: str | None = None,
-                 connection: Engine | None = None, url: str | None = None) -> Backend:
+                 connection: Engine | None = None, url: str | None = None, request_timeout: float | None = None,
+                 retries: int | None = None) -> Backend:
     """`alias` -> EngineBackend on `engine` ("elasticsearch", "opensearch", or None: detected from
-    the server), checked against `export_dir` when given; else LocalBackend(export_dir)."""
+    the server), checked against `export_dir` when given; else LocalBackend(export_dir).
+
+    For a service that would rather fail fast than wait: `request_timeout` (seconds, default 30)
+    bounds each request of the connection opened here (refused with `connection`, which has its
+    own), and `retries` is how often a search is sent again to an unreachable or busy node
+    (default: up to 5, over about 15 s; 0 reports the first failure at once). A timed-out search
+    is never sent again. The local backend makes no requests and ignores both.
+
+    k must be at least 1 on every backend, and at most 10,000 (MAX_RESULT_WINDOW) on an engine,
+    refused before any request; the local backend has no upper limit."""
+    if request_timeout is not None and not (isinstance(request_timeout, numbers.Real) and request_timeout > 0):
+        raise BackendError(f"request_timeout must be a positive number of seconds, got {request_timeout!r}")
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, numbers.Integral) or retries < 0):
+        raise BackendError(f"retries must be a whole number ≥ 0, got {retries!r}")
     if alias is not None:
-        return EngineBackend.open(alias, export_dir, connection=connection, engine=engine, url=url)
+        return EngineBackend.open(alias, export_dir, connection=connection, engine=engine, url=url,
+                                  request_timeout=request_timeout, retries=retries)
     if export_dir is None:
         raise BackendError("give a search-engine alias or an export directory to search")
     return LocalBackend(export_dir)

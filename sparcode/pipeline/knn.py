@@ -24,7 +24,8 @@ import orjson
 
 from sparcode.pipeline import bulk, mips
 from sparcode.pipeline import query as dsl
-from sparcode.pipeline.backends import BackendError, Hit, ServedIndex, _per_query, check_fingerprint
+from sparcode.pipeline.backends import (MAX_RESULT_WINDOW, BackendError, Hit, ServedIndex, _per_query,
+                                        check_fingerprint, checked_exclusions, checked_k)
 from sparcode.pipeline.engine import Engine
 from sparcode.pipeline.export import SUMMARY_KEYS, ExportError
 from sparcode.pipeline.indexer import (SETTLE_MIN_DOCS, BuildResult, CpuMeter, IncompleteLoad, IndexProblem, _create,
@@ -137,7 +138,8 @@ def dot_from_score(score: float, query_norm: float, radius: float | None) -> flo
 
 
 class KnnBackend:
-    """Top-k by Elasticsearch's `knn` search option over the dense_vector field."""
+    """Top-k by Elasticsearch's `knn` search option over the dense_vector field. Threads may share
+    one: its state is read, and each request built and its scores decoded from it, under `served.lock`."""
 
     name = "es-knn"
 
@@ -150,14 +152,16 @@ class KnnBackend:
         self._read_mapping()
 
     def _read_mapping(self) -> None:
+        # Every check before any attribute changes: a refused index leaves the state it refused intact.
         props = self.served.mapping.get("properties", {})
         if props.get(FIELD, {}).get("type") != FIELD_TYPE:
             raise BackendError(f"{self.alias!r} has no {FIELD_TYPE} field {FIELD!r}: index a two-tower vector export")
-        self.fingerprint = check_fingerprint(self.served, self.expected_fingerprint)
+        fingerprint = check_fingerprint(self.served, self.expected_fingerprint)
         hnsw = self.served.meta.get("hnsw", {})
         # Indices built before the transform existed have no `transform`: raw max_inner_product.
-        self.radius = float(hnsw["radius"]) if hnsw.get("transform") == mips.TRANSFORM else None
-        self.dim = int(props[FIELD]["dims"]) - (self.radius is not None)
+        radius = float(hnsw["radius"]) if hnsw.get("transform") == mips.TRANSFORM else None
+        dim = int(props[FIELD]["dims"]) - (radius is not None)
+        self.fingerprint, self.radius, self.dim = fingerprint, radius, dim
         self.field_types = self.requested_field_types if self.requested_field_types is not None else {
             k: v.get("type", "object") for k, v in props.items() if k not in ("item_id", "ord", FIELD)}
 
@@ -171,6 +175,11 @@ class KnnBackend:
         return cls(connection or connect(url, engine="elasticsearch"), alias, **kwargs)
 
     def explain(self, query, k: int, filters=None, exclude_items=None) -> dict:
+        k, exclude_items = checked_k(k, MAX_RESULT_WINDOW), checked_exclusions(exclude_items)
+        with self.served.lock:
+            return self._body(query, k, filters, exclude_items)
+
+    def _body(self, query, k: int, filters, exclude_items) -> dict:
         q = np.asarray(query, dtype=np.float32).reshape(-1)
         if q.shape != (self.dim,) or not np.isfinite(q).all():
             raise dsl.QueryError(f"query vector must be {self.dim} finite floats, got shape {q.shape}")
@@ -193,9 +202,16 @@ class KnnBackend:
     def batch_search(self, queries: Sequence, k: int, filters=None, exclude_items=None) -> list[list[Hit]]:
         excludes = _per_query(exclude_items, len(queries))
         norms = [float(np.linalg.norm(np.asarray(q, dtype=np.float64))) for q in queries]
-        responses = self.served.msearch(lambda: [self.explain(q, k, filters, ex) for q, ex in zip(queries, excludes)],
-                                        self._read_mapping, "knn search")
-        return [hits_of(response, norm, self.radius) for response, norm in zip(responses, norms)]
+        sent_with = {}
+
+        def bodies() -> list[dict]:
+            # Scores are decoded with the radius the sent bodies were built with (called under the
+            # lock), not whatever another thread's re-read has made it since.
+            sent_with["radius"] = self.radius
+            return [self.explain(q, k, filters, ex) for q, ex in zip(queries, excludes)]
+
+        responses = self.served.msearch(bodies, self._read_mapping, "knn search")
+        return [hits_of(response, norm, sent_with["radius"]) for response, norm in zip(responses, norms)]
 
 
 def hits_of(response: dict, query_norm: float, radius: float | None) -> list[Hit]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Collection, Sequence
 
-from sparcode.pipeline.backends import BackendError, ServedIndex, check_fingerprint
+from sparcode.pipeline.backends import BackendError, ServedIndex, _per_query, check_fingerprint
 from sparcode.pipeline.engine import Engine
 from sparcode.pipeline.query import HIT_FIELDS, hit_item
 from sparcode.sid_terms import COLD_FIELD, FIELD, prefix_term
@@ -58,7 +58,8 @@ def prefix_body(semantic_ids: Sequence[Sequence[int]], depths: Sequence[int], k:
 
 
 class SidPrefixBackend:
-    """Prefix lookups on `alias`, refusing an index built from other semantic IDs."""
+    """Prefix lookups on `alias`, refusing an index built from other semantic IDs. Threads may
+    share one (ServedIndex follows a move under its lock); `last_bodies` is then some thread's."""
 
     def __init__(self, engine: Engine, alias: str, *, expected_fingerprint: str | None = None):
         self.engine, self.alias, self.expected_fingerprint = engine, alias, expected_fingerprint
@@ -80,7 +81,7 @@ class SidPrefixBackend:
 
     def batch_search(self, batch, depths, k: int, *, only_cold: bool = True,
                      exclude_items: Sequence[Collection[str]] | None = None) -> list[list[SidHit]]:
-        excludes = exclude_items if exclude_items is not None else [None] * len(batch)
+        excludes = _per_query(exclude_items, len(batch))
         bodies = [prefix_body(ids, depths, k, only_cold=only_cold, exclude_items=ex) for ids, ex in zip(batch, excludes)]
         self.last_bodies = bodies  # what `search --explain` prints: the exact requests sent
         responses = self.served.msearch(lambda: bodies, self._read_mapping, "prefix search")
