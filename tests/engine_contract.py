@@ -229,6 +229,26 @@ def test_two_index_builds_of_one_new_alias_at_once_leave_it_to_the_first(engine,
     assert left in str(refused.value) and engine.count(left) == 300
 
 
+def test_an_export_replaced_during_the_build_is_never_served(engine, alias, tmp_path):
+    """`export --force` swapping a new folder in while a build reads the old one: the build read
+    the manifest, the code table and the items at different times, so its index could hold one
+    export's documents under the other's `_meta`, and every search would trust that label."""
+    first = indexer.build(engine, Export.open(write_export(tmp_path / "e", random_items(300, seed=1))), alias,
+                          progress=False)
+    folder = write_export(tmp_path / "exp", random_items(300, seed=2), fingerprint="ab" * 32)
+    replacement = write_export(tmp_path / "next", random_items(300, seed=3), fingerprint="9c" * 32)
+
+    def another_export_lands(_chunk):
+        if replacement.exists():
+            folder.rename(tmp_path / "old")
+            replacement.rename(folder)
+
+    with pytest.raises(indexer.IncompleteLoad, match=f"{folder} was replaced while it was being read"):
+        indexer.build(engine, Export.open(folder), alias, progress=False, chunk_size=100, on_chunk=another_export_lands)
+    assert engine.alias_holders(alias) == [first.index]
+    assert indexer.unfinished_indices(engine, alias)  # the mixed index is left unfinished, for --delete-old
+
+
 def test_a_build_repairs_an_alias_left_on_two_indices(engine, alias, export_dir, tmp_path):
     first = indexer.build(engine, Export.open(export_dir), alias, progress=False)
     stray = indexer.build(engine, Export.open(export_dir), f"{alias}-stray", progress=False)

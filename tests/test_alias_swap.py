@@ -153,6 +153,24 @@ def test_a_failed_delete_says_the_alias_moved_and_what_is_left():
     assert engine.alias_holders("sc") == [NEW]
 
 
+def test_a_delete_racing_another_builds_delete_of_the_same_index_is_a_success():
+    """Two builds with --delete-old: the other one deleted OLD a moment before this build's delete
+    of OLD and ORPHAN reached the node, which answers 404 for the whole request. OLD is gone (as
+    asked) and ORPHAN is deleted again; the alias serves this build's index: nothing failed."""
+    from sparcode.pipeline.engine import EngineError
+
+    engine = FlakyEngine({OLD}, {OLD, NEW, ORPHAN}, {"delete": (EngineError(404, "index_not_found_exception"), 1)})
+    real_delete = engine.delete_indices
+
+    def the_other_build_deletes_old_first(names):
+        engine.indices.discard(OLD)
+        real_delete(names)
+
+    engine.delete_indices = the_other_build_deletes_old_first
+    assert indexer.publish(engine, "sc", NEW, META, [OLD], delete_old=True) == sorted([OLD, ORPHAN])
+    assert engine.alias_holders("sc") == [NEW] and engine.indices == {NEW}
+
+
 def test_a_failed_delete_never_advises_deleting_what_another_build_made_the_alias_serve():
     """Two builds with --delete-old: the other one moved the alias onto THEIRS (an index this
     build was about to delete as old) and deleted this build's index. The way on must not be

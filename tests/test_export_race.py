@@ -157,3 +157,19 @@ def test_outputs_other_than_exports_still_replace_what_arrives_at_the_rename(tra
         (tmp / "manifest.json").write_text("{}")
     assert (out / "manifest.json").read_text() == "{}" and leftovers(out) == []
 
+
+
+def test_the_same_run_exported_again_keeps_its_content_digest_and_another_setting_changes_it(trained, tmp_path):
+    """An index built from an export serves the export made again into that folder (`--force`,
+    same run and settings): the index's `_meta` and the new manifest agree on `content`, though
+    their `created` differ; another stored fraction is another export."""
+    from sparcode.pipeline.export import Export, same_export
+
+    _, run, _ = trained
+    first, again, other = tmp_path / "first", tmp_path / "again", tmp_path / "other"
+    for out, extra in ((first, ()), (again, ()), (other, ("--stored-fraction", "0.5"))):
+        result = invoke("export", run, "--out", out, "--quiet", *extra)
+        assert result.exit_code == 0, result.output
+    a, b, c = (Export.open(p).summary() for p in (first, again, other))
+    assert a["content"].startswith("sha256:") and a["content"] == b["content"] != c["content"]
+    assert same_export(a, {**b, "created": "another time"}) and not same_export(a, c)

@@ -7,6 +7,7 @@ the GEMM path's ceiling, which the per-codebook tables (code_tables.py) exceed.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import time
 from datetime import datetime, timezone
@@ -117,9 +118,11 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
     with staged_directory(out_dir, replace=not sharded, marker=is_export_shards if force else is_export,
                           check=lambda: _check_target(out_dir, run, force, sharded, again=True)) as tmp:
         items_name = "items.jsonl.gz" if not sharded else f"items.part-{index:05d}-of-{count:05d}.jsonl.gz"
+        content = hashlib.sha256()
         with gzip.open(tmp / items_name, "wb", compresslevel=1) as fh:
             for line in item_lines(run, postings, items):
                 fh.write(line + b"\n")
+                content.update(line + b"\n")
         if sharded:
             np.savez(tmp / "codes.npz", terms=np.asarray(table.terms), vectors=table.vectors,
                      codebooks=table.codebooks, nonempty=nonempty, counts=np.diff(postings.indptr))
@@ -148,6 +151,7 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
             "item_fields": run.dataset.item_attribute_types,
             "files": {"items": [items_name], "codes": "codes.npz"},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **({} if sharded else {"content": _content_digest(content, table, run.config.serve.query_probes)}),
             "export_seconds": round(time.perf_counter() - started, 2),
             "scoring": {
                 "method": postings.scored_by,
@@ -169,6 +173,16 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
         return {**manifest, "missing_shards": missing}
     _record_export(run, out_dir)
     return manifest
+
+
+def _content_digest(items_digest, table: CodeTable, query_probes: int) -> str:
+    """What an index built from this export serves, and how it is queried: the same digest for
+    an export made again from the same run and settings, so an index of the first still serves
+    the second (the gzip and npz files carry their own timestamps and cannot be compared)."""
+    for array in (np.asarray(table.terms).astype(str), table.vectors, table.codebooks):
+        items_digest.update(np.ascontiguousarray(array).tobytes())
+    items_digest.update(f"probes={query_probes}".encode())
+    return "sha256:" + items_digest.hexdigest()
 
 
 def items_without_postings(postings: Postings, items: np.ndarray) -> int:

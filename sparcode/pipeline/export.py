@@ -21,7 +21,17 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 FIELD_TYPES = ("keyword", "text", "integer", "float")
 # Manifest keys copied into the index `_meta`, so an index says what it serves.
 SUMMARY_KEYS = ("format", "kind", "run", "quantizer", "tokens_per_user", "bias", "max_postings",
-                "items", "codes", "pairs", "stored_fraction", "created")
+                "items", "codes", "pairs", "stored_fraction", "created", "content")
+
+
+def same_export(built_from: dict, export: dict) -> bool:
+    """Whether two export summaries describe the same postings and code table. `content` (a
+    digest of the items' lines, the code table and the query probes) says so even for an export
+    made again into the same folder (`export --force` of the same run and settings); exports
+    from before it are told apart by when they were made."""
+    if built_from.get("content") and export.get("content"):
+        return built_from["content"] == export["content"]
+    return all(built_from.get(key) == export.get(key) for key in ("created", "codes", "pairs"))
 
 
 class ExportError(SparcodeError, ValueError):
@@ -53,7 +63,37 @@ class Export:
         export.item_fields  # validates the declared types early
         export.query_probes
         export.check_files()
+        export.opened_as  # what `check_unchanged` compares against
         return export
+
+    @cached_property
+    def opened_as(self) -> tuple:
+        """The folder and the files of this export as first read: `export --force` swaps in a new
+        folder (and a sharded export's merge renames files into the old one), so a new inode or
+        size, or a new modification time, means another export is now where this one was."""
+        return self._stamp()
+
+    def _stamp(self) -> tuple:
+        names = ["manifest.json", *self.manifest["files"]["items"]]
+        if self._codes_path.is_file():
+            names.append(self._codes_path.name)
+        stats = []
+        for target in (self.path, *(self.path / name for name in names)):
+            try:
+                st = target.stat()
+            except FileNotFoundError:
+                stats.append(None)
+                continue
+            stats.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(stats)
+
+    def check_unchanged(self) -> None:
+        """ExportError when the export was replaced since it was opened: the manifest held in
+        memory would then describe files that are no longer the ones read (a reader that reads the
+        folder in several passes cannot tell one export's items from another's)."""
+        if self._stamp() != self.opened_as:
+            raise ExportError(f"{self.path} was replaced while it was being read (another `sparcode export "
+                              "--force` into it?); what was read may mix the two exports")
 
     def check_files(self) -> None:
         """Every file the manifest promises is there (a SparCode export's code table included)."""

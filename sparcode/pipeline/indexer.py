@@ -17,6 +17,7 @@ from sparcode.errors import SparcodeError
 from sparcode.pipeline import bulk, layout, mappings
 from sparcode.pipeline.engine import (Engine, EngineError, EngineTimeout, EngineUnavailable, redact, retry_transient,
                                       retry_unavailable, retry_unless_timed_out)
+from sparcode.pipeline.export import ExportError, same_export
 
 FORCE_MERGE_TIMEOUT_S = 3600
 # With `codes` out of `_source`, a merge keeps their JSON as `_recovery_source` until the
@@ -231,6 +232,12 @@ def build(engine: Engine, export, alias: str, *, field_type: str | None = None, 
         docs = _finalize(engine, name, export.n_items >= SETTLE_MIN_DOCS if settle is None else settle, status)
     if docs != export.n_items:
         raise IncompleteLoad(f"{name} holds {docs} documents, the export has {export.n_items}", name, alias)
+    try:
+        # The build read the folder several times (manifest, code table, items); a swap in between
+        # would label one export's documents with the other's manifest, and searches would trust it.
+        export.check_unchanged()
+    except ExportError as exc:
+        raise IncompleteLoad(f"{exc}: build again", name, alias, resumable=False) from None
     meta = mappings.index_meta(export, field_type, term_layout, complete=True, numbering=numbering)
     deleted = publish(engine, alias, name, meta, previous, delete_old, status, started=started,
                       claim=not replace and not previous)
@@ -244,8 +251,7 @@ def _check_resumable(engine: Engine, name: str, export) -> None:
     identity recorded in `_meta` is compared the way search compares it (`EngineBackend`)."""
     built_from = index_meta(engine, name).get("manifest") or {}
     ours = export.summary()
-    differs = [key for key in ("created", "codes", "pairs") if built_from.get(key) != ours.get(key)]
-    if built_from and differs:
+    if built_from and not same_export(built_from, ours):
         raise IndexProblem(f"{name} was started from another export of this model (made {built_from.get('created')}, "
                            f"{built_from.get('pairs')} postings; {export.path} was made {ours.get('created')}, "
                            f"{ours.get('pairs')} postings): rebuild without --resume")
@@ -308,6 +314,12 @@ def publish(engine: Engine, alias: str, name: str, meta: dict, previous: list[st
             # and advice to delete an index the alias now serves would take the alias down.
             holders = _holders_if_readable(engine, alias)
             left = [old for old in deleted if not _gone(engine, old) and old not in (holders or [])]
+            if isinstance(exc, EngineError) and exc.status == 404 and holders == [serving]:
+                # Another build with --delete-old deleted some of the same indices first (a delete
+                # racing another delete of one index is a 404 even with ignore_unavailable): gone
+                # counts as deleted, and what is still there is deleted now.
+                if not left or _deleted_again(engine, left):
+                    return [old for old in deleted if old not in left or _gone(engine, old)]
             serves = "an unknown index (check GET _alias/" + alias + ")" if holders is None else \
                 ", ".join(holders) or "nothing"
             if not left:
@@ -316,6 +328,14 @@ def publish(engine: Engine, alias: str, name: str, meta: dict, previous: list[st
             raise IndexProblem(f"{answered(exc)}; alias {alias} serves {serves}, but {', '.join(left)} "
                                "were not deleted: rerun with --delete-old") from exc
     return deleted
+
+
+def _deleted_again(engine: Engine, names: list[str]) -> bool:
+    try:
+        _step(engine.delete_indices)(names)
+    except (EngineError, EngineUnavailable):
+        return all(_gone(engine, name) for name in names)
+    return True
 
 
 def _check_still_ours(engine: Engine, name: str, meta: dict, alias: str) -> None:
