@@ -340,6 +340,18 @@ def test_status_of_a_running_node_asked_about_a_port_another_node_serves(fake_ho
     assert result.exit_code == 1 and f"answers on http://127.0.0.1:{elsewhere} but is not" in result.output
 
 
+def test_status_asked_about_a_port_nothing_serves_names_the_port_the_node_was_started_on(fake_home):
+    """`--port` names the wrong port: the running node is not "still starting", it serves another."""
+    home = fake_home()
+    assert es("start", port=home.port).exit_code == 0
+    silent = free_port(7)
+    result = es("status", port=silent)
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"elasticsearch is not running on http://127.0.0.1:{silent}; the node sparcode started from {home.path} "
+        f"(pid {home.pids()[0]}) was started on port {home.port}: `sparcode es status` without --port checks it")
+
+
 # -- defect 5: a truncated download ---------------------------------------------------------------
 def test_a_truncated_zip_without_its_checksum_is_removed_and_named(tmp_path, monkeypatch):
     home = tmp_path / "node"

@@ -340,8 +340,7 @@ class LocalNode:
         pid = self.running_pid()
         answering = _answering(self.url)
         if answering is None:
-            starting = f" (pid {pid} from {self.home} runs: still starting?)" if pid is not None else ""
-            raise LocalNodeError(f"{self.spec.name} is not running on {self.url}{starting}")
+            raise LocalNodeError(f"{self.spec.name} is not running on {self.url}{self._elsewhere(pid)}")
         engine, node_pid = answering
         if pid is None or node_pid != pid or engine != self.spec.name:
             recorded = f"pid {pid}" if pid is not None else "no running node"
@@ -350,6 +349,21 @@ class LocalNode:
         if not self.healthy():
             raise LocalNodeError(f"{self.spec.name} from {self.home} (pid {pid}) answers on {self.url} "
                                  "but is not healthy")
+
+    def _elsewhere(self, pid: int | None) -> str:
+        """Why this home's running node (`pid`) does not answer on this port: it was started on
+        another (`--port` asked about the wrong one), or it is still starting."""
+        if pid is None:
+            return ""
+        try:
+            state = self._read_state()
+        except NodeStateError:
+            state = None
+        started_on = state["port"] if state else None
+        if started_on is not None and started_on != self.port:
+            return (f"; the node sparcode started from {self.home} (pid {pid}) was started on port {started_on}: "
+                    f"`{self._cli('status')}` without --port checks it")
+        return f" (pid {pid} from {self.home} runs: still starting?)"
 
     def log_tail(self, since: dict[Path, int] | None = None, lines: int = 20) -> str:
         """The end of what the launcher (where the JVM's own refusals go) and then the node wrote
