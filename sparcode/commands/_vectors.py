@@ -27,17 +27,13 @@ def open_vector_backend(backend: str, run_dir: Path, export_dir: Path | None, al
                         url: str | None = None):
     """The backend serving `run_dir`'s vector export; refuses an export or index of another model.
     Unset, the candidate pools (hnsw ef, es-knn num_candidates) are the default or `k`, the larger."""
-    from sparcode.commands.search import resolve_export
     from sparcode.pipeline.hnsw import DEFAULT_EF, HnswBackend
     from sparcode.pipeline.knn import DEFAULT_NUM_CANDIDATES, KnnBackend
     from sparcode.pipeline.vectors import ExactBackend, open_vector_export
+    from sparcode.recommender import check_same_model, resolve_export
 
     export = resolve_export(run_dir, export_dir)
-    exported = open_vector_export(export).fingerprint
-    if exported != fingerprint:
-        raise click.ClickException(
-            f"{export} was exported from another model (fingerprint {exported[:12]}, run {run_dir} is "
-            f"{fingerprint[:12]}); re-export with `sparcode export {run_dir} --out DIR`")
+    check_same_model(export, open_vector_export(export).fingerprint, run_dir, fingerprint)
     if backend == "exact":
         return ExactBackend.open(export)
     if backend == "hnsw":

@@ -5,7 +5,6 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import NamedTuple
 
 import click
 
@@ -38,45 +37,25 @@ def default_backend(kind: str, url: str | None = None) -> str:
     return "es" if os.environ.get("ELASTICSEARCH_URL") else "local"
 
 
-def resolve_export(run_dir: Path, export_dir: Path | None) -> Path:
-    if export_dir is not None:
-        return export_dir
-    record = run_dir / "last_export.json"
-    if record.exists():
-        try:
-            return Path(json.loads(record.read_text())["path"])
-        except (ValueError, KeyError, TypeError):  # ValueError covers bad JSON and bad UTF-8
-            raise click.ClickException(f"{record} is damaged; pass --export DIR, or export again") from None
-    raise click.ClickException(f"no export for {run_dir}: run `sparcode export {run_dir} --out DIR` or pass --export DIR")
+ENGINES = {"es": "elasticsearch", "opensearch": "opensearch"}  # the SparCode backends that search a node
 
 
-class Serving(NamedTuple):
-    backend: object
-    query_probes: int  # what the export was made with: its index is queried that way
-
-
-def open_serving_backend(backend: str, run, export_dir: Path | None, alias: str | None,
-                         url: str | None = None) -> Serving:
-    """The backend serving `run`'s export, and the query probes that export was made with (an
-    index built with `export --query-probes` is queried that way whatever the run's config says);
-    refuses an export made from another model."""
-    from sparcode.pipeline.backends import open_backend
-    from sparcode.pipeline.export import Export
-
-    run_dir = run.path
-    export = resolve_export(run_dir, export_dir)
-    opened, expected = Export.open(export), run.fingerprint()
-    if opened.fingerprint != expected:
-        raise click.ClickException(
-            f"{export} was exported from another model (fingerprint {opened.fingerprint[:12]}, run {run_dir} is "
-            f"{expected[:12]}); re-export with `sparcode export {run_dir} --out DIR`")
-    probes = opened.query_probes or run.config.serve.query_probes
+def engine_of(backend: str, alias: str | None) -> str | None:
+    """The engine a SparCode --backend searches (None: the export, in process)."""
     if backend == "local":
-        return Serving(open_backend(export_dir=export), probes)
+        return None
     if not alias:
         raise click.ClickException(f"--backend {backend} needs --alias NAME (the alias `sparcode index` created)")
-    engine = "opensearch" if backend == "opensearch" else "elasticsearch"
-    return Serving(open_backend(alias=alias, export_dir=export, engine=engine, url=url), probes)
+    return ENGINES[backend]
+
+
+def open_serving_backend(backend: str, run, export_dir: Path | None, alias: str | None, url: str | None = None):
+    """`sparcode.recommender.open_serving` for a --backend: the backend serving `run`'s export and
+    the query probes that export was made with."""
+    from sparcode.recommender import open_serving
+
+    engine = engine_of(backend, alias)
+    return open_serving(run, export_dir, alias=alias if engine else None, engine=engine, url=url)
 
 
 MAX_K = 10_000
@@ -118,8 +97,6 @@ def command(run_dir, user_id, history_items, history_file, k, backend, alias, ex
     """Recommend K items for USER: user → tokens → codes → one term query (two-tower: user vector → ANN)."""
     with user_errors():
         from sparcode.encoder.runs import open_run
-        from sparcode.encoder.serving import user_queries
-        from sparcode.encoder.users import user_history
         from sparcode.pipeline.query import parse_filter
 
         if sum(given is not None for given in (user_id, history_items, history_file)) != 1:
@@ -152,36 +129,19 @@ def command(run_dir, user_id, history_items, history_file, k, backend, alias, ex
         check_knobs(backend, ef, num_candidates)
         if run.kind != "sparcode" and run.kind != "two-tower":
             raise click.ClickException(f"search serves SparCode runs; {run_dir} was trained with --model {run.kind}")
-        if history_items is not None:
-            from sparcode.encoder.users import anonymous_history
-
-            user_index, history, seen = anonymous_history(run, history_items)
-            user_id = "(history)"
-        else:
-            user_index, history, seen = user_history(run, user_id)
-        model, device = run.load_model()
-        import numpy as np
-
         parsed = {}
         for text in filters:
             name, value = parse_filter(text)
             parsed.setdefault(name, []).append(value)
         if run.kind == "two-tower":
-            from sparcode.commands._vectors import open_vector_backend, user_vectors
-
-            query = user_vectors(model, np.asarray([user_index]), history[None, :], device)[0]
-            engine = open_vector_backend(backend, run_dir, export_dir, alias, run.fingerprint(), k=k, ef=ef,
-                                         num_candidates=num_candidates, url=url)
+            query, seen, hits = _search_two_tower(run, user_id, history_items, backend, alias, export_dir, url, k,
+                                                  parsed, exclude_seen, explain, ef, num_candidates)
         else:
-            engine, probes = open_serving_backend(backend, run, export_dir, alias, url)
-            query = user_queries(model, np.asarray([user_index]), history[None, :], device, engine.code_table,
-                                 probes)[0]
+            query, seen, hits = _search_sparcode(run, user_id, history_items, backend, alias, export_dir, url, k,
+                                                 parsed, exclude_seen, explain)
+        if history_items is not None:
+            user_id = "(history)"
         exclude = seen if exclude_seen else None
-        if explain and not hasattr(engine, "explain"):
-            raise click.ClickException(f"--explain shows a search-engine request; --backend {backend} sends none")
-        if explain:
-            click.echo(json.dumps(engine.explain(query, k, parsed or None, exclude), indent=2))
-        hits = engine.search(query, k, parsed or None, exclude)
         # Only a short list raises the question of why; the catalog answers it, and a filter
         # that no item can match is refused like an unknown field.
         short_because = _why_short(run, parsed, exclude) if len(hits) < k else None
@@ -200,12 +160,52 @@ def command(run_dir, user_id, history_items, history_file, k, backend, alias, ex
         _say_why_short(short_because, hits, k, filters)
         return
     if run.kind == "two-tower":
+        import numpy as np
+
         click.echo(f"user {user_id} · vector dim {len(query)}, norm {float(np.linalg.norm(query)):.3f} · backend {backend}")
     else:
         click.echo(f"user {user_id} · codes {' '.join(f'{t}×{int(c)}' if c != 1 else t for t, c in query.items())} · backend {backend}")
     for rank, hit in enumerate(hits, 1):
         click.echo(f"{rank:>3}  {hit.item_id:>8}  {hit.score:9.4f}  {titles.get(hit.item_id) or ''}")
     _say_why_short(short_because, hits, k, filters)
+
+
+def _search_sparcode(run, user_id, history_items, backend, alias, export_dir, url, k, filters, exclude_seen,
+                     explain):
+    """(query terms, seen items, hits) through `sparcode.recommender`, the library's own path."""
+    from sparcode.recommender import Recommender
+
+    engine = engine_of(backend, alias)
+    recommender = Recommender.from_run(run, export_dir, alias=alias if engine else None, engine=engine, url=url)
+    asked = recommender.query(user=user_id, history=history_items)
+    if explain:  # printed before searching, so a request the node refuses can still be replayed
+        click.echo(json.dumps(recommender.body(query=asked, k=k, filters=filters, exclude_seen=exclude_seen), indent=2))
+    return asked.terms, list(asked.seen), recommender.search(query=asked, k=k, filters=filters,
+                                                             exclude_seen=exclude_seen)
+
+
+def _search_two_tower(run, user_id, history_items, backend, alias, export_dir, url, k, filters, exclude_seen,
+                      explain, ef, num_candidates):
+    """(user vector, seen items, hits) from the run's user tower and a vector backend."""
+    import numpy as np
+
+    from sparcode.commands._vectors import open_vector_backend, user_vectors
+    from sparcode.encoder.users import items_history, user_history
+
+    if history_items is not None:
+        user_index, history, seen = items_history(run, history_items)
+    else:
+        user_index, history, seen = user_history(run, user_id)
+    model, device = run.load_model()
+    query = user_vectors(model, np.asarray([user_index]), history[None, :], device)[0]
+    engine = open_vector_backend(backend, run.path, export_dir, alias, run.fingerprint(), k=k, ef=ef,
+                                 num_candidates=num_candidates, url=url)
+    exclude = seen if exclude_seen else None
+    if explain and not hasattr(engine, "explain"):
+        raise click.ClickException(f"--explain shows a search-engine request; --backend {backend} sends none")
+    if explain:
+        click.echo(json.dumps(engine.explain(query, k, filters or None, exclude), indent=2))
+    return query, seen, engine.search(query, k, filters or None, exclude)
 
 
 def _say_why_short(short_because: list[str] | None, hits, k: int, filters) -> None:
