@@ -92,6 +92,18 @@ def test_exact_breaks_ties_by_ord():
     assert [h.item_id for h in ExactBackend(vs).search([1, 0], 2)] == ["b", "c"]
 
 
+def test_vector_backends_refuse_one_string_of_exclusions_and_k_below_one():
+    """As the term backends do: "ab" would exclude the items "a" and "b", not the item "ab"."""
+    vs = VectorSet("f" * 64, ["a", "b", "ab", "d"], np.asarray([[1, 0], [2, 0], [3, 0], [0, 1]], np.float32), {},
+                   [{}] * 4)
+    for backend in (ExactBackend(vs), HnswBackend(HnswIndex.build(vs), vs, ef=10)):
+        with pytest.raises(QueryError, match="exclude_items takes a collection of item ids, not one string"):
+            backend.search([1, 0], 2, exclude_items="ab")
+        assert [h.item_id for h in backend.search([1, 0], 2, exclude_items=["ab"])] == ["b", "a"]
+        with pytest.raises(QueryError, match="expected at least 1"):
+            backend.search([1, 0], 0)
+
+
 def test_ef_below_k_is_refused(vectors, queries):
     hnsw = HnswBackend(HnswIndex.build(vectors), vectors, ef=20)
     with pytest.raises(QueryError, match="ef=20 is below k=50"):

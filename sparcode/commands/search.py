@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from sparcode.commands._common import check_alias, check_url, strict_json, url_option, user_errors
+from sparcode.pipeline.backends import MAX_RESULT_WINDOW
 
 BACKENDS = ["local", "es", "opensearch", "hnsw", "es-knn", "exact", "tiger"]
 
@@ -58,7 +59,7 @@ def open_serving_backend(backend: str, run, export_dir: Path | None, alias: str 
     return open_serving(run, export_dir, alias=alias if engine else None, engine=engine, url=url)
 
 
-MAX_K = 10_000
+MAX_K = MAX_RESULT_WINDOW
 
 
 @click.command("search")

@@ -25,7 +25,7 @@ import orjson
 
 from sparcode.pipeline import mips
 from sparcode.pipeline import query as dsl
-from sparcode.pipeline.backends import BackendError, Hit, _per_query
+from sparcode.pipeline.backends import BackendError, Hit, _per_query, checked_k
 from sparcode.pipeline.vectors import VectorSet
 from sparcode.staging import staged_directory
 
@@ -158,6 +158,7 @@ class HnswBackend:
         return cls(index, vectors, ef, **kwargs)
 
     def _check_k(self, k: int) -> None:
+        checked_k(k)
         if self.ef < k:
             raise dsl.QueryError(f"hnsw ef={self.ef} is below k={k}: the walk keeps only ef candidates, so it "
                                  f"cannot return k good ones; use ef ≥ {k}")

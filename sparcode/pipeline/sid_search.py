@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Collection, Sequence
 
-from sparcode.pipeline.backends import BackendError, ServedIndex, _per_query, check_fingerprint
+from sparcode.pipeline.backends import (MAX_RESULT_WINDOW, BackendError, ServedIndex, _per_query, check_fingerprint,
+                                        checked_k)
 from sparcode.pipeline.engine import Engine
 from sparcode.pipeline.query import HIT_FIELDS, hit_item
 from sparcode.sid_terms import COLD_FIELD, FIELD, prefix_term
 
 KIND = "tiger-semantic-ids"
-MAX_RESULT_WINDOW = 10_000  # the engines' default index.max_result_window
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,7 @@ def ordered_terms(semantic_ids: Sequence[Sequence[int]], depths: Sequence[int]) 
 def prefix_body(semantic_ids: Sequence[Sequence[int]], depths: Sequence[int], k: int, *, only_cold: bool = True,
                 exclude_items: Collection[str] | None = None) -> dict:
     """The `_search` body returning the first k prefix matches, in ColdIndex order."""
-    if not 1 <= k <= MAX_RESULT_WINDOW:
-        raise ValueError(f"k = {k}: expected 1..{MAX_RESULT_WINDOW}")
+    k = checked_k(k, MAX_RESULT_WINDOW)
     terms = ordered_terms(semantic_ids, depths)
     # Boosts are small integers, exact in float32, so distinct positions never tie.
     clauses = [{"constant_score": {"filter": {"term": {FIELD: term}}, "boost": float(len(terms) - i)}}

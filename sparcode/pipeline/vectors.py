@@ -14,7 +14,7 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 
 from sparcode.pipeline import query as dsl
-from sparcode.pipeline.backends import BackendError, Hit, _per_query
+from sparcode.pipeline.backends import BackendError, Hit, _per_query, checked_exclusions, checked_k
 from sparcode.pipeline.export import Export, ExportError
 
 KIND = "two-tower-vectors"
@@ -88,6 +88,7 @@ class VectorSet:
     def allowed(self, filters: Mapping[str, object] | None, exclude_items: Collection[str] | None) -> np.ndarray | None:
         """Mask of items a search may return, or None when every item may be."""
         filters = dsl.coerce_filters(filters, self.field_types)
+        exclude_items = checked_exclusions(exclude_items)
         if not filters and not exclude_items:
             return None
         mask = np.ones(len(self.item_ids), dtype=bool)
@@ -127,6 +128,7 @@ class ExactBackend:
         return cls(VectorSet.load(export_dir), **kwargs)
 
     def search(self, query, k: int, filters=None, exclude_items=None) -> list[Hit]:
+        k = checked_k(k)
         q = self.vectors.check_query(query)
         scores = self.vectors.vectors @ q
         mask = self.vectors.allowed(filters, exclude_items)
