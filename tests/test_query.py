@@ -84,3 +84,14 @@ def test_filters_drop_spaces_around_name_and_value_as_feature_files_do():
     assert dsl.parse_filter("genres=Sci-Fi Fantasy") == ("genres", "Sci-Fi Fantasy")
     with pytest.raises(dsl.QueryError, match="expected field=value"):
         dsl.parse_filter("genres= ")
+
+
+def test_a_filter_value_collection_is_several_values_and_bytes_are_refused():
+    import numpy as np
+
+    types = {"genres": "keyword", "year": "integer"}
+    assert dsl.coerce_filters({"year": np.asarray([1990, 1991]), "genres": (g for g in ["Drama"])}, types) == \
+        {"year": [1990, 1991], "genres": ["Drama"]}
+    for value in (b"Drama", [b"Drama"]):
+        with pytest.raises(dsl.QueryError, match="pass text, not bytes"):
+            dsl.coerce_filters({"genres": value}, types)

@@ -75,7 +75,12 @@ def coerce_filters(filters: Mapping[str, object] | None, field_types: Mapping[st
             raise QueryError(f"unknown filter field {name!r}; known: {sorted(field_types)}")
         if kind not in FILTERABLE:
             raise QueryError(f"field {name!r} is {kind}; filters work on {', '.join(FILTERABLE)} fields")
-        values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+        # Any collection (a NumPy array, a generator) is several values; a string is one.
+        several = isinstance(value, Iterable) and not isinstance(value, (str, bytes, bytearray, Mapping))
+        values = list(value) if several else [value]
+        if any(isinstance(v, (bytes, bytearray)) for v in values):
+            # str(b"x") is "b'x'", which no item holds: the filter would silently match nothing.
+            raise QueryError(f"filter {name}={value!r}: pass text, not bytes")
         cast = {"keyword": str, "integer": int, "float": float}[kind]
         try:
             out[name] = [cast(v) for v in values]
