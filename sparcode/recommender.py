@@ -84,9 +84,14 @@ def open_serving(run: Run, export_dir: Path | None = None, *, alias: str | None 
     check_same_model(export, opened.fingerprint, run.path, run.fingerprint())
     probes = opened.query_probes or run.config.serve.query_probes
     if alias is None:
-        return Serving(open_backend(export_dir=export), probes)
-    return Serving(open_backend(alias=alias, export_dir=export, engine=engine, connection=connection, url=url,
-                                request_timeout=request_timeout, retries=retries), probes)
+        backend = open_backend(export_dir=export)
+    else:
+        backend = open_backend(alias=alias, export_dir=export, engine=engine, connection=connection, url=url,
+                               request_timeout=request_timeout, retries=retries)
+    # The backend opened the folder again: an `export --force` in between would have it serve an
+    # export that neither the model check above nor these probes were made for.
+    opened.check_unchanged()
+    return Serving(backend, probes)
 
 
 def check_servable(run: Run) -> None:

@@ -13,35 +13,40 @@ from sparcode.data.readers import NAMED, load_dataset
 from sparcode.data.splits import check_usable, make_split, split_summary
 
 
-# In the run folder while a train of it holds this file's lock; removed when the train ends, but
-# left behind by a killed one, so `run_files` leaves it out.
-TRAIN_LOCK = ".train.lock"
-
-
 class RunLock:
-    """One train of a run folder at a time, from before it writes into the folder until run.json is
-    written: two would both append to its history and overwrite each other's weights. `hold` takes
-    the lock once the folder exists; leaving the `with` block lets go of it."""
+    """One train of a run folder at a time, from before the first check of the folder until
+    run.json is written: two would both append to its history and overwrite each other's weights,
+    and a fresh run's checks made before another train of it finished would no longer hold.
+
+    The lock file sits beside the folder (`.NAME.train.lock`), so a fresh run is locked before its
+    folder exists and a folder that is refused is never touched; it is removed when the lock is let
+    go (left only by a killed train, and then reused). Leaving the `with` block lets go of it."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self._held = contextlib.ExitStack()
         self.holding = False
 
+    @property
+    def path(self) -> Path:
+        # Resolved: `runs/sc`, `./runs/sc/` and a link to it are one run.
+        folder = self.run_dir.resolve()
+        return folder.parent / f".{folder.name}.train.lock"
+
     def hold(self) -> None:
-        """Take the lock unless held already; RunError naming the process that trains the run.
-        Nothing to take while the folder does not exist (a fresh run's comes with it)."""
+        """Take the lock unless held already; RunError naming the process that trains the run."""
         from sparcode.encoder.runs import RunError
 
-        if self.holding or not self.run_dir.is_dir():
+        if self.holding:
             return
         try:
-            self._held.enter_context(locks.exclusive(self.run_dir / TRAIN_LOCK, remove=True))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._held.enter_context(locks.exclusive(self.path, remove=True))
         except locks.LockHeld as other:
             raise RunError(f"{self.run_dir} is being trained by process {other.pid or '?'}; wait for it to finish "
                            "or choose another --out") from None
-        except FileNotFoundError:
-            return  # the folder went meanwhile: a failed fresh run removed it
+        except OSError as err:
+            raise RunError(f"cannot lock {self.run_dir} for training ({self.path}: {err.strerror or err})") from None
         self.holding = True
 
     def __enter__(self) -> "RunLock":
@@ -50,11 +55,6 @@ class RunLock:
     def __exit__(self, *exc) -> None:
         self._held.close()
         self.holding = False
-
-
-def run_files(run_dir: Path) -> list[Path]:
-    """What a run folder holds, but for its lock file: a folder holding only that is empty."""
-    return [path for path in Path(run_dir).iterdir() if path.name != TRAIN_LOCK]
 
 
 def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: bool = True,
@@ -94,9 +94,8 @@ def _train_run(run_dir: Path, cfg: RunConfig, resume: bool, progress: bool, conf
         TigerConfig.from_run_config(cfg)
         dataset_texts(dataset, cfg.dataset)
         adopt_built_ids(run_dir, cfg, dataset, config_file)
-    fresh = not run_dir.exists() or (run_dir.is_dir() and not run_files(run_dir))
+    fresh = not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir()))
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock.hold()  # a new run's folder is there only now
     try:
         summary = _fit(run_dir, cfg, dataset, split, resume, progress)
     except BaseException:
@@ -140,7 +139,7 @@ def _fit(run_dir: Path, cfg: RunConfig, dataset, split, resume: bool, progress: 
 
 def _nothing_trained(run_dir: Path) -> bool:
     """Only what a run writes before its first checkpoint."""
-    return not run_dir.is_dir() or {path.name for path in run_files(run_dir)} <= {"config.json", "history.jsonl"}
+    return not run_dir.is_dir() or {path.name for path in run_dir.iterdir()} <= {"config.json", "history.jsonl"}
 
 
 def mark_unfinished(run_dir: Path) -> None:

@@ -229,7 +229,7 @@ def test_searches_a_busy_node_rejected_inside_an_msearch_are_sent_again(monkeypa
             return [{"hits": {"hits": [{"q": b["q"]}]}} for b in bodies]
 
     served = backends.ServedIndex.__new__(backends.ServedIndex)
-    served.engine, served.alias = BusyNode(), "sc"
+    served.engine, served.alias, served.retries = BusyNode(), "sc", None
     responses = served._send([{"q": 0}, {"q": 1}, {"q": 2}])
     assert [r["hits"]["hits"][0]["q"] for r in responses] == [0, 1, 2]
     assert served.engine.sent == [3, 3, 1]  # only the rejected search went again

@@ -219,3 +219,24 @@ def test_an_index_serves_the_same_export_made_again_and_names_the_way_on_for_ano
     with pytest.raises(BackendError, match=rf"than this one \({other}, made 2026-12-05T11:00:00\+00:00, \d+ postings\): "
                                            rf"`sparcode reindex {other} --alias {alias}` to serve this one"):
         open_backend(alias=alias, export_dir=other, connection=engine)
+
+
+def test_an_export_replaced_while_it_is_opened_is_refused(tmp_path, monkeypatch):
+    """A swap between reading the manifest and stamping the folder would stamp the new export
+    under the old manifest, and every later check would pass."""
+    from sparcode.pipeline.export import ExportError
+
+    folder = write_export(tmp_path / "exp", random_items(50, seed=1))
+    replacement = write_export(tmp_path / "next", random_items(50, seed=2), fingerprint="ab" * 32)
+    check_files = Export.check_files
+
+    def another_export_lands(export):
+        check_files(export)
+        if replacement.exists():
+            folder.rename(tmp_path / "old")
+            replacement.rename(folder)
+
+    monkeypatch.setattr(Export, "check_files", another_export_lands)
+    with pytest.raises(ExportError, match=f"{folder} was replaced while it was being opened"):
+        Export.open(folder)
+    assert Export.open(folder).fingerprint == "ab" * 32

@@ -47,7 +47,7 @@ def test_a_search_that_times_out_is_not_sent_again(monkeypatch):
             return [{"hits": {"hits": []}} for _ in bodies]
 
     served = ServedIndex.__new__(ServedIndex)  # only the sending half is under test
-    served.engine, served.alias = Node([EngineTimeout("ConnectionTimeout: read timed out")]), "a"
+    served.engine, served.alias, served.retries = Node([EngineTimeout("ConnectionTimeout: read timed out")]), "a", None
     with pytest.raises(EngineTimeout):
         served._send_batch([{}, {}])
     assert sent == [2]

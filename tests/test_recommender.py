@@ -255,3 +255,28 @@ def test_elasticsearch_answers_as_the_cli(trained, local, es_engine, es_alias):
 
 def test_opensearch_answers_as_the_cli(trained, local, os_engine, os_alias):
     assert_engine_answers_as_the_cli(trained, local, os_engine, os_alias, "opensearch")
+
+
+def test_an_export_replaced_between_the_model_check_and_the_backend_is_refused(trained, tmp_path, monkeypatch):
+    """The backend opens the export folder again after the model check: another model's export
+    swapped in between would be served under a check it never passed."""
+    import sparcode.recommender as recommender
+    from sparcode.pipeline.export import ExportError
+
+    _, run, export, _ = trained
+    folder = tmp_path / "export"
+    shutil.copytree(export, folder)
+    other = tmp_path / "other"
+    shutil.copytree(export, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "fingerprint": "0" * 64}))
+    real_open_backend = recommender.open_backend
+
+    def another_model_lands(**kwargs):
+        folder.rename(tmp_path / "old")
+        other.rename(folder)
+        return real_open_backend(**kwargs)
+
+    monkeypatch.setattr(recommender, "open_backend", another_model_lands)
+    with pytest.raises(ExportError, match=f"{folder} was replaced while it was being read"):
+        Recommender.open(run, folder)

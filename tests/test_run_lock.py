@@ -96,7 +96,7 @@ def test_a_train_of_a_run_being_trained_is_refused_at_once_naming_its_process(ea
     (run / "history.jsonl").write_text('{"epoch": 1}\n')  # as a torch run's: a second train would append
     # Refused before the dataset is read: that can take minutes.
     monkeypatch.setattr(training, "load_dataset", lambda *a, **k: pytest.fail("the dataset was read"))
-    with Holder(run / training.TRAIN_LOCK) as other:
+    with Holder(training.RunLock(run).path) as other:
         before = snapshot(run)
         result = invoke("train", "--model", "ease", "--dataset", data, "--out", run, "--quiet",
                         *(["--resume"] if resume else []))
@@ -114,12 +114,12 @@ def test_train_holds_the_run_lock_from_its_first_write_until_run_json(ease_run, 
     real_fit, real_write = training._fit, ckpt.write_json
 
     def fit(run_dir, *args, **kwargs):
-        seen["fit"] = locked_by_another_process(run_dir / training.TRAIN_LOCK)
+        seen["fit"] = locked_by_another_process(training.RunLock(run_dir).path)
         return real_fit(run_dir, *args, **kwargs)
 
     def write_json(path, obj):
         if Path(path).name == ckpt.RUN_INFO:
-            seen["run.json"] = locked_by_another_process(Path(path).parent / training.TRAIN_LOCK)
+            seen["run.json"] = locked_by_another_process(training.RunLock(Path(path).parent).path)
         real_write(path, obj)
 
     monkeypatch.setattr(training, "_fit", fit)
@@ -127,23 +127,38 @@ def test_train_holds_the_run_lock_from_its_first_write_until_run_json(ease_run, 
     result = invoke("train", "--model", "ease", "--dataset", data, "--out", run, "--quiet")
     assert result.exit_code == 0, result.output
     assert seen == {"fit": True, "run.json": True}
-    assert not (run / training.TRAIN_LOCK).exists()  # let go, and the run folder holds the run alone
+    assert not training.RunLock(run).path.exists()  # let go, and removed
     before = snapshot(run)
     one_line_error(invoke("train", "--model", "ease", "--dataset", data, "--out", run), "already holds a finished run")
     assert snapshot(run) == before  # a refusal under the lock leaves no lock file either
     again = invoke("train", "--model", "ease", "--dataset", data, "--out", run, "--quiet", "--resume")
     assert again.exit_code == 0, again.output
-    assert not (run / training.TRAIN_LOCK).exists()
+    assert not training.RunLock(run).path.exists()
 
 
-def test_a_folder_holding_only_a_lock_file_is_empty_and_a_failed_fresh_run_there_leaves_nothing(
-        ease_run, tmp_path, monkeypatch):
+def test_a_fresh_run_is_refused_before_its_folder_exists_while_another_train_of_it_runs(ease_run, tmp_path,
+                                                                                       monkeypatch):
+    """The lock sits beside the folder: a second train of a run that has no folder yet (the first
+    is still reading its data) is refused at once, and nothing is created."""
+    from sparcode import training
+
+    data, _ = ease_run
+    run = tmp_path / "runs" / "new"
+    monkeypatch.setattr(training, "load_dataset", lambda *a, **k: pytest.fail("the dataset was read"))
+    run.parent.mkdir()
+    with Holder(training.RunLock(tmp_path / "runs" / "." / "new").path) as other:  # another spelling, one run
+        one_line_error(invoke("train", "--model", "ease", "--dataset", data, "--out", run, "--quiet"),
+                       f"{run} is being trained by process {other.pid}")
+    assert not run.exists()
+
+
+def test_a_lock_file_left_by_a_killed_train_is_reused_and_a_failed_fresh_run_leaves_nothing(ease_run, tmp_path,
+                                                                                             monkeypatch):
     from sparcode import training
 
     data, _ = ease_run
     run = tmp_path / "run"
-    run.mkdir()
-    (run / training.TRAIN_LOCK).write_text("12345")  # left by an earlier train killed before it wrote anything
+    training.RunLock(run).path.write_text("12345")  # its holder was killed: no process holds it
 
     def diverge(run_dir, cfg, *args, **kwargs):
         cfg.save(run_dir / "config.json")
@@ -153,16 +168,15 @@ def test_a_folder_holding_only_a_lock_file_is_empty_and_a_failed_fresh_run_there
     with pytest.raises(RuntimeError, match="NaN"):
         training.train_run(run, training.RunConfig.from_dict({"dataset": str(data), "split": "leave-one-out",
                                                               "model": {"kind": "ease"}}), progress=False)
-    assert not run.exists()  # nothing trained: removed, lock file and all, so a retry starts clean
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing trained: no folder, no lock file
 
 
-def test_a_tiger_run_folder_holding_its_semantic_ids_and_a_lock_file_may_be_trained(tmp_path):
+def test_a_tiger_run_folder_holding_its_semantic_ids_may_be_trained(tmp_path):
     from sparcode.commands.train import _check_out
-    from sparcode.training import TRAIN_LOCK, RunLock
+    from sparcode.training import RunLock
 
     run = tmp_path / "run"
     (run / "tiger").mkdir(parents=True)
-    (run / TRAIN_LOCK).write_text("12345")
     with RunLock(run) as lock:
         _check_out(run, False, "tiger", lock)  # no refusal
         assert lock.holding
@@ -175,6 +189,7 @@ def test_a_folder_of_another_program_gets_no_lock_file(ease_run, tmp_path):
     (notes / "notes.txt").write_text("mine")
     one_line_error(invoke("train", "--model", "ease", "--dataset", data, "--out", notes), "holds no sparcode run")
     assert sorted(p.name for p in notes.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]  # the lock beside it is gone too
 
 
 # -- es stop|start --------------------------------------------------------------------------------
@@ -234,7 +249,8 @@ def test_a_heap_too_small_for_a_node_is_refused_naming_the_minimum(tmp_path, mon
     result = run_cli("es", "start", "--port", "9399", "--heap", heap)
     assert result.exit_code == 2, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and f"--heap {heap!r}: below 256m" in errors[0], result.output
+    assert errors == [f"Error: Invalid value for '--heap': {heap!r} is below 256m, the least heap sparcode starts a "
+                      "node with"], result.output
     with pytest.raises(LocalNodeError, match="below 256m"):
         LocalNode(ELASTICSEARCH, tmp_path / "node", port=9399, heap=heap).start()
     assert not (tmp_path / "node").exists()

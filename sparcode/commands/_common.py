@@ -35,27 +35,11 @@ PIP_NAMES = {"opensearchpy": "opensearch-py", "vector_quantize_pytorch": "vector
 
 @contextlib.contextmanager
 def user_errors():
-    """Map the library's user-facing exceptions to a one-line `click.ClickException`."""
-    from sparcode.config import ConfigError
-    from sparcode.data.errors import DataError
+    """Map the library's user-facing exceptions (every SparcodeError, and a missing file) to a
+    one-line `click.ClickException`."""
+    from sparcode.errors import SparcodeError
 
-    handled: tuple[type[BaseException], ...] = (ConfigError, DataError, FileNotFoundError)
-    from sparcode.pipeline.backends import BackendError
-    from sparcode.pipeline.bulk import BulkFailed
-    from sparcode.pipeline.connect import ConnectionProblem
-    from sparcode.pipeline.engine import EngineError, EngineUnavailable
-    from sparcode.pipeline.export import ExportError
-    from sparcode.pipeline.indexer import IndexProblem
-    from sparcode.pipeline.query import QueryError
-    from sparcode.staging import OccupiedTarget, UnreadableFile
-
-    handled += (BackendError, BulkFailed, ConnectionProblem, EngineError, EngineUnavailable, ExportError,
-                IndexProblem, OccupiedTarget, QueryError, UnreadableFile)
-    try:
-        from sparcode.encoder.runs import RunError
-        handled += (RunError,)
-    except ImportError:  # torch-free installs still get clean messages for the rest
-        pass
+    handled: tuple[type[BaseException], ...] = (SparcodeError, FileNotFoundError)
     try:
         yield
     except click.ClickException:

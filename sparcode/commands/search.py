@@ -38,7 +38,7 @@ def default_backend(kind: str, url: str | None = None) -> str:
     return "es" if os.environ.get("ELASTICSEARCH_URL") else "local"
 
 
-ENGINES = {"es": "elasticsearch", "opensearch": "opensearch"}  # the SparCode backends that search a node
+ENGINE_OF_BACKEND = {"es": "elasticsearch", "opensearch": "opensearch"}  # the SparCode backends that search a node
 
 
 def engine_of(backend: str, alias: str | None) -> str | None:
@@ -47,7 +47,7 @@ def engine_of(backend: str, alias: str | None) -> str | None:
         return None
     if not alias:
         raise click.ClickException(f"--backend {backend} needs --alias NAME (the alias `sparcode index` created)")
-    return ENGINES[backend]
+    return ENGINE_OF_BACKEND[backend]
 
 
 def open_serving_backend(backend: str, run, export_dir: Path | None, alias: str | None, url: str | None = None):

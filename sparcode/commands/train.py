@@ -184,34 +184,23 @@ def _check_out(run_dir: Path, resume: bool, kind: str, lock) -> None:
     """RUN_DIR is new, empty, or a run of ours that --resume continues; training into any other
     folder would mix its files with the run's (and leave stale weights beside a new model).
     TIGER may also train where `sparcode semantic-ids --out RUN_DIR` built its item IDs.
-    The run's `lock` is taken once RUN_DIR is known to be no other program's folder (its file goes
-    into it): a train of RUN_DIR under way is named first, and cannot change what is checked next."""
-    _free(run_dir, kind)
+    Checked under the run's `lock`, so a train of RUN_DIR under way is named first and none can
+    finish, or start, between these checks and the training."""
     lock.hold()
-    if _free(run_dir, kind):
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return
-    if (run_dir / "run.json").exists() and not resume:
-        raise click.ClickException(f"{run_dir} already holds a finished run; choose another --out or pass --resume")
-    if not resume:
-        raise click.ClickException(f"{run_dir} holds an unfinished run; pass --resume to continue it, "
-                                   f"or choose another --out")
-
-
-def _free(run_dir: Path, kind: str) -> bool:
-    """True when RUN_DIR may be trained into afresh, False when it holds a run; refused when it
-    holds anything else."""
-    from sparcode.training import run_files
-
-    if not run_dir.is_dir() or not run_files(run_dir):
-        return True
-    if kind == "tiger" and [p.name for p in run_files(run_dir)] == ["tiger"]:
-        return True
+    if kind == "tiger" and [p.name for p in run_dir.iterdir()] == ["tiger"]:
+        return
     if not (run_dir / "config.json").is_file():
         from sparcode.staging import listing
 
         raise click.ClickException(f"{run_dir} is not empty ({listing(run_dir)}) and holds no sparcode run; "
                                    "choose a new or empty --out")
-    return False
+    if (run_dir / "run.json").exists() and not resume:
+        raise click.ClickException(f"{run_dir} already holds a finished run; choose another --out or pass --resume")
+    if not resume:
+        raise click.ClickException(f"{run_dir} holds an unfinished run; pass --resume to continue it, "
+                                   f"or choose another --out")
 
 
 def _settle_with_file(config_file: Path, data: dict, model_kind: str, dataset: str, split: str | None):

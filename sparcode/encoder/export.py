@@ -118,11 +118,12 @@ def export_run(run: Run, out_dir: Path, bias: float | None = None, max_postings:
     with staged_directory(out_dir, replace=not sharded, marker=is_export_shards if force else is_export,
                           check=lambda: _check_target(out_dir, run, force, sharded, again=True)) as tmp:
         items_name = "items.jsonl.gz" if not sharded else f"items.part-{index:05d}-of-{count:05d}.jsonl.gz"
-        content = hashlib.sha256()
+        content = None if sharded else hashlib.sha256()  # a part's lines are not the export's
         with gzip.open(tmp / items_name, "wb", compresslevel=1) as fh:
             for line in item_lines(run, postings, items):
                 fh.write(line + b"\n")
-                content.update(line + b"\n")
+                if content is not None:
+                    content.update(line + b"\n")
         if sharded:
             np.savez(tmp / "codes.npz", terms=np.asarray(table.terms), vectors=table.vectors,
                      codebooks=table.codebooks, nonempty=nonempty, counts=np.diff(postings.indptr))

@@ -66,8 +66,6 @@ class ServedIndex:
     `retries` (None: the engine module's policy) caps how often a batch is sent again to a busy
     or unreachable node."""
 
-    retries: int | None = None
-
     def __init__(self, engine: Engine, alias: str, *, retries: int | None = None):
         self.engine, self.alias, self.retries = engine, alias, retries
         self.lock = threading.RLock()  # re-entrant: bodies are built by `explain`, which takes it too
@@ -146,7 +144,8 @@ class ServedIndex:
         pauses = REJECTED_PAUSES_S
         if self.retries is not None:
             send = send.retry_with(stop=tenacity.stop_after_attempt(self.retries + 1))
-            pauses = pauses[:self.retries]
+            # As many resends as asked, the last pause repeated past the default's five.
+            pauses = tuple(REJECTED_PAUSES_S[min(i, len(REJECTED_PAUSES_S) - 1)] for i in range(self.retries))
         responses = send(self.alias, batch)
         for pause in pauses:
             again = [i for i, r in enumerate(responses) if "error" in r and r.get("status") in TRANSIENT_STATUSES]

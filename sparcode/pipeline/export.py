@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import stat
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class Export:
         if not (path / "manifest.json").is_file():
             raise ExportError(f"{path} is not an export directory (no manifest.json)")
         export = cls(path)
+        before = _stat_of(path), _stat_of(path / "manifest.json")  # what the manifest below is read from
         manifest = export.manifest
         if manifest.get("format") != FORMAT:
             raise ExportError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
@@ -63,7 +65,9 @@ class Export:
         export.item_fields  # validates the declared types early
         export.query_probes
         export.check_files()
-        export.opened_as  # what `check_unchanged` compares against
+        if export.opened_as[:2] != before:  # replaced while the manifest was read: it may be the old one's
+            raise ExportError(f"{path} was replaced while it was being opened (another `sparcode export --force` "
+                              "into it?); open it again")
         return export
 
     @cached_property
@@ -77,15 +81,7 @@ class Export:
         names = ["manifest.json", *self.manifest["files"]["items"]]
         if self._codes_path.is_file():
             names.append(self._codes_path.name)
-        stats = []
-        for target in (self.path, *(self.path / name for name in names)):
-            try:
-                st = target.stat()
-            except FileNotFoundError:
-                stats.append(None)
-                continue
-            stats.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
-        return tuple(stats)
+        return tuple(_stat_of(target) for target in (self.path, *(self.path / name for name in names)))
 
     def check_unchanged(self) -> None:
         """ExportError when the export was replaced since it was opened: the manifest held in
@@ -243,6 +239,17 @@ class Export:
             yield item
         if len(seen) != self.n_items:
             raise ExportError(f"{self.path}: manifest says {self.n_items} items, files hold {len(seen)}")
+
+
+def _stat_of(path: Path) -> tuple | None:
+    """What tells one file (or folder) from the one that replaced it at the same path."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    if stat.S_ISDIR(st.st_mode):  # a swap brings a new folder; files written into this one change only its times
+        return st.st_dev, st.st_ino
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def check_codes(item_id: str, codes: dict) -> None:
