@@ -171,7 +171,11 @@ class Recommender:
         field are alternatives, fields must all match); `query` reuses one already computed. Fewer
         than `k` come back when fewer items have a stored score for the user's codes."""
         asked = self._asked(query, user, history, unknown_items)
-        return self.backend.search(asked.terms, k, filters or None, asked.seen if exclude_seen else None)
+        exclude = asked.seen if _flag(exclude_seen) else None
+        hits = self.backend.search(asked.terms, k, filters or None, exclude)
+        if filters and len(hits) < k:
+            filter_report(self.run.dataset, filters, exclude)  # a filter no item can match is an error, not []
+        return hits
 
     def body(self, user: str | None = None, history: Sequence[str] | None = None, k: int = 10,
              filters: Mapping[str, object] | None = None, exclude_seen: bool = True, *,
@@ -179,7 +183,7 @@ class Recommender:
         """The request body `search` sends to `POST /<alias>/_search` (`sparcode search
         --explain`); served in process, the body an Elasticsearch index of the export is sent."""
         asked = self._asked(query, user, history, unknown_items)
-        return self.backend.explain(asked.terms, k, filters or None, asked.seen if exclude_seen else None)
+        return self.backend.explain(asked.terms, k, filters or None, asked.seen if _flag(exclude_seen) else None)
 
     def _known(self, history: list[str], unknown_items: str) -> tuple[list[str], list[str]]:
         """(the history to describe the user with, the unknown items left out of it)."""
@@ -195,7 +199,16 @@ class Recommender:
             return self.query(user, history, unknown_items=unknown_items)
         if user is not None or history is not None:
             raise RecommenderError("give query= or user=/history=, not both")
+        if not isinstance(query, Query):
+            raise RecommenderError(f"query= takes the Query that `query()` returns, not {type(query).__name__}")
         return query
+
+
+def _flag(exclude_seen) -> bool:
+    # "no" is truthy: anything but a bool would silently mean True.
+    if not isinstance(exclude_seen, (bool, np.bool_)):
+        raise RecommenderError(f"exclude_seen is True or False, not {exclude_seen!r}")
+    return bool(exclude_seen)
 
 
 def _item_ids(history) -> list[str]:
@@ -205,3 +218,59 @@ def _item_ids(history) -> list[str]:
     return [str(item) for item in history]
 
 
+MAX_NAMED = 5  # filter values named in one message; the rest are counted
+
+
+def _listed(shown: list[str]) -> str:
+    return ", ".join(shown[:MAX_NAMED]) + (f" and {len(shown) - MAX_NAMED} more" if len(shown) > MAX_NAMED else "")
+
+
+def filter_report(dataset, filters: Mapping[str, object], exclude) -> list[str]:
+    """Why a filtered search came back short, from the run's catalog (the items its export holds):
+    how many items (unseen, with `exclude`) the filter matches, and the values no item has. A
+    field whose every given value no item has is refused: the filter can match nothing, which a
+    caller would otherwise take for an empty answer."""
+    from sparcode.pipeline.query import coerce_filters
+
+    excluded = set(exclude or ())
+    typed = coerce_filters(filters, dataset.item_attribute_types or {})
+    matching, seen_matching, unknown, similar = _filter_in_catalog(dataset, typed, excluded)
+    missing = _listed([f"{name}={value}" for name, value in unknown])
+    textual = any(dataset.item_attribute_types.get(name) in ("keyword", "text") for name, _ in unknown)
+    hint = f"; did you mean {', '.join(similar)}?" if similar else ""
+    why = f" (values are case-sensitive{hint})" if textual else ""  # a number has no case
+    if any(all((name, value) in unknown for value in values) for name, values in typed.items()):
+        raise RecommenderError(f"no item has {missing}{why}, so the filter matches nothing")
+    verb = "matches" if matching == 1 else "match"
+    reasons = [f"{matching} {'unseen ' if excluded else ''}item{'' if matching == 1 else 's'} {verb} the filter"
+               + (f" ({seen_matching} the user has seen: --keep-seen includes them)" if seen_matching else "")]
+    if unknown:
+        reasons.append(f"no item has {missing}{why}")
+    return reasons
+
+
+def _filter_in_catalog(dataset, typed: dict[str, list], excluded: set[str]) -> tuple[int, int, list, list[str]]:
+    """(items matching every filter (`coerce_filters`'s typed values) and not `excluded`, those
+    that are, the (field, value) pairs no item has, catalog values those differ from only in case)."""
+    types = dataset.item_attribute_types or {}
+
+    def key(name, value):  # floats are stored as float32 by every backend
+        return np.float32(value).item() if types[name] == "float" else value
+
+    wanted = {name: {key(name, v) for v in values} for name, values in typed.items()}
+    held: dict[str, set] = {name: set() for name in wanted}
+    matching = seen_matching = 0
+    for item_id, attrs in zip(dataset.item_ids, dataset.item_attributes or ()):
+        ok = True
+        for name, values in wanted.items():
+            raw = attrs.get(name)
+            have = {key(name, v) for v in (raw if isinstance(raw, list) else [raw]) if v is not None}
+            held[name] |= have
+            ok = ok and not have.isdisjoint(values)
+        matching += ok and item_id not in excluded
+        seen_matching += ok and item_id in excluded
+    unknown = [(name, value) for name, values in typed.items() for value in values if key(name, value) not in held[name]]
+    lowered = {(name, str(value).casefold()) for name, value in unknown}
+    similar = sorted(f"{name}={value}" for name, values in held.items() for value in values
+                     if (name, str(value).casefold()) in lowered)
+    return matching, seen_matching, unknown, similar

@@ -240,3 +240,11 @@ def test_an_export_replaced_while_it_is_opened_is_refused(tmp_path, monkeypatch)
     with pytest.raises(ExportError, match=f"{folder} was replaced while it was being opened"):
         Export.open(folder)
     assert Export.open(folder).fingerprint == "ab" * 32
+
+
+def test_a_term_of_no_code_of_the_export_is_a_query_error(tmp_path):
+    folder = write_export(tmp_path / "exp", random_items(50, seed=1))
+    backend = LocalBackend(folder)
+    for term in ("garbage", "c0012_0077", "c0001_0002_0003"):
+        with pytest.raises(QueryError, match="spell a query in this export's codes"):
+            backend.search({term: 1.0}, 5)

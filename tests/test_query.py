@@ -95,3 +95,14 @@ def test_a_filter_value_collection_is_several_values_and_bytes_are_refused():
     for value in (b"Drama", [b"Drama"]):
         with pytest.raises(dsl.QueryError, match="pass text, not bytes"):
             dsl.coerce_filters({"genres": value}, types)
+
+
+def test_filter_shapes_that_would_match_nothing_are_refused_and_spaces_dropped():
+    types = {"genres": "keyword"}
+    assert dsl.coerce_filters({"genres": " Comedy "}, types) == {"genres": ["Comedy"]}
+    for bad in (None, {"a": 1}, [], [None]):
+        with pytest.raises(dsl.QueryError, match="expected one value or a list of values"):
+            dsl.coerce_filters({"genres": bad}, types)
+    for bad in ([("genres", "Comedy")], "genres=Comedy"):
+        with pytest.raises(dsl.QueryError, match="filters is a mapping"):
+            dsl.coerce_filters(bad, types)

@@ -280,3 +280,21 @@ def test_an_export_replaced_between_the_model_check_and_the_backend_is_refused(t
     monkeypatch.setattr(recommender, "open_backend", another_model_lands)
     with pytest.raises(ExportError, match=f"{folder} was replaced while it was being read"):
         Recommender.open(run, folder)
+
+
+def test_misshapen_requests_and_unmatchable_filters_are_sparcode_errors(trained, local):
+    """A service must tell "nothing to recommend" from "asked wrongly": a filter no item can
+    match is refused as `sparcode search` refuses it, never answered with []."""
+    from sparcode.pipeline.query import QueryError
+
+    with pytest.raises(RecommenderError, match=r"no item has genre=G1 \(values are case-sensitive; did you mean "
+                                               r"genre=g1\?\), so the filter matches nothing"):
+        local.search(user="u1", k=40, filters={"genre": "G1"})
+    assert local.search(user="u1", k=5, filters={"genre": " g1 "}, exclude_seen=False) == \
+        local.search(user="u1", k=5, filters={"genre": ["g1"]}, exclude_seen=False)
+    for kwargs, error in (({"filters": [("genre", "g1")]}, QueryError), ({"filters": {"genre": None}}, QueryError),
+                          ({"exclude_seen": "no"}, RecommenderError)):
+        with pytest.raises(error):
+            local.search(user="u1", **kwargs)
+    with pytest.raises(RecommenderError, match="query= takes the Query"):
+        local.search(query={"c0001_0001": 1.0})

@@ -218,67 +218,15 @@ def _say_why_short(short_because: list[str] | None, hits, k: int, filters) -> No
     click.echo(f"{returned}{shown}" + (f": {'; '.join(short_because)}" if short_because else ""), err=True)
 
 
-MAX_NAMED = 5  # filter values named in one message; the rest are counted
-
-
-def _listed(shown: list[str]) -> str:
-    return ", ".join(shown[:MAX_NAMED]) + (f" and {len(shown) - MAX_NAMED} more" if len(shown) > MAX_NAMED else "")
-
-
 def _why_short(run, filters: dict[str, list[str]], exclude) -> list[str]:
     """The reasons a search returned fewer than k items, as far as the run's dataset (the items
     its export holds) tells; a filter that no item can match raises instead."""
+    from sparcode.recommender import filter_report
+
     reasons = []
     if run.kind == "sparcode":  # the sparse index: an item needs a posting for one of the user's codes
         reasons.append("only items with a stored score for this user's codes can be returned")
-    if not filters:
-        return reasons
-    matching, seen_matching, unknown, similar = _filter_in_catalog(run.dataset, filters, set(exclude or ()))
-    missing = _listed([f"{name}={value}" for name, value in unknown])
-    textual = any(run.dataset.item_attribute_types.get(name) in ("keyword", "text") for name, _ in unknown)
-    hint = f"; did you mean {', '.join(similar)}?" if similar else ""
-    why = f" (values are case-sensitive{hint})" if textual else ""  # a number has no case
-    if any(all((name, value) in unknown for value in values) for name, values in filters.items()):
-        raise click.ClickException(f"no item has {missing}{why}, so the filter matches nothing")
-    verb = "matches" if matching == 1 else "match"
-    reasons.append(f"{matching} {'unseen ' if exclude else ''}item{'' if matching == 1 else 's'} {verb} the filter"
-                   + (f" ({seen_matching} the user has seen: --keep-seen includes them)" if seen_matching else ""))
-    if unknown:
-        reasons.append(f"no item has {missing}{why}")
-    return reasons
-
-
-def _filter_in_catalog(dataset, filters: dict[str, list[str]], excluded: set[str]) -> tuple[int, int, list, list[str]]:
-    """(items matching every filter and not `excluded`, those that are, the (field, value) pairs
-    no item has, catalog values those differ from only in case), typed as the index types them."""
-    import numpy as np
-
-    from sparcode.pipeline.query import coerce_filters
-
-    types = dataset.item_attribute_types or {}
-    typed = coerce_filters(filters, types)
-
-    def key(name, value):  # floats are stored as float32 by every backend
-        return np.float32(value).item() if types[name] == "float" else value
-
-    wanted = {name: {key(name, v) for v in values} for name, values in typed.items()}
-    held: dict[str, set] = {name: set() for name in wanted}
-    matching = seen_matching = 0
-    for item_id, attrs in zip(dataset.item_ids, dataset.item_attributes or ()):
-        ok = True
-        for name, values in wanted.items():
-            raw = attrs.get(name)
-            have = {key(name, v) for v in (raw if isinstance(raw, list) else [raw]) if v is not None}
-            held[name] |= have
-            ok = ok and not have.isdisjoint(values)
-        matching += ok and item_id not in excluded
-        seen_matching += ok and item_id in excluded
-    unknown = [(name, given) for name, values in filters.items()
-               for given, value in zip(values, typed[name]) if key(name, value) not in held[name]]
-    lowered = {(name, str(value).casefold()) for name, value in unknown}
-    similar = sorted(f"{name}={value}" for name, values in held.items() for value in values
-                     if (name, str(value).casefold()) in lowered)
-    return matching, seen_matching, unknown, similar
+    return reasons + (filter_report(run.dataset, filters, exclude) if filters else [])
 
 
 def _history_from_file(path: Path) -> list[str]:

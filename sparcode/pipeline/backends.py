@@ -183,7 +183,13 @@ class Backend(Protocol):
 
 def _prepare(code_table: CodeTable | None, query: Query) -> dict[str, float]:
     query = dsl.clean_query(query)
-    return dsl.clean_query(code_table.resolve(query)) if code_table is not None else query
+    if code_table is None:
+        return query
+    try:
+        resolved = code_table.resolve(query)
+    except ValueError as exc:  # not a pseudo-term, or a code beyond this export's codebooks
+        raise dsl.QueryError(f"{exc}: spell a query in this export's codes (`Recommender.query` makes them)") from None
+    return dsl.clean_query(resolved)
 
 
 def checked_k(k, limit: int | None = None) -> int:

@@ -68,6 +68,8 @@ def coerce_filters(filters: Mapping[str, object] | None, field_types: Mapping[st
 
     Text fields are refused: their analyzed matching has no exact offline equivalent.
     """
+    if filters is not None and not isinstance(filters, Mapping):
+        raise QueryError(f"filters is a mapping {{field: value or [values]}}, not {type(filters).__name__}")
     out: dict[str, list] = {}
     for name, value in (filters or {}).items():
         kind = field_types.get(name)
@@ -81,6 +83,10 @@ def coerce_filters(filters: Mapping[str, object] | None, field_types: Mapping[st
         if any(isinstance(v, (bytes, bytearray)) for v in values):
             # str(b"x") is "b'x'", which no item holds: the filter would silently match nothing.
             raise QueryError(f"filter {name}={value!r}: pass text, not bytes")
+        if not values or any(v is None or isinstance(v, Mapping) for v in values):
+            raise QueryError(f"filter {name}={value!r}: expected one value or a list of values")
+        # Item values never hold surrounding spaces (the readers drop them), so a given one cannot match.
+        values = [v.strip() if isinstance(v, str) else v for v in values]
         cast = {"keyword": str, "integer": int, "float": float}[kind]
         try:
             out[name] = [cast(v) for v in values]
