@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,6 +25,7 @@ from sparcode.encoder.users import UnknownItems, UnknownUser
 from sparcode.pipeline.backends import Hit, open_backend
 from sparcode.pipeline.connect import ENGINES
 from sparcode.pipeline.export import Export
+from sparcode.pipeline.query import coerce_filters
 
 __all__ = ["Hit", "Query", "Recommender", "RecommenderError", "UnknownItems", "UnknownUser"]
 
@@ -172,9 +174,10 @@ class Recommender:
         than `k` come back when fewer items have a stored score for the user's codes."""
         asked = self._asked(query, user, history, unknown_items)
         exclude = asked.seen if _flag(exclude_seen) else None
-        hits = self.backend.search(asked.terms, k, filters or None, exclude)
-        if filters and len(hits) < k:
-            filter_report(self.run.dataset, filters, exclude)  # a filter no item can match is an error, not []
+        hits = self.backend.search(asked.terms, k, filters, exclude)
+        if filters is not None and len(hits) < k:  # a filter no item can match is an error, not []
+            check_matchable(self.run.dataset, coerce_filters(filters, self.run.dataset.item_attribute_types or {}),
+                            self._catalog)
         return hits
 
     def body(self, user: str | None = None, history: Sequence[str] | None = None, k: int = 10,
@@ -183,7 +186,11 @@ class Recommender:
         """The request body `search` sends to `POST /<alias>/_search` (`sparcode search
         --explain`); served in process, the body an Elasticsearch index of the export is sent."""
         asked = self._asked(query, user, history, unknown_items)
-        return self.backend.explain(asked.terms, k, filters or None, asked.seen if _flag(exclude_seen) else None)
+        return self.backend.explain(asked.terms, k, filters, asked.seen if _flag(exclude_seen) else None)
+
+    @cached_property
+    def _catalog(self) -> dict[str, set]:
+        return catalog_values(self.run.dataset)  # once: a short filtered answer is common, not rare
 
     def _known(self, history: list[str], unknown_items: str) -> tuple[list[str], list[str]]:
         """(the history to describe the user with, the unknown items left out of it)."""
@@ -228,49 +235,67 @@ def _listed(shown: list[str]) -> str:
 def filter_report(dataset, filters: Mapping[str, object], exclude) -> list[str]:
     """Why a filtered search came back short, from the run's catalog (the items its export holds):
     how many items (unseen, with `exclude`) the filter matches, and the values no item has. A
-    field whose every given value no item has is refused: the filter can match nothing, which a
-    caller would otherwise take for an empty answer."""
-    from sparcode.pipeline.query import coerce_filters
-
+    field whose every given value no item has is refused (`check_matchable`)."""
     excluded = set(exclude or ())
     typed = coerce_filters(filters, dataset.item_attribute_types or {})
-    matching, seen_matching, unknown, similar = _filter_in_catalog(dataset, typed, excluded)
-    missing = _listed([f"{name}={value}" for name, value in unknown])
-    textual = any(dataset.item_attribute_types.get(name) in ("keyword", "text") for name, _ in unknown)
-    hint = f"; did you mean {', '.join(similar)}?" if similar else ""
-    why = f" (values are case-sensitive{hint})" if textual else ""  # a number has no case
-    if any(all((name, value) in unknown for value in values) for name, values in typed.items()):
-        raise RecommenderError(f"no item has {missing}{why}, so the filter matches nothing")
+    unknown = check_matchable(dataset, typed, catalog_values(dataset))
+    matching, seen_matching = _matching(dataset, typed, excluded)
     verb = "matches" if matching == 1 else "match"
     reasons = [f"{matching} {'unseen ' if excluded else ''}item{'' if matching == 1 else 's'} {verb} the filter"
                + (f" ({seen_matching} the user has seen: --keep-seen includes them)" if seen_matching else "")]
     if unknown:
-        reasons.append(f"no item has {missing}{why}")
+        reasons.append(f"no item has {unknown}")
     return reasons
 
 
-def _filter_in_catalog(dataset, typed: dict[str, list], excluded: set[str]) -> tuple[int, int, list, list[str]]:
-    """(items matching every filter (`coerce_filters`'s typed values) and not `excluded`, those
-    that are, the (field, value) pairs no item has, catalog values those differ from only in case)."""
+def check_matchable(dataset, typed: dict[str, list], held: dict[str, set]) -> str:
+    """RecommenderError when, for some field, no item has any of the values `typed` (from
+    `coerce_filters`) gives: the filter matches nothing, which a caller would otherwise take for
+    an empty answer. Else the values no item has, described (empty when there are none)."""
     types = dataset.item_attribute_types or {}
-
-    def key(name, value):  # floats are stored as float32 by every backend
-        return np.float32(value).item() if types[name] == "float" else value
-
-    wanted = {name: {key(name, v) for v in values} for name, values in typed.items()}
-    held: dict[str, set] = {name: set() for name in wanted}
-    matching = seen_matching = 0
-    for item_id, attrs in zip(dataset.item_ids, dataset.item_attributes or ()):
-        ok = True
-        for name, values in wanted.items():
-            raw = attrs.get(name)
-            have = {key(name, v) for v in (raw if isinstance(raw, list) else [raw]) if v is not None}
-            held[name] |= have
-            ok = ok and not have.isdisjoint(values)
-        matching += ok and item_id not in excluded
-        seen_matching += ok and item_id in excluded
-    unknown = [(name, value) for name, values in typed.items() for value in values if key(name, value) not in held[name]]
+    unknown = [(name, value) for name, values in typed.items() for value in values
+               if _key(types, name, value) not in held.get(name, ())]
+    if not unknown:
+        return ""
     lowered = {(name, str(value).casefold()) for name, value in unknown}
     similar = sorted(f"{name}={value}" for name, values in held.items() for value in values
                      if (name, str(value).casefold()) in lowered)
-    return matching, seen_matching, unknown, similar
+    textual = any(types.get(name) in ("keyword", "text") for name, _ in unknown)
+    hint = f"; did you mean {', '.join(similar)}?" if similar else ""
+    missing = _listed([f"{name}={value}" for name, value in unknown]) + (
+        f" (values are case-sensitive{hint})" if textual else "")  # a number has no case
+    if any(all((name, value) in unknown for value in values) for name, values in typed.items()):
+        raise RecommenderError(f"no item has {missing}, so the filter matches nothing")
+    return missing
+
+
+def catalog_values(dataset) -> dict[str, set]:
+    """Every value each item attribute takes, as the index types them."""
+    types = dataset.item_attribute_types or {}
+    held: dict[str, set] = {name: set() for name in types}
+    for attrs in dataset.item_attributes or ():
+        for name, raw in attrs.items():
+            if name in held:
+                held[name] |= {_key(types, name, v) for v in _as_list(raw) if v is not None}
+    return held
+
+
+def _matching(dataset, typed: dict[str, list], excluded: set[str]) -> tuple[int, int]:
+    """(items matching every filter and not `excluded`, those that are)."""
+    types = dataset.item_attribute_types or {}
+    wanted = {name: {_key(types, name, v) for v in values} for name, values in typed.items()}
+    matching = seen_matching = 0
+    for item_id, attrs in zip(dataset.item_ids, dataset.item_attributes or ()):
+        ok = all(not values.isdisjoint(_key(types, name, v) for v in _as_list(attrs.get(name)) if v is not None)
+                 for name, values in wanted.items())
+        matching += ok and item_id not in excluded
+        seen_matching += ok and item_id in excluded
+    return matching, seen_matching
+
+
+def _as_list(raw) -> list:
+    return raw if isinstance(raw, list) else [raw]
+
+
+def _key(types: dict, name: str, value):
+    return np.float32(value).item() if types.get(name) == "float" else value  # every backend stores float32

@@ -126,8 +126,8 @@ def _contains(outer: Path, inner: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
-def listing(path: Path, limit: int = 3) -> str:
-    names = sorted(p.name for p in path.iterdir())
+def listing(path: Path, limit: int = 3, skip: Iterable[str] = ()) -> str:
+    names = sorted(p.name for p in path.iterdir() if p.name not in skip)
     shown = ", ".join(names[:limit])
     return shown + (f", … {len(names)} entries" if len(names) > limit else "")
 

@@ -13,25 +13,25 @@ from sparcode.data.readers import NAMED, load_dataset
 from sparcode.data.splits import check_usable, make_split, split_summary
 
 
-class RunLock:
-    """One train of a run folder at a time, from before the first check of the folder until
-    run.json is written: two would both append to its history and overwrite each other's weights,
-    and a fresh run's checks made before another train of it finished would no longer hold.
+# Inside the run folder while a train of it holds this file's lock: whatever path reaches the folder
+# (a symbolic link, a bind mount, another container's mount point) reaches the one lock. Removed when
+# the train ends; left only by a killed train, so `run_files` leaves it out.
+TRAIN_LOCK = ".train.lock"
 
-    The lock file sits beside the folder (`.NAME.train.lock`), so a fresh run is locked before its
-    folder exists and a folder that is refused is never touched; it is removed when the lock is let
-    go (left only by a killed train, and then reused). Leaving the `with` block lets go of it."""
+
+class RunLock:
+    """One train of a run folder at a time, from the first check of the folder until run.json is
+    written: two would both append to its history and overwrite each other's weights, and checks
+    made before another train of it finished would no longer hold. `hold` makes the folder if it
+    is missing (a fresh run's lock goes into it); leaving the `with` block lets go of the lock and
+    removes the folders `hold` made if nothing was put in them (a refused or failed fresh train
+    leaves nothing behind)."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self._held = contextlib.ExitStack()
+        self._made: list[Path] = []  # deepest first
         self.holding = False
-
-    @property
-    def path(self) -> Path:
-        # Resolved: `runs/sc`, `./runs/sc/` and a link to it are one run.
-        folder = self.run_dir.resolve()
-        return folder.parent / f".{folder.name}.train.lock"
 
     def hold(self) -> None:
         """Take the lock unless held already; RunError naming the process that trains the run."""
@@ -39,15 +39,26 @@ class RunLock:
 
         if self.holding:
             return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._held.enter_context(locks.exclusive(self.path, remove=True))
-        except locks.LockHeld as other:
-            raise RunError(f"{self.run_dir} is being trained by process {other.pid or '?'}; wait for it to finish "
-                           "or choose another --out") from None
-        except OSError as err:
-            raise RunError(f"cannot lock {self.run_dir} for training ({self.path}: {err.strerror or err})") from None
-        self.holding = True
+        for _ in range(3):
+            try:
+                self._make_folder()
+                self._held.enter_context(locks.exclusive(self.run_dir / TRAIN_LOCK, remove=True))
+            except FileNotFoundError:
+                continue  # a failed fresh train of it removed the folder meanwhile: make it again
+            except locks.LockHeld as other:
+                raise RunError(f"{self.run_dir} is being trained by process {other.pid or '?'}; wait for it to "
+                               "finish or choose another --out") from None
+            except OSError as err:
+                raise RunError(f"cannot lock {self.run_dir} for training: {err.strerror or err}") from None
+            self.holding = True
+            return
+        raise RunError(f"{self.run_dir} was removed each time it was made (another train failing on it?); "
+                       "run again")
+
+    def _make_folder(self) -> None:
+        missing = [folder for folder in (self.run_dir, *self.run_dir.parents) if not folder.exists()]
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._made = missing + [folder for folder in self._made if folder not in missing]
 
     def __enter__(self) -> "RunLock":
         return self
@@ -55,6 +66,18 @@ class RunLock:
     def __exit__(self, *exc) -> None:
         self._held.close()
         self.holding = False
+        for folder in self._made:
+            try:
+                folder.rmdir()  # only ever an empty one: a run's files, or another train's lock, keep it
+            except FileNotFoundError:
+                continue
+            except OSError:
+                break
+
+
+def run_files(run_dir: Path) -> list[Path]:
+    """What a run folder holds, but for its lock file: a folder holding only that is empty."""
+    return [path for path in Path(run_dir).iterdir() if path.name != TRAIN_LOCK]
 
 
 def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: bool = True,
@@ -64,11 +87,10 @@ def train_run(run_dir: Path, cfg: RunConfig, resume: bool = False, progress: boo
     with contextlib.ExitStack() as stack:
         lock = lock or stack.enter_context(RunLock(run_dir))
         lock.hold()  # before the data is read: another train of the run is refused at once
-        return _train_run(Path(run_dir), cfg, resume, progress, config_file, lock)
+        return _train_run(Path(run_dir), cfg, resume, progress, config_file)
 
 
-def _train_run(run_dir: Path, cfg: RunConfig, resume: bool, progress: bool, config_file: Path | None,
-               lock: RunLock) -> dict:
+def _train_run(run_dir: Path, cfg: RunConfig, resume: bool, progress: bool, config_file: Path | None) -> dict:
     from sparcode.encoder import checkpoint as ckpt
 
     started = time.perf_counter()
@@ -94,7 +116,7 @@ def _train_run(run_dir: Path, cfg: RunConfig, resume: bool, progress: bool, conf
         TigerConfig.from_run_config(cfg)
         dataset_texts(dataset, cfg.dataset)
         adopt_built_ids(run_dir, cfg, dataset, config_file)
-    fresh = not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir()))
+    fresh = not run_dir.exists() or (run_dir.is_dir() and not run_files(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         summary = _fit(run_dir, cfg, dataset, split, resume, progress)
@@ -139,7 +161,7 @@ def _fit(run_dir: Path, cfg: RunConfig, dataset, split, resume: bool, progress: 
 
 def _nothing_trained(run_dir: Path) -> bool:
     """Only what a run writes before its first checkpoint."""
-    return not run_dir.is_dir() or {path.name for path in run_dir.iterdir()} <= {"config.json", "history.jsonl"}
+    return not run_dir.is_dir() or {path.name for path in run_files(run_dir)} <= {"config.json", "history.jsonl"}
 
 
 def mark_unfinished(run_dir: Path) -> None:

@@ -106,3 +106,11 @@ def test_filter_shapes_that_would_match_nothing_are_refused_and_spaces_dropped()
     for bad in ([("genres", "Comedy")], "genres=Comedy"):
         with pytest.raises(dsl.QueryError, match="filters is a mapping"):
             dsl.coerce_filters(bad, types)
+
+
+def test_a_query_that_is_no_mapping_of_numbers_is_a_query_error():
+    for bad in (["c0001_0001"], "c0001_0001", None):
+        with pytest.raises(dsl.QueryError, match="a query is a mapping"):
+            dsl.clean_query(bad)
+    with pytest.raises(dsl.QueryError, match="counts are numbers"):
+        dsl.clean_query({"c0001_0001": "x"})

@@ -96,7 +96,7 @@ def test_a_train_of_a_run_being_trained_is_refused_at_once_naming_its_process(ea
     (run / "history.jsonl").write_text('{"epoch": 1}\n')  # as a torch run's: a second train would append
     # Refused before the dataset is read: that can take minutes.
     monkeypatch.setattr(training, "load_dataset", lambda *a, **k: pytest.fail("the dataset was read"))
-    with Holder(training.RunLock(run).path) as other:
+    with Holder(run / training.TRAIN_LOCK) as other:
         before = snapshot(run)
         result = invoke("train", "--model", "ease", "--dataset", data, "--out", run, "--quiet",
                         *(["--resume"] if resume else []))
@@ -114,12 +114,12 @@ def test_train_holds_the_run_lock_from_its_first_write_until_run_json(ease_run, 
     real_fit, real_write = training._fit, ckpt.write_json
 
     def fit(run_dir, *args, **kwargs):
-        seen["fit"] = locked_by_another_process(training.RunLock(run_dir).path)
+        seen["fit"] = locked_by_another_process(run_dir / training.TRAIN_LOCK)
         return real_fit(run_dir, *args, **kwargs)
 
     def write_json(path, obj):
         if Path(path).name == ckpt.RUN_INFO:
-            seen["run.json"] = locked_by_another_process(training.RunLock(Path(path).parent).path)
+            seen["run.json"] = locked_by_another_process(Path(path).parent / training.TRAIN_LOCK)
         real_write(path, obj)
 
     monkeypatch.setattr(training, "_fit", fit)
@@ -127,38 +127,67 @@ def test_train_holds_the_run_lock_from_its_first_write_until_run_json(ease_run, 
     result = invoke("train", "--model", "ease", "--dataset", data, "--out", run, "--quiet")
     assert result.exit_code == 0, result.output
     assert seen == {"fit": True, "run.json": True}
-    assert not training.RunLock(run).path.exists()  # let go, and removed
+    assert not (run / training.TRAIN_LOCK).exists()  # let go, and removed
     before = snapshot(run)
     one_line_error(invoke("train", "--model", "ease", "--dataset", data, "--out", run), "already holds a finished run")
     assert snapshot(run) == before  # a refusal under the lock leaves no lock file either
     again = invoke("train", "--model", "ease", "--dataset", data, "--out", run, "--quiet", "--resume")
     assert again.exit_code == 0, again.output
-    assert not training.RunLock(run).path.exists()
+    assert not (run / training.TRAIN_LOCK).exists()
 
 
-def test_a_fresh_run_is_refused_before_its_folder_exists_while_another_train_of_it_runs(ease_run, tmp_path,
-                                                                                       monkeypatch):
-    """The lock sits beside the folder: a second train of a run that has no folder yet (the first
-    is still reading its data) is refused at once, and nothing is created."""
+def test_a_second_fresh_train_of_one_folder_is_refused_and_each_spelling_of_it_shares_the_lock(ease_run, tmp_path,
+                                                                                               monkeypatch):
+    """The lock is in the folder, so every path that reaches it (another spelling, a symbolic
+    link, a mount) reaches the one lock; the refused train creates and leaves nothing."""
     from sparcode import training
 
     data, _ = ease_run
     run = tmp_path / "runs" / "new"
+    run.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(run)
     monkeypatch.setattr(training, "load_dataset", lambda *a, **k: pytest.fail("the dataset was read"))
-    run.parent.mkdir()
-    with Holder(training.RunLock(tmp_path / "runs" / "." / "new").path) as other:  # another spelling, one run
-        one_line_error(invoke("train", "--model", "ease", "--dataset", data, "--out", run, "--quiet"),
+    with Holder(run / training.TRAIN_LOCK) as other:
+        for spelling in (run, tmp_path / "runs" / "." / "new", tmp_path / "link"):
+            one_line_error(invoke("train", "--model", "ease", "--dataset", data, "--out", spelling, "--quiet"),
+                           f"{spelling} is being trained by process {other.pid}")
+        assert [p.name for p in run.iterdir()] == [training.TRAIN_LOCK]  # the holder's alone
+
+
+def test_a_refused_or_failed_fresh_train_leaves_no_folder_it_made(ease_run, tmp_path):
+    """The lock makes a fresh run's folder (and its missing parents) before the checks; a train
+    that ends before anything is trained removes them again."""
+    data, _ = ease_run
+    run = tmp_path / "deep" / "er" / "run"
+    one_line_error(invoke("train", "--model", "ease", "--dataset", tmp_path / "missing.txt", "--out", run))
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "bad.json").write_text('{"model": {"no_such_key": 1}}')
+    one_line_error(invoke("train", "--model", "ease", "--dataset", data, "--out", run, "--config", tmp_path / "bad.json"))
+    assert [p.name for p in tmp_path.iterdir()] == ["bad.json"]
+
+
+def test_a_resume_is_refused_naming_the_process_before_the_runs_config_is_read(ease_run, tmp_path):
+    import shutil
+
+    from sparcode import training
+
+    data, trained = ease_run
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (tmp_path / "other.json").write_text('{"model": {"ease_lambda": 3.0}}')
+    with Holder(run / training.TRAIN_LOCK) as other:
+        one_line_error(invoke("train", "--out", run, "--resume", "--config", tmp_path / "other.json"),
                        f"{run} is being trained by process {other.pid}")
-    assert not run.exists()
 
 
-def test_a_lock_file_left_by_a_killed_train_is_reused_and_a_failed_fresh_run_leaves_nothing(ease_run, tmp_path,
-                                                                                             monkeypatch):
+def test_a_lock_file_left_by_a_killed_train_is_no_content_and_a_failed_fresh_run_leaves_nothing(ease_run, tmp_path,
+                                                                                                 monkeypatch):
     from sparcode import training
 
     data, _ = ease_run
     run = tmp_path / "run"
-    training.RunLock(run).path.write_text("12345")  # its holder was killed: no process holds it
+    run.mkdir()
+    (run / training.TRAIN_LOCK).write_text("12345")  # its holder was killed: no process holds it
 
     def diverge(run_dir, cfg, *args, **kwargs):
         cfg.save(run_dir / "config.json")
@@ -168,18 +197,19 @@ def test_a_lock_file_left_by_a_killed_train_is_reused_and_a_failed_fresh_run_lea
     with pytest.raises(RuntimeError, match="NaN"):
         training.train_run(run, training.RunConfig.from_dict({"dataset": str(data), "split": "leave-one-out",
                                                               "model": {"kind": "ease"}}), progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing trained: no folder, no lock file
+    assert list(tmp_path.iterdir()) == []  # nothing trained: no folder, no lock file
 
 
 def test_a_tiger_run_folder_holding_its_semantic_ids_may_be_trained(tmp_path):
     from sparcode.commands.train import _check_out
-    from sparcode.training import RunLock
+    from sparcode.training import TRAIN_LOCK, RunLock
 
     run = tmp_path / "run"
     (run / "tiger").mkdir(parents=True)
     with RunLock(run) as lock:
-        _check_out(run, False, "tiger", lock)  # no refusal
-        assert lock.holding
+        lock.hold()
+        assert (run / TRAIN_LOCK).exists()
+        _check_out(run, False, "tiger")  # no refusal: the lock file is no content
 
 
 def test_a_folder_of_another_program_gets_no_lock_file(ease_run, tmp_path):

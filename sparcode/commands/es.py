@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sparcode.pipeline.local_node import DEFAULT_HEAP, ENGINES, MIN_HEAP, check_heap, heap_bytes
+from sparcode.pipeline.local_node import DEFAULT_HEAP, ENGINES, check_heap, heap_bytes
 
 _ENGINE = click.option("--engine", type=click.Choice(ENGINES), default="elasticsearch", show_default=True,
                        help="Which search engine's node.")
@@ -28,9 +28,8 @@ def _heap(ctx, param, value: str | None) -> str | None:
             raise click.BadParameter(f"{value!r} is not a JVM size such as 512m, 1g or 2g") from None
         try:
             check_heap(value)
-        except ValueError:
-            raise click.BadParameter(f"{value!r} is below {MIN_HEAP}, the least heap sparcode starts a node with") \
-                from None
+        except ValueError as err:
+            raise click.BadParameter(str(err)) from None
     return value
 
 

@@ -1,6 +1,7 @@
 """`sparcode train`: fit one model on one dataset split into a run directory."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -34,44 +35,50 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
     """Train a model and record config, weights and validation history in RUN_DIR."""
     if run_dir is None and (resume or not show_config):
         raise click.UsageError("Missing option '--out'.")
-    with user_errors():
-        from sparcode.config import ConfigError, read_config_file
-        from sparcode.presets import run_config
-        from sparcode.training import RunLock, recorded_config, train_run
+    try:
+        with user_errors(), contextlib.ExitStack() as held:
+            from sparcode.config import ConfigError, read_config_file
+            from sparcode.presets import run_config
+            from sparcode.training import RunLock, recorded_config, train_run
 
-        # Precedence: an explicit flag, then the --config file, then (resuming) the run's own config.
-        recorded = recorded_config(run_dir) if resume else None
-        if recorded is not None:
-            model_kind, dataset, split, seed = _unless_given(run_dir, recorded, model_kind, dataset, split, seed)
-        overrides = None
-        if config_file is not None:
-            overrides = read_config_file(config_file)
-            model_kind, dataset, split = _settle_with_file(config_file, overrides, model_kind, dataset, split)
-        if recorded is not None:
-            cfg = _resumed(run_dir, recorded, overrides, config_file, model_kind, dataset, split, seed, epochs)
-        else:
-            try:
-                cfg = run_config(model_kind, dataset, split or DEFAULT_SPLIT.get(dataset, "leave-one-out"), overrides,
-                                 seed, epochs)
-            except ConfigError as err:
-                from_flag = (epochs is not None and "train.epochs" in str(err)) or (seed is not None and "seed" in str(err))
-                if config_file is None or from_flag or str(err).startswith(str(config_file)):
-                    raise
-                raise ConfigError(f"{config_file}: {err}") from None
-        if show_config:
-            click.echo(_config_json(cfg))
-            return
-        with RunLock(run_dir) as lock:
-            _check_out(run_dir, resume, cfg.model.kind, lock)
-            try:
-                with terminate_as_interrupt():
-                    summary = train_run(run_dir, cfg, resume=resume, progress=not quiet, config_file=config_file,
-                                        lock=lock)
-            except KeyboardInterrupt:
-                if not run_dir.exists():
-                    raise click.ClickException("interrupted before the first epoch finished; nothing was kept") from None
-                raise click.ClickException(f"interrupted; {run_dir} keeps its last finished epoch: continue with "
-                                           f"`sparcode train --out {run_dir} --resume`") from None
+            lock = None
+            if not show_config:
+                # Before the run's own config is read: a train of RUN_DIR under way is named first,
+                # and none can finish, or start, between the checks below and the training.
+                lock = held.enter_context(RunLock(run_dir))
+                lock.hold()
+            # Precedence: an explicit flag, then the --config file, then (resuming) the run's own config.
+            recorded = recorded_config(run_dir) if resume else None
+            if recorded is not None:
+                model_kind, dataset, split, seed = _unless_given(run_dir, recorded, model_kind, dataset, split, seed)
+            overrides = None
+            if config_file is not None:
+                overrides = read_config_file(config_file)
+                model_kind, dataset, split = _settle_with_file(config_file, overrides, model_kind, dataset, split)
+            if recorded is not None:
+                cfg = _resumed(run_dir, recorded, overrides, config_file, model_kind, dataset, split, seed, epochs)
+            else:
+                try:
+                    cfg = run_config(model_kind, dataset, split or DEFAULT_SPLIT.get(dataset, "leave-one-out"),
+                                     overrides, seed, epochs)
+                except ConfigError as err:
+                    from_flag = ((epochs is not None and "train.epochs" in str(err))
+                                 or (seed is not None and "seed" in str(err)))
+                    if config_file is None or from_flag or str(err).startswith(str(config_file)):
+                        raise
+                    raise ConfigError(f"{config_file}: {err}") from None
+            if show_config:
+                click.echo(_config_json(cfg))
+                return
+            _check_out(run_dir, resume, cfg.model.kind)
+            with terminate_as_interrupt():
+                summary = train_run(run_dir, cfg, resume=resume, progress=not quiet, config_file=config_file,
+                                    lock=lock)
+    except KeyboardInterrupt:  # the lock is let go by now, and a fresh run's empty folder removed
+        if not run_dir.exists():
+            raise click.ClickException("interrupted before the first epoch finished; nothing was kept") from None
+        raise click.ClickException(f"interrupted; {run_dir} keeps its last finished epoch: continue with "
+                                   f"`sparcode train --out {run_dir} --resume`") from None
     click.echo(f"trained {model_kind} on {cfg.dataset} ({cfg.split}) in {summary['train_seconds']:.0f}s → {run_dir}"
                + _how_it_ended(summary, cfg))
 
@@ -180,22 +187,22 @@ def _flat(data: dict, prefix: str = "") -> dict:
     return out
 
 
-def _check_out(run_dir: Path, resume: bool, kind: str, lock) -> None:
+def _check_out(run_dir: Path, resume: bool, kind: str) -> None:
     """RUN_DIR is new, empty, or a run of ours that --resume continues; training into any other
     folder would mix its files with the run's (and leave stale weights beside a new model).
     TIGER may also train where `sparcode semantic-ids --out RUN_DIR` built its item IDs.
-    Checked under the run's `lock`, so a train of RUN_DIR under way is named first and none can
-    finish, or start, between these checks and the training."""
-    lock.hold()
-    if not run_dir.is_dir() or not any(run_dir.iterdir()):
-        return
-    if kind == "tiger" and [p.name for p in run_dir.iterdir()] == ["tiger"]:
+    Checked under the run's lock (its file is no content)."""
+    from sparcode.training import run_files
+
+    held = run_files(run_dir) if run_dir.is_dir() else []
+    if not held or (kind == "tiger" and [p.name for p in held] == ["tiger"]):
         return
     if not (run_dir / "config.json").is_file():
         from sparcode.staging import listing
+        from sparcode.training import TRAIN_LOCK
 
-        raise click.ClickException(f"{run_dir} is not empty ({listing(run_dir)}) and holds no sparcode run; "
-                                   "choose a new or empty --out")
+        raise click.ClickException(f"{run_dir} is not empty ({listing(run_dir, skip=[TRAIN_LOCK])}) and holds no "
+                                   "sparcode run; choose a new or empty --out")
     if (run_dir / "run.json").exists() and not resume:
         raise click.ClickException(f"{run_dir} already holds a finished run; choose another --out or pass --resume")
     if not resume:

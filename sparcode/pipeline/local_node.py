@@ -115,7 +115,7 @@ MIN_HEAP = "256m"
 def check_heap(heap: str) -> None:
     """ValueError (one line) unless `heap` is a JVM size a node can start with."""
     if heap_bytes(heap) < heap_bytes(MIN_HEAP):
-        raise ValueError(f"--heap {heap!r}: below {MIN_HEAP}, the least heap sparcode starts a node with")
+        raise ValueError(f"{heap!r} is below {MIN_HEAP}, the least heap sparcode starts a node with")
 
 
 def default_home(spec: EngineSpec = ELASTICSEARCH) -> Path:
@@ -185,9 +185,13 @@ class LocalNode:
         """Start the node (fetching/unpacking it first if needed); return seconds to healthy, 0.0
         when it was already running (then `heap` is the running node's, if recorded)."""
         try:
-            check_heap(self.heap)
+            heap_bytes(self.heap)
         except ValueError as err:
             raise LocalNodeError(str(err)) from None
+        try:
+            check_heap(self.heap)
+        except ValueError as err:
+            raise LocalNodeError(f"--heap {err}") from None
         if "#" in str(self.home) and not self.spec.hash_in_path_ok:
             raise LocalNodeError(f"{self.spec.home_var}={self.home} contains '#', from which {self.spec.name} "
                                  "cannot run; choose a folder without it")

@@ -53,9 +53,14 @@ def form_for(field_type: str) -> str:
 
 def clean_query(query: Mapping[str, float]) -> dict[str, float]:
     """Counts as floats; zero counts dropped (they match but add nothing), negatives refused."""
+    if not isinstance(query, Mapping):
+        raise QueryError(f"a query is a mapping {{pseudo-term: count}}, not {type(query).__name__}")
     out = {}
     for term, count in query.items():
-        count = float(count)
+        try:
+            count = float(count)
+        except (TypeError, ValueError):
+            raise QueryError(f"query term {term!r} has count {count!r}; counts are numbers") from None
         if not math.isfinite(count) or count < 0:
             raise QueryError(f"query term {term!r} has count {count!r}; counts must be finite and >= 0")
         if count > 0:
