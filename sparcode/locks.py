@@ -33,7 +33,7 @@ def exclusive(path: Path, action: str = "", *, remove: bool = False):
         try:
             yield
         finally:
-            if remove:
+            if remove and _is_file_at(fh, path):  # never a file another process has locked since
                 # Still locked: whoever opened the file meanwhile finds it gone once it has the
                 # lock, and locks the path anew (`_locked`).
                 path.unlink(missing_ok=True)

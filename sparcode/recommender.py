@@ -175,7 +175,7 @@ class Recommender:
         asked = self._asked(query, user, history, unknown_items)
         exclude = asked.seen if _flag(exclude_seen) else None
         hits = self.backend.search(asked.terms, k, filters, exclude)
-        if filters is not None and len(hits) < k:  # a filter no item can match is an error, not []
+        if filters and len(hits) < k:  # a filter no item can match is an error, not []
             check_matchable(self.run.dataset, coerce_filters(filters, self.run.dataset.item_attribute_types or {}),
                             self._catalog)
         return hits

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import shutil
 import time
@@ -49,15 +50,17 @@ class RunLock:
                 raise RunError(f"{self.run_dir} is being trained by process {other.pid or '?'}; wait for it to "
                                "finish or choose another --out") from None
             except OSError as err:
-                raise RunError(f"cannot lock {self.run_dir} for training: {err.strerror or err}") from None
+                raise RunError(f"cannot lock {self.run_dir} for training: {err.filename or self.run_dir}: "
+                               f"{err.strerror or err}") from None
             self.holding = True
             return
         raise RunError(f"{self.run_dir} was removed each time it was made (another train failing on it?); "
                        "run again")
 
     def _make_folder(self) -> None:
-        missing = [folder for folder in (self.run_dir, *self.run_dir.parents) if not folder.exists()]
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        folder = Path(os.path.abspath(self.run_dir))  # `a/b/../c`: the folders made are a and a/c
+        missing = [made for made in (folder, *folder.parents) if not made.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
         self._made = missing + [folder for folder in self._made if folder not in missing]
 
     def __enter__(self) -> "RunLock":
@@ -123,8 +126,10 @@ def _train_run(run_dir: Path, cfg: RunConfig, resume: bool, progress: bool, conf
     except BaseException:
         if fresh and _nothing_trained(run_dir):
             # A failure before the first checkpoint (a diverging loss, an allocation, Ctrl-C in
-            # epoch 1) would leave a folder that blocks a retry and that --resume starts over anyway.
-            shutil.rmtree(run_dir, ignore_errors=True)
+            # epoch 1) would leave files that block a retry and that --resume starts over anyway.
+            # The folder itself, and the lock file in it, are the lock's to remove (only a folder
+            # it made): deleting the held lock file would let a second train lock a new one.
+            _clear(run_dir)
         raise
     cfg.save(run_dir / ckpt.CONFIG)
     summary = {**summary, "wall_seconds": round(time.perf_counter() - started, 1)}
@@ -157,6 +162,14 @@ def _fit(run_dir: Path, cfg: RunConfig, dataset, split, resume: bool, progress: 
     from sparcode.encoder.train import train
 
     return train(run_dir, cfg, dataset, split, resume=resume, progress=progress)
+
+
+def _clear(run_dir: Path) -> None:
+    for path in run_files(run_dir):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _nothing_trained(run_dir: Path) -> bool:

@@ -180,14 +180,15 @@ def test_a_resume_is_refused_naming_the_process_before_the_runs_config_is_read(e
                        f"{run} is being trained by process {other.pid}")
 
 
-def test_a_lock_file_left_by_a_killed_train_is_no_content_and_a_failed_fresh_run_leaves_nothing(ease_run, tmp_path,
-                                                                                                 monkeypatch):
+@pytest.mark.parametrize("folder", ["made by the train", "the user's, with a killed train's lock file"])
+def test_a_failed_fresh_run_leaves_only_what_was_there_before(ease_run, tmp_path, monkeypatch, folder):
     from sparcode import training
 
     data, _ = ease_run
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / training.TRAIN_LOCK).write_text("12345")  # its holder was killed: no process holds it
+    run = tmp_path / "runs" / "run"
+    if folder != "made by the train":
+        run.mkdir(parents=True)
+        (run / training.TRAIN_LOCK).write_text("12345")  # its holder was killed: no process holds it
 
     def diverge(run_dir, cfg, *args, **kwargs):
         cfg.save(run_dir / "config.json")
@@ -197,7 +198,27 @@ def test_a_lock_file_left_by_a_killed_train_is_no_content_and_a_failed_fresh_run
     with pytest.raises(RuntimeError, match="NaN"):
         training.train_run(run, training.RunConfig.from_dict({"dataset": str(data), "split": "leave-one-out",
                                                               "model": {"kind": "ease"}}), progress=False)
-    assert list(tmp_path.iterdir()) == []  # nothing trained: no folder, no lock file
+    if folder == "made by the train":
+        assert list(tmp_path.iterdir()) == []
+    else:
+        assert list(run.iterdir()) == []  # the user's folder stays, emptied of the failed run
+
+
+def test_the_lock_file_outlives_a_failed_runs_files_until_the_lock_is_let_go(tmp_path):
+    """A failed fresh train clears its files but not the lock file it holds: deleting that would
+    let a second train lock a new file in the same folder while the first still holds the old."""
+    from sparcode import training
+    from sparcode.encoder.runs import RunError
+
+    run = tmp_path / "run"
+    with training.RunLock(run) as first:
+        first.hold()
+        (run / "config.json").write_text("{}")
+        training._clear(run)
+        with pytest.raises(RunError, match="is being trained by process"):
+            training.RunLock(run).hold()  # another open of the file is another holder to flock
+    with training.RunLock(run) as second:
+        second.hold()
 
 
 def test_a_tiger_run_folder_holding_its_semantic_ids_may_be_trained(tmp_path):
@@ -219,7 +240,7 @@ def test_a_folder_of_another_program_gets_no_lock_file(ease_run, tmp_path):
     (notes / "notes.txt").write_text("mine")
     one_line_error(invoke("train", "--model", "ease", "--dataset", data, "--out", notes), "holds no sparcode run")
     assert sorted(p.name for p in notes.iterdir()) == ["notes.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]  # the lock beside it is gone too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
 
 
 # -- es stop|start --------------------------------------------------------------------------------
@@ -318,3 +339,19 @@ def test_a_lock_file_removed_by_its_holder_while_a_second_process_opened_it_is_l
         with locks.exclusive(path):
             pass
     assert (held.value.pid, held.value.action) == (other.pid, "train")
+
+
+@pytest.mark.parametrize("out", [None, "a finished run"])
+def test_ctrl_c_before_training_starts_is_click_abort_not_a_claim_about_epochs(ease_run, tmp_path, monkeypatch, out):
+    from sparcode import presets
+
+    data, trained = ease_run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(presets, "run_config", interrupted)
+    args = ["--show-config"] if out is None else ["--out", trained]
+    result = invoke("train", "--model", "ease", "--dataset", data, *args)
+    assert result.exit_code == 1 and result.output.strip() == "Aborted!", result.output
+    assert not isinstance(result.exception, AttributeError)

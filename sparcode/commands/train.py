@@ -35,8 +35,10 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
     """Train a model and record config, weights and validation history in RUN_DIR."""
     if run_dir is None and (resume or not show_config):
         raise click.UsageError("Missing option '--out'.")
+    training = False
     try:
-        with user_errors(), contextlib.ExitStack() as held:
+        # SIGTERM is Ctrl-C throughout, so the lock's exit removes a fresh run's folder either way.
+        with user_errors(), terminate_as_interrupt(), contextlib.ExitStack() as held:
             from sparcode.config import ConfigError, read_config_file
             from sparcode.presets import run_config
             from sparcode.training import RunLock, recorded_config, train_run
@@ -71,11 +73,14 @@ def command(model_kind, dataset, split, run_dir, config_file, seed, epochs, resu
                 click.echo(_config_json(cfg))
                 return
             _check_out(run_dir, resume, cfg.model.kind)
-            with terminate_as_interrupt():
-                summary = train_run(run_dir, cfg, resume=resume, progress=not quiet, config_file=config_file,
-                                    lock=lock)
+            training = True
+            summary = train_run(run_dir, cfg, resume=resume, progress=not quiet, config_file=config_file, lock=lock)
     except KeyboardInterrupt:  # the lock is let go by now, and a fresh run's empty folder removed
-        if not run_dir.exists():
+        if not training:
+            raise  # nothing was trained or kept: click's own "Aborted!"
+        from sparcode.training import run_files
+
+        if not run_dir.is_dir() or not run_files(run_dir):
             raise click.ClickException("interrupted before the first epoch finished; nothing was kept") from None
         raise click.ClickException(f"interrupted; {run_dir} keeps its last finished epoch: continue with "
                                    f"`sparcode train --out {run_dir} --resume`") from None
