@@ -85,15 +85,12 @@ def open_serving(run: Run, export_dir: Path | None = None, *, alias: str | None 
     opened = Export.open(export)
     check_same_model(export, opened.fingerprint, run.path, run.fingerprint())
     probes = opened.query_probes or run.config.serve.query_probes
+    # The backend reads this opening of the export, and checks its files are still the ones the
+    # model check and these probes were made from (an `export --force` may swap the folder).
     if alias is None:
-        backend = open_backend(export_dir=export)
-    else:
-        backend = open_backend(alias=alias, export_dir=export, engine=engine, connection=connection, url=url,
-                               request_timeout=request_timeout, retries=retries)
-    # The backend opened the folder again: an `export --force` in between would have it serve an
-    # export that neither the model check above nor these probes were made for.
-    opened.check_unchanged()
-    return Serving(backend, probes)
+        return Serving(open_backend(export_dir=opened), probes)
+    return Serving(open_backend(alias=alias, export_dir=opened, engine=engine, connection=connection, url=url,
+                                request_timeout=request_timeout, retries=retries), probes)
 
 
 def check_servable(run: Run) -> None:

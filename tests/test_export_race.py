@@ -56,19 +56,22 @@ def arriving_at_the_rename(other, out, monkeypatch):
     monkeypatch.setattr(staging, "check_replaceable", another_export_finishes)
 
 
+def arriving(when: str, other, out, monkeypatch):
+    if when == "while scoring":
+        arriving_during(export_module, "item_lines", other, out, monkeypatch)
+    else:
+        arriving_at_the_rename(other, out, monkeypatch)
+
+
 @pytest.mark.parametrize("arrive", ["while scoring", "at the rename"])
 def test_an_export_arriving_meanwhile_is_kept_and_this_one_refused(trained, tmp_path, monkeypatch, arrive):
     _, run, other = trained
     out = tmp_path / "E"
-    if arrive == "while scoring":
-        arriving_during(export_module, "item_lines", other, out, monkeypatch)
-    else:
-        arriving_at_the_rename(other, out, monkeypatch)
+    arriving(arrive, other, out, monkeypatch)
     line = one_line_error(invoke("export", run, "--out", out, "--quiet"), RECEIVED, "nothing was replaced", "--force")
     assert str(out) in line
     assert listing(out) == listing(other)
     assert leftovers(out) == []
-
 
 
 def test_an_export_filling_the_folder_just_before_the_rename_is_a_one_line_refusal(trained, tmp_path, monkeypatch):
@@ -94,14 +97,12 @@ def test_an_export_filling_the_folder_just_before_the_rename_is_a_one_line_refus
     assert listing(out) == listing(other)
     assert leftovers(out) == []
 
+
 @pytest.mark.parametrize("arrive", ["while scoring", "at the rename"])
 def test_with_force_an_export_arriving_meanwhile_is_replaced(trained, tmp_path, monkeypatch, arrive):
     _, run, other = trained
     out = tmp_path / "E"
-    if arrive == "while scoring":
-        arriving_during(export_module, "item_lines", other, out, monkeypatch)
-    else:
-        arriving_at_the_rename(other, out, monkeypatch)
+    arriving(arrive, other, out, monkeypatch)
     result = invoke("export", run, "--out", out, "--quiet", "--force")
     assert result.exit_code == 0, result.output
     assert is_export(out) and listing(out) != listing(other)  # its own, newly created manifest

@@ -293,7 +293,7 @@ class EngineBackend:
             raise BackendError("request_timeout applies to the connection a backend opens; "
                                "`connection` was opened with its own")
         if export_dir is not None:
-            export = Export.open(export_dir)
+            export = opened_export(export_dir)
             kwargs.setdefault("code_table", export.code_table())
             kwargs.setdefault("expected_fingerprint", export.fingerprint)
             kwargs.setdefault("expected_export", export.summary())
@@ -327,7 +327,7 @@ class LocalBackend:
     """The export as an in-memory inverted index: term -> (item ords, stored float32 scores)."""
 
     def __init__(self, export_dir, code_table: CodeTable | None = None):
-        export = Export.open(export_dir)
+        export = opened_export(export_dir)
         self.fingerprint = export.fingerprint
         self.code_table = code_table if code_table is not None else export.code_table()
         self.field_types = export.item_fields
@@ -400,11 +400,19 @@ class LocalBackend:
         return [self.search(q, k, filters, ex) for q, ex in zip(queries, excludes)]
 
 
+def opened_export(export_dir) -> Export:
+    """`export_dir` as an Export: a caller that has opened it already (to check it is its model's)
+    passes the Export, so the folder's manifest is read once and every later read is checked
+    against that one opening (`Export.check_unchanged`)."""
+    return export_dir if isinstance(export_dir, Export) else Export.open(export_dir)
+
+
 def open_backend(*, alias: str | None = None, export_dir=None, engine: str | None = None,
                  connection: Engine | None = None, url: str | None = None, request_timeout: float | None = None,
                  retries: int | None = None) -> Backend:
     """`alias` -> EngineBackend on `engine` ("elasticsearch", "opensearch", or None: detected from
-    the server), checked against `export_dir` when given; else LocalBackend(export_dir).
+    the server), checked against `export_dir` (a folder, or an opened Export) when given; else
+    LocalBackend(export_dir).
 
     For a service that would rather fail fast than wait: `request_timeout` (seconds, default 30)
     bounds each request of the connection opened here (refused with `connection`, which has its
